@@ -1,0 +1,1 @@
+//! AlertFinder stage: rising light curves, broken-line scan, EventFinder grid (issue 5).

@@ -1,0 +1,11 @@
+//! lensnet stages: the pure computation of every DAG node (simulate, ingest, alertfinder,
+//! preprocess, score, publish) behind thin I/O shells. This crate never imports `pipeline`.
+
+pub mod alertfinder;
+pub mod ingest;
+pub mod photometry;
+pub mod simulate;
+pub mod stage;
+
+pub use photometry::{Band, Field, LightCurve, Site, SiteCurve, StarCurves, StarId};
+pub use stage::{Dataset, Stage, StageError};

@@ -1,0 +1,1 @@
+//! KMTNet-like season simulator with ground truth (issue 3).
