@@ -1,1 +1,459 @@
 //! AlertFinder stage: rising light curves, broken-line scan, EventFinder grid (issue 5).
+//!
+//! The numeric core is [`scan_star`] (one star) and [`scan_batch`] (a field's stars in parallel
+//! over zero-copy [`LightCurve`] views). For each star, with the run's `now` and the field's
+//! watermark `since` (the last processed epoch, stored by the pipeline):
+//!
+//! 1. stars without a valid epoch in `(since, now]` are not searched ([`Status::NotSearched`]);
+//!    epochs after `now` are ignored, so a rerun over old data reproduces the old answer;
+//! 2. each site's robust baseline comes from the history before the search window
+//!    `[now - window_days, now]` ([`baseline`]);
+//! 3. pre-selection: the window must hold `n_high` consecutive points (merged time order, any
+//!    mix of sites) at least `high_sigma` rescaled error bars above the baseline;
+//! 4. the broken line against a flat line over the window ([`brokenline`]); a pre-selected star
+//!    with `delta_chi2 >= delta_chi2_min` is a [`Status::Candidate`];
+//! 5. candidates get the EventFinder grid over all their points up to `now` ([`grid`]), the
+//!    data-quality indicators, and a fixed feature vector ([`diagnosis`]).
+//!
+//! A star that cannot be analysed is a [`Status::Failed`] row with a reason, never a panic or an
+//! error that aborts the batch. All reported numbers are finite.
+
+pub mod baseline;
+pub mod bench;
+pub mod brokenline;
+pub mod diagnosis;
+pub mod grid;
+pub mod synth;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use baseline::SiteBaseline;
+pub use brokenline::BrokenLine;
+pub use diagnosis::{diagnosis_vector, DIAGNOSIS_NAMES, N_DIAGNOSIS};
+pub use grid::{GridFit, GridParams};
+
+use crate::photometry::LightCurve;
+use baseline::{valid, BaselineScratch};
+use brokenline::Window;
+use grid::SitePoints;
+
+/// Number of sites (KMTA, KMTC, KMTS); `LightCurve::site` values at or above it are ignored.
+pub const N_SITES: usize = 3;
+
+/// AlertFinder parameters of one field (the pipeline's config embeds one per field class).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertParams {
+    /// Consecutive high points the search window must hold (KMTNet: 5 for low-cadence fields,
+    /// 10 for high-cadence ones).
+    pub n_high: usize,
+    /// A point is high when it lies this many rescaled error bars above its site's baseline.
+    pub high_sigma: f64,
+    /// Broken-line improvement over the flat line that makes a candidate (KMTNet: 250 for
+    /// low-cadence fields, 400 for high-cadence ones).
+    pub delta_chi2_min: f64,
+    /// Length of the search window before `now` (days): pre-selection and broken line use its
+    /// points; the baseline uses the points before it.
+    pub window_days: f64,
+    /// Fewest valid points a site needs for a baseline (a site with fewer is ignored).
+    pub min_baseline_points: usize,
+    /// Fewest points strictly after `t_rise`, and at or before it, for a break to be tried.
+    pub min_rise_points: usize,
+    /// Floor of the per-site error-bar multiplier (guards against zero MAD from quantised flux).
+    pub min_error_scale: f64,
+    /// Run the broken line even on stars that fail pre-selection (diagnostics, benchmarks).
+    pub fit_all: bool,
+    /// A rising point has bad seeing when its FWHM exceeds this multiple of its site's median.
+    pub bad_seeing_ratio: f64,
+    /// A rising point has high sky when its sky exceeds this multiple of its site's median.
+    pub high_sky_ratio: f64,
+    /// The EventFinder grid run on candidates.
+    pub grid: GridParams,
+}
+
+impl Default for AlertParams {
+    fn default() -> Self {
+        AlertParams {
+            n_high: 5,
+            high_sigma: 3.0,
+            delta_chi2_min: 250.0,
+            window_days: 20.0,
+            min_baseline_points: 10,
+            min_rise_points: 3,
+            min_error_scale: 0.05,
+            fit_all: false,
+            bad_seeing_ratio: 1.5,
+            high_sky_ratio: 1.5,
+            grid: GridParams::default(),
+        }
+    }
+}
+
+impl AlertParams {
+    /// KMTNet's low-cadence thresholds: (N_high, delta_chi2) = (5, 250).
+    pub fn low_cadence() -> Self {
+        AlertParams::default()
+    }
+
+    /// KMTNet's high-cadence thresholds: (N_high, delta_chi2) = (10, 400).
+    pub fn high_cadence() -> Self {
+        AlertParams { n_high: 10, delta_chi2_min: 400.0, ..AlertParams::default() }
+    }
+}
+
+/// What happened to a star.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// No valid epoch newer than the watermark: nothing to do.
+    NotSearched,
+    /// The star could not be analysed; `reason` says why.
+    Failed,
+    /// Pre-selection failed.
+    Quiet,
+    /// Pre-selected, but the broken line's improvement is below the threshold.
+    Preselected,
+    /// Pre-selected and rising: the grid and diagnosis were computed.
+    Candidate,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::NotSearched => "not_searched",
+            Status::Failed => "failed",
+            Status::Quiet => "quiet",
+            Status::Preselected => "preselected",
+            Status::Candidate => "candidate",
+        }
+    }
+}
+
+/// The pre-selection counts of the search window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Preselection {
+    /// Valid points of usable sites in the window.
+    pub n_window: u32,
+    /// Of them, points newer than the watermark.
+    pub n_new: u32,
+    /// Points at least `high_sigma` above the baseline.
+    pub n_high: u32,
+    /// Longest run of consecutive high points.
+    pub longest_run: u32,
+    /// Distinct sites in that run.
+    pub run_sites: u8,
+    /// Times of the first and last point of that run (0 when there is none).
+    pub run_start: f64,
+    pub run_end: f64,
+    /// Largest normalised residual `(f - median) / (k_s e)` in the window (0 if none).
+    pub max_z: f64,
+    /// `longest_run >= n_high`.
+    pub passed: bool,
+}
+
+/// Data-quality indicators of a candidate's rising points (after `t_rise`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Quality {
+    /// Rising points counted.
+    pub n_rising: u32,
+    /// Share of rising points whose FWHM exceeds `bad_seeing_ratio` times the site's median.
+    pub frac_bad_seeing: f64,
+    /// Share of rising points whose sky exceeds `high_sky_ratio` times the site's median.
+    pub frac_high_sky: f64,
+    /// Share of rising points with missing FWHM or sky.
+    pub frac_missing: f64,
+    /// Only one site rises although at least two sites have points after `t_rise`.
+    pub single_site_rise: bool,
+}
+
+/// The AlertFinder's answer for one star: one row of the candidates dataset.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StarResult {
+    pub status: Status,
+    /// Why the star failed or was not searched.
+    pub reason: Option<String>,
+    /// The run's `now`.
+    pub now: f64,
+    /// Valid points up to `now`.
+    pub n_valid: u32,
+    pub baseline: [SiteBaseline; N_SITES],
+    pub preselection: Preselection,
+    pub broken_line: Option<BrokenLine>,
+    pub grid: Option<GridFit>,
+    pub quality: Option<Quality>,
+}
+
+impl StarResult {
+    fn empty(status: Status, reason: Option<String>, now: f64) -> Self {
+        StarResult {
+            status,
+            reason,
+            now: if now.is_finite() { now } else { 0.0 },
+            n_valid: 0,
+            baseline: [SiteBaseline::default(); N_SITES],
+            preselection: Preselection::default(),
+            broken_line: None,
+            grid: None,
+            quality: None,
+        }
+    }
+
+    fn failed(reason: String, now: f64) -> Self {
+        StarResult::empty(Status::Failed, Some(reason), now)
+    }
+}
+
+/// Reusable buffers for [`scan_star`]; one per thread.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    base: BaselineScratch,
+    win: Window,
+    pts: SitePoints,
+    sel: Vec<f64>,
+}
+
+/// Analyse one star; see the module docs. `since` is the field's watermark (use
+/// `f64::NEG_INFINITY` to search every star).
+pub fn scan_star(
+    lc: &LightCurve<'_>,
+    now: f64,
+    since: f64,
+    p: &AlertParams,
+    scratch: &mut Scratch,
+) -> StarResult {
+    let n = lc.time.len();
+    if [lc.flux.len(), lc.err.len(), lc.site.len()].iter().any(|&l| l != n) {
+        return StarResult::failed(
+            format!(
+                "columns differ in length: time {n}, flux {}, err {}, site {}",
+                lc.flux.len(),
+                lc.err.len(),
+                lc.site.len()
+            ),
+            now,
+        );
+    }
+    if now.is_nan() {
+        return StarResult::failed("now is NaN".into(), now);
+    }
+    // One pass: sortedness (the scans rely on it), the end of the data up to `now`, new epochs.
+    let mut end = 0;
+    let mut prev = f64::NEG_INFINITY;
+    let mut n_valid = 0u32;
+    let mut has_new = false;
+    for i in 0..n {
+        let t = lc.time[i];
+        if t.is_nan() {
+            continue;
+        }
+        if t < prev {
+            return StarResult::failed(format!("times not sorted at index {i}"), now);
+        }
+        prev = t;
+        if t > now {
+            break;
+        }
+        end = i + 1;
+        if valid(t, lc.flux[i], lc.err[i], lc.site[i]) {
+            n_valid += 1;
+            has_new |= t > since;
+        }
+    }
+    if !has_new {
+        let mut r = StarResult::empty(Status::NotSearched, Some("no valid epoch newer than the watermark".into()), now);
+        r.n_valid = n_valid;
+        return r;
+    }
+    let window_start = now - p.window_days.max(0.0);
+    let baseline = baseline::site_baselines(lc, end, window_start, p, &mut scratch.base);
+    let mut r = StarResult::empty(Status::Quiet, None, now);
+    r.n_valid = n_valid;
+    r.baseline = baseline;
+    if !baseline.iter().any(|b| b.usable) {
+        r.status = Status::Failed;
+        r.reason = Some(format!(
+            "no site has {} valid points for a baseline (valid points: {n_valid})",
+            p.min_baseline_points
+        ));
+        return r;
+    }
+    let pre = window_and_preselect(lc, end, window_start, since, &baseline, p, &mut scratch.win);
+    r.preselection = pre;
+    if !pre.passed && !p.fit_all {
+        return r;
+    }
+    let min_rise = p.min_rise_points.max(1);
+    r.broken_line = brokenline::scan_broken_line(&scratch.win, min_rise, min_rise).map(|mut b| {
+        for s in 0..N_SITES {
+            if baseline[s].usable {
+                b.offset[s] += baseline[s].median;
+            }
+        }
+        b
+    });
+    if !pre.passed {
+        return r;
+    }
+    r.status = Status::Preselected;
+    let Some(bl) = r.broken_line else {
+        r.reason = Some("no break epoch with enough points on both sides".into());
+        return r;
+    };
+    if !(bl.delta_chi2 >= p.delta_chi2_min) {
+        return r;
+    }
+    r.status = Status::Candidate;
+    r.quality = Some(quality(lc, end, &scratch.win, &bl, p, &mut scratch.sel));
+    fill_site_points(lc, end, &baseline, &mut scratch.pts);
+    r.grid = grid::search_grid(&scratch.pts, now, &p.grid);
+    if r.grid.is_none() {
+        r.reason = Some("no grid window with enough points rises".into());
+    }
+    r
+}
+
+/// Analyse a field's stars in parallel (rayon, one [`Scratch`] per worker); results are in the
+/// order of `curves`.
+pub fn scan_batch(curves: &[LightCurve<'_>], now: f64, since: f64, p: &AlertParams) -> Vec<StarResult> {
+    curves
+        .par_iter()
+        .map_init(Scratch::default, |scratch, lc| scan_star(lc, now, since, p, scratch))
+        .collect()
+}
+
+/// Build the search window (fit units) and count the pre-selection in the same pass.
+fn window_and_preselect(
+    lc: &LightCurve<'_>,
+    end: usize,
+    window_start: f64,
+    since: f64,
+    base: &[SiteBaseline; N_SITES],
+    p: &AlertParams,
+    win: &mut Window,
+) -> Preselection {
+    win.clear();
+    // Walk back to the window's first point (times are sorted; NaN times are skipped later).
+    let mut start = end;
+    while start > 0 && !(lc.time[start - 1] < window_start) {
+        start -= 1;
+    }
+    let mut pre = Preselection::default();
+    let mut run = 0u32;
+    let mut run_sites = 0u8;
+    let mut run_t0 = 0.0;
+    let mut max_z = f64::NEG_INFINITY;
+    for i in start..end {
+        let (t, f, e, s) = (lc.time[i], lc.flux[i], lc.err[i], lc.site[i]);
+        if !valid(t, f, e, s) || !base[s as usize].usable {
+            continue;
+        }
+        let b = &base[s as usize];
+        let sigma = b.error_scale * e;
+        let y = f - b.median;
+        let z = y / sigma;
+        if !z.is_finite() {
+            continue;
+        }
+        win.t.push(t);
+        win.y.push(y);
+        win.w.push(1.0 / (sigma * sigma));
+        win.site.push(s);
+        win.index.push(i as u32);
+        pre.n_window += 1;
+        pre.n_new += (t > since) as u32;
+        max_z = max_z.max(z);
+        if z >= p.high_sigma {
+            pre.n_high += 1;
+            if run == 0 {
+                run_t0 = t;
+                run_sites = 0;
+            }
+            run += 1;
+            run_sites |= 1 << s;
+            if run > pre.longest_run {
+                pre.longest_run = run;
+                pre.run_sites = run_sites.count_ones() as u8;
+                pre.run_start = run_t0;
+                pre.run_end = t;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    // A rescaled weight can underflow to zero or overflow; such points carry no information.
+    pre.max_z = if max_z.is_finite() { max_z } else { 0.0 };
+    pre.passed = pre.longest_run as usize >= p.n_high.max(1);
+    pre
+}
+
+/// All valid points up to `end` of usable sites, per site, for the grid.
+fn fill_site_points(lc: &LightCurve<'_>, end: usize, base: &[SiteBaseline; N_SITES], pts: &mut SitePoints) {
+    pts.clear();
+    for s in 0..N_SITES {
+        pts.median[s] = if base[s].usable { base[s].median } else { 0.0 };
+    }
+    for i in 0..end {
+        let (t, f, e, s) = (lc.time[i], lc.flux[i], lc.err[i], lc.site[i]);
+        if !valid(t, f, e, s) || !base[s as usize].usable {
+            continue;
+        }
+        let b = &base[s as usize];
+        let sigma = b.error_scale * e;
+        let w = 1.0 / (sigma * sigma);
+        if !(w.is_finite() && w > 0.0) {
+            continue;
+        }
+        let s = s as usize;
+        pts.t[s].push(t);
+        pts.y[s].push(f - b.median);
+        pts.w[s].push(w);
+    }
+}
+
+/// Seeing and sky of the rising points against each site's median over the points up to `end`.
+fn quality(
+    lc: &LightCurve<'_>,
+    end: usize,
+    win: &Window,
+    bl: &BrokenLine,
+    p: &AlertParams,
+    sel: &mut Vec<f64>,
+) -> Quality {
+    let site_median = |col: &[f64], s: u8, sel: &mut Vec<f64>| -> f64 {
+        sel.clear();
+        if col.len() >= end {
+            sel.extend((0..end).filter(|&i| lc.site[i] == s && col[i].is_finite()).map(|i| col[i]));
+        }
+        baseline::median_in_place(sel)
+    };
+    let fwhm_med: [f64; N_SITES] = std::array::from_fn(|s| site_median(lc.fwhm, s as u8, sel));
+    let sky_med: [f64; N_SITES] = std::array::from_fn(|s| site_median(lc.sky, s as u8, sel));
+    let mut q = Quality { single_site_rise: bl.n_sites_rising == 1 && bl.n_sites_after >= 2, ..Default::default() };
+    let (mut bad, mut high, mut missing) = (0u32, 0u32, 0u32);
+    for k in 0..win.len() {
+        if !(win.t[k] > bl.t_rise) {
+            continue;
+        }
+        q.n_rising += 1;
+        let i = win.index[k] as usize;
+        let s = win.site[k] as usize;
+        let fw = lc.fwhm.get(i).copied().unwrap_or(f64::NAN);
+        let sk = lc.sky.get(i).copied().unwrap_or(f64::NAN);
+        if !(fw.is_finite() && sk.is_finite()) {
+            missing += 1;
+        }
+        if fw > p.bad_seeing_ratio * fwhm_med[s] {
+            bad += 1;
+        }
+        if sk > p.high_sky_ratio * sky_med[s] {
+            high += 1;
+        }
+    }
+    if q.n_rising > 0 {
+        let n = q.n_rising as f64;
+        q.frac_bad_seeing = bad as f64 / n;
+        q.frac_high_sky = high as f64 / n;
+        q.frac_missing = missing as f64 / n;
+    }
+    q
+}

@@ -1,0 +1,270 @@
+//! The EventFinder grid (Kim et al. 2018): point-lens templates on a (t_eff, t0) grid, each
+//! fitted per site in closed form, for the candidates that the broken line flags.
+//!
+//! Templates, with `Q = 1 + ((t - t0) / t_eff)^2`:
+//! - regime 1 (high magnification): `A1 = Q^(-1/2)`;
+//! - regime 2 (low magnification): `A2 = (1 - (1 + Q/2)^(-2))^(-1/2)`.
+//!
+//! Each site `s` gets its own `F = f1_s A + f0_s`, fitted by weighted least squares on the
+//! points with `|t - t0| < half_window * t_eff`, against the flat `F = f0_s` on the same points:
+//! `delta_chi2_s = max(C_s, 0)^2 / V_s` with `C_s = sum w A y - (sum w A)(sum w y) / W_s` and
+//! `V_s = sum w A^2 - (sum w A)^2 / W_s` (the fit with `f1_s >= 0`: only brightenings count).
+//! The grid's figure of merit is `delta_chi2 = sum_s delta_chi2_s`.
+//! `t_eff` runs geometrically from `teff_min` by `teff_ratio` up to `teff_max`; `t0` runs in
+//! steps of `t0_step * t_eff` from `now - t0_lookback_days` to `now + t0_lookahead * t_eff`
+//! (a real-time search: the event is in progress). Each window is found with pointers that only
+//! move forward as `t0` grows, so a `(t_eff, t0)` model costs its window's points only.
+
+use serde::{Deserialize, Serialize};
+
+use super::N_SITES;
+
+/// Parameters of the EventFinder grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GridParams {
+    /// Smallest effective timescale `t_eff` (days).
+    pub teff_min: f64,
+    /// Largest effective timescale (days); the grid stops at the last step not above it.
+    pub teff_max: f64,
+    /// Ratio of consecutive `t_eff` values (> 1).
+    pub teff_ratio: f64,
+    /// Step of `t0` as a fraction of `t_eff`.
+    pub t0_step: f64,
+    /// Half width of the fitted window in units of `t_eff` (`|t - t0| < half_window * t_eff`).
+    pub half_window: f64,
+    /// Fewest points (all sites) a window must hold for its model to be tried.
+    pub min_points: usize,
+    /// Earliest `t0` tried, in days before `now`.
+    pub t0_lookback_days: f64,
+    /// Latest `t0` tried, in units of `t_eff` after `now`.
+    pub t0_lookahead: f64,
+}
+
+impl Default for GridParams {
+    fn default() -> Self {
+        GridParams {
+            teff_min: 0.5625,
+            teff_max: 100.0,
+            teff_ratio: 4.0 / 3.0,
+            t0_step: 1.0 / 3.0,
+            half_window: 5.0,
+            min_points: 10,
+            t0_lookback_days: 30.0,
+            t0_lookahead: 1.0,
+        }
+    }
+}
+
+impl GridParams {
+    /// The `t_eff` values of the grid (empty for nonsensical parameters, never endless).
+    pub fn teffs(&self) -> Vec<f64> {
+        let mut v = Vec::new();
+        if !(self.teff_min > 0.0 && self.teff_ratio > 1.0 && self.teff_max.is_finite()) {
+            return v;
+        }
+        let mut te = self.teff_min;
+        // Relative slack so that 0.5625 * (4/3)^k lands on teff_max when meant to.
+        while te <= self.teff_max * (1.0 + 1e-9) && v.len() < 1000 {
+            v.push(te);
+            te *= self.teff_ratio;
+        }
+        v
+    }
+}
+
+/// Which template.
+pub const REGIME_HIGH: u8 = 1;
+pub const REGIME_LOW: u8 = 2;
+
+/// The two templates at `Q`.
+#[inline(always)]
+pub fn templates(q: f64) -> (f64, f64) {
+    let a1 = 1.0 / q.sqrt();
+    let p = 2.0 / (2.0 + q);
+    let a2 = 1.0 / (1.0 - p * p).sqrt();
+    (a1, a2)
+}
+
+/// The best grid model of a candidate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct GridFit {
+    /// Time of the template's peak (days).
+    pub t0: f64,
+    /// Effective timescale (days).
+    pub teff: f64,
+    /// `REGIME_HIGH` (1) or `REGIME_LOW` (2).
+    pub regime: u8,
+    /// `chi2_flat - chi2_model` over the window, summed over sites.
+    pub delta_chi2: f64,
+    /// Points in the window.
+    pub n_points: u32,
+    /// Per-site template flux `f1_s` (0 where a site has fewer than two points in the window).
+    pub f1: [f64; N_SITES],
+    /// Per-site flat flux `f0_s` in the site's own flux scale (baseline median added back).
+    pub f0: [f64; N_SITES],
+    /// Per-site improvement.
+    pub site_delta_chi2: [f64; N_SITES],
+    /// Models tried.
+    pub n_models: u32,
+}
+
+/// Per-site, time-sorted points of a candidate: `y` is the flux minus the site's median and
+/// `w = 1 / (k_s e)^2`.
+#[derive(Debug, Default, Clone)]
+pub struct SitePoints {
+    pub t: [Vec<f64>; N_SITES],
+    pub y: [Vec<f64>; N_SITES],
+    pub w: [Vec<f64>; N_SITES],
+    /// Baseline medians, added back to `f0`.
+    pub median: [f64; N_SITES],
+}
+
+impl SitePoints {
+    pub fn clear(&mut self) {
+        for s in 0..N_SITES {
+            self.t[s].clear();
+            self.y[s].clear();
+            self.w[s].clear();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.t.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Sums of one site's window for both templates.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sums {
+    n: usize,
+    w: f64,
+    wy: f64,
+    a: [f64; 2],
+    aa: [f64; 2],
+    ay: [f64; 2],
+}
+
+#[inline(always)]
+fn window_sums(t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> Sums {
+    let mut s = Sums { n: t.len(), ..Default::default() };
+    for i in 0..t.len() {
+        let u = (t[i] - t0) * inv_teff;
+        let (a1, a2) = templates(1.0 + u * u);
+        let (wi, yi) = (w[i], y[i]);
+        let wy = wi * yi;
+        s.w += wi;
+        s.wy += wy;
+        s.a[0] += wi * a1;
+        s.aa[0] += wi * a1 * a1;
+        s.ay[0] += wy * a1;
+        s.a[1] += wi * a2;
+        s.aa[1] += wi * a2 * a2;
+        s.ay[1] += wy * a2;
+    }
+    s
+}
+
+/// Closed-form fit of one site and template from its sums: (delta_chi2 with f1 >= 0, f1, f0).
+#[inline(always)]
+fn site_fit(s: &Sums, r: usize) -> (f64, f64, f64) {
+    if s.n < 2 || s.w <= 0.0 {
+        let f0 = if s.w > 0.0 { s.wy / s.w } else { 0.0 };
+        return (0.0, 0.0, f0);
+    }
+    let inv_w = 1.0 / s.w;
+    let cov = s.ay[r] - s.a[r] * s.wy * inv_w;
+    let var = s.aa[r] - s.a[r] * s.a[r] * inv_w;
+    if !(var > 1e-12 * s.aa[r]) || cov <= 0.0 || !cov.is_finite() {
+        return (0.0, 0.0, s.wy * inv_w);
+    }
+    let f1 = cov / var;
+    (cov * cov / var, f1, (s.wy - f1 * s.a[r]) * inv_w)
+}
+
+/// Fit one `(t0, teff)` model with the given regime exactly on its window.
+pub fn fit_model(pts: &SitePoints, t0: f64, teff: f64, regime: u8, half_window: f64) -> GridFit {
+    let r = if regime == REGIME_LOW { 1 } else { 0 };
+    let mut g = GridFit { t0, teff, regime: r as u8 + 1, ..Default::default() };
+    if !(teff > 0.0) {
+        return g;
+    }
+    let half = half_window * teff;
+    for s in 0..N_SITES {
+        let t = &pts.t[s];
+        let lo = t.partition_point(|&x| x <= t0 - half);
+        let hi = t.partition_point(|&x| x < t0 + half).max(lo);
+        let sums = window_sums(&t[lo..hi], &pts.y[s][lo..hi], &pts.w[s][lo..hi], t0, 1.0 / teff);
+        let (d, f1, f0) = site_fit(&sums, r);
+        g.site_delta_chi2[s] = d;
+        g.delta_chi2 += d;
+        g.f1[s] = f1;
+        g.f0[s] = f0 + pts.median[s];
+        g.n_points += (hi - lo) as u32;
+    }
+    g
+}
+
+/// Search the grid; `None` when no model has a window with enough points.
+pub fn search_grid(pts: &SitePoints, now: f64, p: &GridParams) -> Option<GridFit> {
+    let mut best: Option<(f64, f64, f64, u8)> = None;
+    let mut n_models = 0u32;
+    if !(now.is_finite() && p.t0_step > 0.0 && p.half_window > 0.0) {
+        return None;
+    }
+    for teff in p.teffs() {
+        let step = p.t0_step * teff;
+        let t0_lo = now - p.t0_lookback_days;
+        let t0_hi = now + p.t0_lookahead * teff;
+        if !(t0_hi >= t0_lo) {
+            continue;
+        }
+        let n_t0 = ((t0_hi - t0_lo) / step).floor() as usize + 1;
+        let half = p.half_window * teff;
+        let inv_teff = 1.0 / teff;
+        let mut lo = [0usize; N_SITES];
+        let mut hi = [0usize; N_SITES];
+        for j in 0..n_t0 {
+            let t0 = t0_lo + j as f64 * step;
+            let mut n = 0;
+            for s in 0..N_SITES {
+                let t = &pts.t[s];
+                while lo[s] < t.len() && t[lo[s]] <= t0 - half {
+                    lo[s] += 1;
+                }
+                hi[s] = hi[s].max(lo[s]);
+                while hi[s] < t.len() && t[hi[s]] < t0 + half {
+                    hi[s] += 1;
+                }
+                n += hi[s] - lo[s];
+            }
+            if n < p.min_points.max(2) {
+                continue;
+            }
+            n_models += 2;
+            let mut d = [0.0f64; 2];
+            for s in 0..N_SITES {
+                let (l, h) = (lo[s], hi[s]);
+                if h - l < 2 {
+                    continue;
+                }
+                let sums = window_sums(&pts.t[s][l..h], &pts.y[s][l..h], &pts.w[s][l..h], t0, inv_teff);
+                d[0] += site_fit(&sums, 0).0;
+                d[1] += site_fit(&sums, 1).0;
+            }
+            for r in 0..2 {
+                if d[r] > best.map_or(0.0, |b| b.0) {
+                    best = Some((d[r], t0, teff, r as u8 + 1));
+                }
+            }
+        }
+    }
+    let (_, t0, teff, regime) = best?;
+    let mut g = fit_model(pts, t0, teff, regime, p.half_window);
+    g.n_models = n_models;
+    Some(g)
+}
