@@ -1,1 +1,9 @@
+//! lensnet's pipeline library: configuration, the local PostgreSQL, database access, and (later)
+//! the DAG, runner and scheduler. The `lensnet` binary in `main.rs` is glue over this library
+//! and `lensnet-stages`.
 
+pub mod config;
+pub mod db;
+pub mod localpg;
+
+pub use config::{Config, Sources};

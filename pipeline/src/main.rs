@@ -1,1 +1,50 @@
-fn main() {}
+//! The `lensnet` binary: parses the command line, loads the configuration and hands over to the
+//! libraries. The only place where `anyhow` is used.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit status of a subcommand that exists in the CLI contract but is not built yet.
+const EXIT_NOT_BUILT: u8 = 3;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    init_tracing(args.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::dispatch(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(nb) = e.downcast_ref::<commands::NotBuilt>() {
+                eprintln!("{nb}");
+                return ExitCode::from(EXIT_NOT_BUILT);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info,sqlx=warn",
+        1 => "debug,sqlx=warn",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("LENSNET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

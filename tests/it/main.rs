@@ -1,1 +1,5 @@
+//! lensnet's integration tests: one binary (this file holds only `mod` lines).
 
+mod cli;
+mod db;
+mod harness;

@@ -1,0 +1,156 @@
+//! The command-line contract. Subcommand names are fixed so that scripts can rely on them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// lensnet: finds gravitational microlensing events in real time in KMTNet-like survey
+/// photometry (ingest -> alertfinder -> preprocess -> score -> publish).
+#[derive(Debug, Parser)]
+#[command(name = "lensnet", version, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (TOML) over the embedded defaults; default: $LENSNET_CONFIG, then
+    /// ./lensnet.toml if it exists.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace); LENSNET_LOG takes a tracing filter too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole pipeline end to end on the embedded default (a simulated season of two
+    /// fields) against the local PostgreSQL, and print a summary.
+    Demo(DemoArgs),
+    /// Generate a KMTNet-like season of photometry in pySIS format with ground truth.
+    Simulate(SimulateArgs),
+    /// Ingest survey photometry files into partitioned Parquet on the object store.
+    Ingest(IngestArgs),
+    /// One DAG run for one field: ingest, alertfinder, preprocess, score, publish.
+    Run(RunArgs),
+    /// The cron scheduler: runs fields on their schedules until SIGTERM.
+    Serve(ServeArgs),
+    /// Reprocess a past season day by day, as if live, with a given model.
+    Replay(ReplayArgs),
+    /// Manage the database: the local PostgreSQL cluster and the schema migrations.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print throughput of a hot stage.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stars per field in the simulated season.
+    #[arg(long, default_value_t = 2000)]
+    pub stars: usize,
+    /// Random seed of the simulated season.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Observing season (calendar year).
+    #[arg(long, default_value_t = 2025)]
+    pub season: i32,
+    /// Comma-separated fields, e.g. BLG02,BLG14.
+    #[arg(long, value_delimiter = ',', default_value = "BLG02,BLG14")]
+    pub fields: Vec<String>,
+    /// Stars per field.
+    #[arg(long, default_value_t = 1000)]
+    pub stars: usize,
+    /// Random seed; the same seed gives byte-identical output.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Output folder (one folder per star with pySIS files, plus truth.parquet).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print a comparison of simulated and real KMTNet statistics instead of (or after) writing.
+    #[arg(long)]
+    pub report: bool,
+    /// Folder of real KMTNet pySIS files to compare against (for --report).
+    #[arg(long, value_name = "DIR")]
+    pub real: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// A file, a folder (searched recursively) or an object store URL.
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pub input: String,
+    /// Input format.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "pysis", "diapl", "ogle", "columns"])]
+    pub format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Field to run, e.g. BLG14.
+    #[arg(long)]
+    pub field: String,
+    /// Treat this time (HJD-2450000) as "now": only data taken before it is used.
+    #[arg(long, value_name = "TIME")]
+    pub as_of: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Run each due field once and exit (for checks).
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Season to replay (calendar year).
+    #[arg(long)]
+    pub season: i32,
+    /// Comma-separated fields.
+    #[arg(long, value_delimiter = ',')]
+    pub fields: Vec<String>,
+    /// Step of the watermark, e.g. 1d or 12h.
+    #[arg(long, default_value = "1d")]
+    pub step: String,
+    /// ONNX model to score with (default: the configured one).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create (first time) and start the local PostgreSQL cluster; harmless if it runs.
+    Start,
+    /// Stop the local PostgreSQL cluster; harmless if it is stopped.
+    Stop,
+    /// Say whether the local cluster exists and runs, and which migrations are applied.
+    Status,
+    /// Print the database URL (the local cluster's, or say that DATABASE_URL is in use).
+    Url,
+    /// Apply pending schema migrations (starting the local cluster if needed).
+    Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print every problem at once.
+    Check,
+    /// Print the resolved configuration (secrets excluded).
+    Show,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which stage to measure.
+    #[arg(value_parser = ["simulate", "ingest", "alertfinder", "preprocess", "score"])]
+    pub stage: String,
+    /// Scale factor for the workload (1 = the documented default size).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+}

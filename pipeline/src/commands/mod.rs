@@ -1,0 +1,71 @@
+//! Subcommand handlers: glue between the CLI, the configuration, the database and the stages.
+
+mod db;
+mod demo;
+
+use std::fmt;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use lensnet::config::{Config, Sources};
+
+use crate::cli::{Cli, Command, ConfigCommand};
+
+/// A subcommand of the CLI contract that is not built yet: it says so and exits non-zero.
+#[derive(Debug)]
+pub struct NotBuilt {
+    pub command: &'static str,
+    pub issue: &'static str,
+}
+
+impl fmt::Display for NotBuilt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`lensnet {}` is not built yet ({}); nothing was done", self.command, self.issue)
+    }
+}
+
+impl std::error::Error for NotBuilt {}
+
+fn not_built(command: &'static str, issue: &'static str) -> anyhow::Result<ExitCode> {
+    Err(NotBuilt { command, issue }.into())
+}
+
+pub fn load_config(cli_config: Option<std::path::PathBuf>) -> anyhow::Result<Config> {
+    Config::load(&Sources::from_process(cli_config)).context("invalid configuration")
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Config(ConfigCommand::Check) => {
+            match Config::load(&Sources::from_process(cli.config)) {
+                Ok(cfg) => {
+                    println!("configuration ok (hash {})", &cfg.hash[..12]);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Config(ConfigCommand::Show) => {
+            let cfg = load_config(cli.config)?;
+            print!("{}", cfg.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Db(cmd) => db::run(load_config(cli.config)?, cmd).await,
+        Command::Demo(args) => demo::run(load_config(cli.config)?, args).await,
+        Command::Simulate(_) => not_built("simulate", "issue 3: season simulator"),
+        Command::Ingest(_) => not_built("ingest", "issue 4: ingest stage"),
+        Command::Run(_) => not_built("run", "issue 8: orchestration"),
+        Command::Serve(_) => not_built("serve", "issue 8: orchestration"),
+        Command::Replay(_) => not_built("replay", "issue 8: orchestration"),
+        Command::Bench(args) => match args.stage.as_str() {
+            "simulate" => not_built("bench simulate", "issue 3: season simulator"),
+            "ingest" => not_built("bench ingest", "issue 4: ingest stage"),
+            "alertfinder" => not_built("bench alertfinder", "issue 5: alertfinder stage"),
+            "preprocess" => not_built("bench preprocess", "issue 6: preprocess stage"),
+            _ => not_built("bench score", "issue 7: score stage"),
+        },
+    }
+}

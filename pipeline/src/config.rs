@@ -1,0 +1,573 @@
+//! Configuration: embedded defaults, then one TOML file, then `LENSNET__SECTION__KEY`
+//! environment variables; resolved once into validated types, with every problem reported
+//! together. Secrets (the database URL) come from the environment or a file and are never logged.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use lensnet_stages::Field;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use toml::{Table, Value};
+
+/// The embedded defaults; every key a user may set appears here.
+pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
+/// Environment variable prefix for overrides: `LENSNET__STORE__URL`.
+pub const ENV_PREFIX: &str = "LENSNET__";
+
+/// The configuration as written (after layering), before validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub paths: RawPaths,
+    pub database: RawDatabase,
+    pub store: RawStore,
+    pub ingest: RawIngest,
+    pub schedule: RawSchedule,
+    pub score: RawScore,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaths {
+    /// Folder for everything lensnet writes locally.
+    pub data_dir: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    /// File holding the database URL (one line); empty = only DATABASE_URL.
+    pub url_file: String,
+    /// Database name in the local cluster.
+    pub local_name: String,
+    /// Folder of the local cluster; empty = `<data_dir>/pg`.
+    pub local_dir: String,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Connection timeout in seconds.
+    pub connect_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// Object store root (local folder or URL); empty = `<data_dir>/store`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngest {
+    /// Inbox folder or URL; empty = `<data_dir>/inbox`.
+    pub inbox: String,
+    /// Input format: auto, pysis, diapl, ogle or columns.
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// Cron expression with seconds.
+    pub cron: String,
+    /// Fields that `serve` runs.
+    pub fields: Vec<String>,
+    /// Field runs at once.
+    pub max_parallel: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScore {
+    /// ONNX model path; empty = newest committed model.
+    pub model: String,
+    /// Execution provider: cpu or cuda.
+    pub provider: String,
+    /// On CUDA failure: error or fallback.
+    pub on_cuda_failure: String,
+    /// Sequences per call.
+    pub batch_size: usize,
+    /// High-purity threshold on the binary score.
+    pub threshold_purity: f64,
+    /// High-recall threshold on the binary score.
+    pub threshold_recall: f64,
+}
+
+/// Input file formats that ingest understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    Auto,
+    Pysis,
+    Diapl,
+    Ogle,
+    Columns,
+}
+
+impl FromStr for InputFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => InputFormat::Auto,
+            "pysis" => InputFormat::Pysis,
+            "diapl" => InputFormat::Diapl,
+            "ogle" => InputFormat::Ogle,
+            "columns" => InputFormat::Columns,
+            other => return Err(format!("unknown format `{other}` (expected auto, pysis, diapl, ogle or columns)")),
+        })
+    }
+}
+
+/// Execution provider for ONNX Runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Cpu,
+    Cuda,
+}
+
+/// A secret string that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where the database comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseSource {
+    /// An external server (DATABASE_URL or `database.url_file`).
+    Url(Secret),
+    /// The local cluster that lensnet manages under `dir`.
+    Local { dir: PathBuf, name: String },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub database: DatabaseSource,
+    pub max_connections: u32,
+    pub connect_timeout_s: u64,
+    /// Object store root: a URL (`file:///abs/path`, `s3://...`).
+    pub store_url: String,
+    pub inbox: String,
+    pub ingest_format: InputFormat,
+    pub schedule: cron::Schedule,
+    pub schedule_fields: Vec<Field>,
+    pub max_parallel: usize,
+    pub model: Option<PathBuf>,
+    pub provider: Provider,
+    pub cuda_fallback: bool,
+    pub batch_size: usize,
+    pub threshold_purity: f64,
+    pub threshold_recall: f64,
+    /// The layered raw configuration, for `config show` and the audit hash.
+    pub raw: RawConfig,
+    /// sha256 of the canonical raw configuration (secrets excluded): goes into audit rows.
+    pub hash: String,
+}
+
+/// One configuration problem; `config check` prints all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Where the value came from: the file path, `environment LENSNET__X__Y`, or `defaults`.
+    pub source: String,
+    /// Dotted key, e.g. `score.batch_size`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.source, self.message)
+        } else {
+            write!(f, "{}: `{}`: {}", self.source, self.key, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{} configuration problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[ConfigProblem] {
+        match self {
+            ConfigError::Invalid(p) => p,
+        }
+    }
+
+    /// Configuration errors need a human: a retry cannot help.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// Inputs to configuration loading, so that tests need not touch the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Path of the TOML file, if any (from --config or LENSNET_CONFIG).
+    pub file: Option<PathBuf>,
+    /// Environment variables (name, value).
+    pub env: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The process's own: `--config` flag if given, else LENSNET_CONFIG, else `./lensnet.toml` if
+    /// it exists; the process environment.
+    pub fn from_process(flag: Option<PathBuf>) -> Sources {
+        let file = flag
+            .or_else(|| std::env::var_os("LENSNET_CONFIG").map(PathBuf::from))
+            .or_else(|| Some(PathBuf::from("lensnet.toml")).filter(|p| p.exists()));
+        Sources { file, env: std::env::vars().collect() }
+    }
+
+    fn var(&self, name: &str) -> Option<&str> {
+        self.env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+impl Config {
+    /// Load and validate; every problem is reported together.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut merged: Table = DEFAULTS_TOML.parse().expect("embedded defaults are valid TOML");
+        let reference = merged.clone();
+
+        if let Some(path) = &sources.file {
+            let source = path.display().to_string();
+            match std::fs::read_to_string(path) {
+                Err(e) => problems.push(ConfigProblem { source, key: String::new(), message: format!("cannot read: {e}") }),
+                Ok(text) => match text.parse::<Table>() {
+                    Err(e) => problems.push(ConfigProblem {
+                        source,
+                        key: String::new(),
+                        message: format!("invalid TOML: {}", e.to_string().trim()),
+                    }),
+                    Ok(table) => overlay(&mut merged, &reference, &table, "", &source, &mut problems),
+                },
+            }
+        }
+
+        for (name, value) in &sources.env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let source = format!("environment {name}");
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if path.len() != 2 || path.iter().any(|p| p.is_empty()) {
+                problems.push(ConfigProblem {
+                    source,
+                    key: path.join("."),
+                    message: "expected LENSNET__SECTION__KEY".into(),
+                });
+                continue;
+            }
+            let mut t = Table::new();
+            let mut inner = Table::new();
+            inner.insert(path[1].clone(), env_value(value, reference.get(&path[0]).and_then(|s| s.get(&path[1]))));
+            t.insert(path[0].clone(), Value::Table(inner));
+            overlay(&mut merged, &reference, &t, "", &source, &mut problems);
+        }
+
+        let raw: Option<RawConfig> = match RawConfig::deserialize(Value::Table(merged.clone())) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                problems.push(ConfigProblem { source: "configuration".into(), key: String::new(), message: e.to_string() });
+                None
+            }
+        };
+        let Some(raw) = raw else { return Err(ConfigError::Invalid(problems)) };
+        match resolve(raw, sources, &mut problems) {
+            Some(cfg) if problems.is_empty() => Ok(cfg),
+            _ => Err(ConfigError::Invalid(problems)),
+        }
+    }
+
+    /// The resolved configuration as TOML, secrets excluded.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Where the project's Parquet datasets live, for stages that need a local folder.
+    pub fn local_store_dir(&self) -> Option<PathBuf> {
+        self.store_url.strip_prefix("file://").map(PathBuf::from)
+    }
+}
+
+/// Copy `over` onto `merged`, reporting keys unknown to `reference` with their source.
+fn overlay(merged: &mut Table, reference: &Table, over: &Table, prefix: &str, source: &str, problems: &mut Vec<ConfigProblem>) {
+    for (k, v) in over {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match (reference.get(k), v) {
+            (None, _) => {
+                let known: Vec<&str> = reference.keys().map(|s| s.as_str()).collect();
+                problems.push(ConfigProblem {
+                    source: source.into(),
+                    key,
+                    message: format!("unknown key (known here: {})", known.join(", ")),
+                });
+            }
+            (Some(Value::Table(rt)), Value::Table(ot)) => {
+                let mt = merged.entry(k.clone()).or_insert_with(|| Value::Table(Table::new()));
+                if let Value::Table(mt) = mt {
+                    overlay(mt, rt, ot, &key, source, problems);
+                }
+            }
+            (Some(Value::Table(_)), _) => problems.push(ConfigProblem {
+                source: source.into(),
+                key,
+                message: "expected a section (table)".into(),
+            }),
+            (Some(_), v) => {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// An environment value typed like the default it overrides.
+fn env_value(raw: &str, like: Option<&Value>) -> Value {
+    match like {
+        Some(Value::String(_)) | None => Value::String(raw.to_string()),
+        Some(Value::Array(_)) => {
+            Value::Array(raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect())
+        }
+        Some(_) => {
+            // Integers, floats and booleans parse as TOML literals; anything else stays a string
+            // so that the type error names the key.
+            format!("v = {raw}").parse::<Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or(Value::String(raw.into()))
+        }
+    }
+}
+
+fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>) -> Option<Config> {
+    let mut bad = |key: &str, message: String| {
+        problems.push(ConfigProblem { source: "configuration".into(), key: key.into(), message })
+    };
+    let data_dir = PathBuf::from(&raw.paths.data_dir);
+    if raw.paths.data_dir.trim().is_empty() {
+        bad("paths.data_dir", "must not be empty".into());
+    }
+
+    let database = if let Some(url) = sources.var("DATABASE_URL").filter(|u| !u.trim().is_empty()) {
+        DatabaseSource::Url(Secret(url.trim().to_string()))
+    } else if !raw.database.url_file.is_empty() {
+        match std::fs::read_to_string(&raw.database.url_file) {
+            Ok(s) if !s.trim().is_empty() => DatabaseSource::Url(Secret(s.trim().to_string())),
+            Ok(_) => {
+                bad("database.url_file", format!("{} is empty", raw.database.url_file));
+                DatabaseSource::Local { dir: PathBuf::new(), name: String::new() }
+            }
+            Err(e) => {
+                bad("database.url_file", format!("cannot read {}: {e}", raw.database.url_file));
+                DatabaseSource::Local { dir: PathBuf::new(), name: String::new() }
+            }
+        }
+    } else {
+        let dir = if raw.database.local_dir.is_empty() { data_dir.join("pg") } else { PathBuf::from(&raw.database.local_dir) };
+        DatabaseSource::Local { dir: absolute(&dir), name: raw.database.local_name.clone() }
+    };
+    if !raw.database.local_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || raw.database.local_name.is_empty() {
+        bad("database.local_name", "use letters, digits and underscores".into());
+    }
+    if raw.database.max_connections == 0 {
+        bad("database.max_connections", "must be at least 1".into());
+    }
+
+    let store_url = if raw.store.url.is_empty() {
+        file_url(&data_dir.join("store"))
+    } else if raw.store.url.contains("://") {
+        let scheme = raw.store.url.split("://").next().unwrap_or_default();
+        if !["file", "s3", "s3a", "gs", "az", "abfs", "abfss", "memory"].contains(&scheme) {
+            bad("store.url", format!("unsupported scheme `{scheme}` (file, s3, gs, az or memory)"));
+        }
+        raw.store.url.clone()
+    } else {
+        file_url(Path::new(&raw.store.url))
+    };
+    let inbox = if raw.ingest.inbox.is_empty() { data_dir.join("inbox").display().to_string() } else { raw.ingest.inbox.clone() };
+    let ingest_format = raw.ingest.format.parse().unwrap_or_else(|m| {
+        bad("ingest.format", m);
+        InputFormat::Auto
+    });
+
+    let schedule = match cron::Schedule::from_str(&raw.schedule.cron) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            bad("schedule.cron", format!("invalid cron expression `{}`: {e}", raw.schedule.cron));
+            None
+        }
+    };
+    let mut schedule_fields = Vec::new();
+    let mut seen = BTreeSet::new();
+    for f in &raw.schedule.fields {
+        match f.parse::<Field>() {
+            Ok(field) if seen.insert(field) => schedule_fields.push(field),
+            Ok(field) => bad("schedule.fields", format!("{field} listed twice")),
+            Err(m) => bad("schedule.fields", m),
+        }
+    }
+    if raw.schedule.max_parallel == 0 {
+        bad("schedule.max_parallel", "must be at least 1".into());
+    }
+
+    let model = (!raw.score.model.is_empty()).then(|| PathBuf::from(&raw.score.model));
+    let provider = match raw.score.provider.as_str() {
+        "cpu" => Provider::Cpu,
+        "cuda" => Provider::Cuda,
+        other => {
+            bad("score.provider", format!("unknown provider `{other}` (expected cpu or cuda)"));
+            Provider::Cpu
+        }
+    };
+    let cuda_fallback = match raw.score.on_cuda_failure.as_str() {
+        "error" => false,
+        "fallback" => true,
+        other => {
+            bad("score.on_cuda_failure", format!("unknown policy `{other}` (expected error or fallback)"));
+            false
+        }
+    };
+    if raw.score.batch_size == 0 {
+        bad("score.batch_size", "must be at least 1".into());
+    }
+    for (key, v) in [("score.threshold_purity", raw.score.threshold_purity), ("score.threshold_recall", raw.score.threshold_recall)] {
+        if !(0.0..=1.0).contains(&v) {
+            bad(key, format!("{v} is not a probability in [0, 1]"));
+        }
+    }
+    if raw.score.threshold_recall > raw.score.threshold_purity {
+        bad("score.threshold_recall", "the high-recall threshold must not exceed the high-purity one".into());
+    }
+
+    let hash = {
+        let canonical = toml::to_string(&raw).unwrap_or_default();
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    };
+    Some(Config {
+        data_dir,
+        database,
+        max_connections: raw.database.max_connections,
+        connect_timeout_s: raw.database.connect_timeout_s,
+        store_url,
+        inbox,
+        ingest_format,
+        schedule: schedule?,
+        schedule_fields,
+        max_parallel: raw.schedule.max_parallel,
+        model,
+        provider,
+        cuda_fallback,
+        batch_size: raw.score.batch_size,
+        threshold_purity: raw.score.threshold_purity,
+        threshold_recall: raw.score.threshold_recall,
+        raw,
+        hash,
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+fn file_url(p: &Path) -> String {
+    format!("file://{}", absolute(p).display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Sources {
+        Sources { file: None, env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+    }
+
+    #[test]
+    fn defaults_alone_are_valid() {
+        let cfg = Config::load(&env(&[])).expect("defaults valid");
+        assert_eq!(cfg.batch_size, 256);
+        assert_eq!(cfg.schedule_fields, vec![Field(2), Field(14)]);
+        assert!(cfg.store_url.starts_with("file:///"));
+        assert!(matches!(cfg.database, DatabaseSource::Local { .. }));
+    }
+
+    #[test]
+    fn raw_config_covers_every_default_key() {
+        // The defaults file and the structs must agree, or deny_unknown_fields would reject
+        // the defaults themselves; serialising back gives the same key tree.
+        let table: Table = DEFAULTS_TOML.parse().unwrap();
+        let raw = RawConfig::deserialize(Value::Table(table.clone())).unwrap();
+        let back: Table = toml::to_string(&raw).unwrap().parse().unwrap();
+        for (section, v) in &table {
+            let keys: BTreeSet<_> = v.as_table().unwrap().keys().collect();
+            let back_keys: BTreeSet<_> = back[section].as_table().unwrap().keys().collect();
+            assert_eq!(keys, back_keys, "section {section}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_with_types() {
+        let cfg = Config::load(&env(&[
+            ("LENSNET__SCORE__BATCH_SIZE", "64"),
+            ("LENSNET__SCHEDULE__FIELDS", "BLG01, BLG42"),
+            ("LENSNET__STORE__URL", "s3://bucket/lensnet"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.batch_size, 64);
+        assert_eq!(cfg.schedule_fields, vec![Field(1), Field(42)]);
+        assert_eq!(cfg.store_url, "s3://bucket/lensnet");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lensnet.toml");
+        std::fs::write(&file, "[store]\nurll = \"x\"\n[score]\nprovider = \"tpu\"\nthreshold_purity = 1.5\n[nonsense]\na = 1\n").unwrap();
+        let sources = Sources {
+            file: Some(file.clone()),
+            env: vec![("LENSNET__SCHEDULE__CRON".into(), "not a cron".into()), ("LENSNET__SCORE__BOGUS".into(), "1".into())],
+        };
+        let err = Config::load(&sources).unwrap_err();
+        let text = err.to_string();
+        for needle in ["`store.urll`: unknown key", "`nonsense`: unknown key", "environment LENSNET__SCORE__BOGUS", "`score.provider`", "`score.threshold_purity`", "`schedule.cron`"] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+        assert!(text.contains(&file.display().to_string()));
+        assert_eq!(err.problems().len(), 6, "{text}");
+    }
+
+    #[test]
+    fn database_url_is_secret_and_comes_from_environment() {
+        let cfg = Config::load(&env(&[("DATABASE_URL", "postgres://u:hunter2@db/x")])).unwrap();
+        assert!(matches!(&cfg.database, DatabaseSource::Url(s) if s.expose().contains("hunter2")));
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        assert!(!cfg.to_toml().contains("hunter2"));
+    }
+
+    #[test]
+    fn wrong_type_in_file_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[score]\nbatch_size = \"many\"\n").unwrap();
+        let err = Config::load(&Sources { file: Some(file), env: vec![] }).unwrap_err().to_string();
+        assert!(err.contains("batch_size"), "{err}");
+    }
+}

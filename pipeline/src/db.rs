@@ -1,0 +1,130 @@
+//! Database access: finding the database (DATABASE_URL or the local cluster), connecting, and
+//! applying the migrations in `migrations/`, which are embedded in the binary.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::config::{Config, DatabaseSource};
+use crate::localpg::{LocalPg, LocalPgError};
+
+/// The schema migrations, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// The read-only role for follow-up coordinators.
+pub const READER_ROLE: &str = "lensnet_reader";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    LocalPg(#[from] LocalPgError),
+    #[error("invalid database URL (value not shown): {0}")]
+    BadUrl(String),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+}
+
+impl DbError {
+    /// Connection losses and timeouts may go away on retry; bad URLs and SQL errors do not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DbError::LocalPg(e) => e.is_retryable(),
+            DbError::Connect(_) => true,
+            DbError::Sqlx(e) => is_transient(e),
+            DbError::BadUrl(_) | DbError::Migrate(_) => false,
+        }
+    }
+}
+
+/// Whether an sqlx error is worth a retry (connection trouble, serialization conflicts).
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            // 40001 serialization_failure, 40P01 deadlock, 57P01 admin_shutdown, 08xxx connection.
+            db.code().is_some_and(|c| c == "40001" || c == "40P01" || c == "57P01" || c.starts_with("08"))
+        }
+        _ => false,
+    }
+}
+
+/// The local cluster described by the configuration, if the database is local.
+pub fn local_cluster(cfg: &Config) -> Result<Option<(LocalPg, String)>, DbError> {
+    match &cfg.database {
+        DatabaseSource::Url(_) => Ok(None),
+        DatabaseSource::Local { dir, name } => Ok(Some((LocalPg::new(dir.clone(), false)?, name.clone()))),
+    }
+}
+
+/// The database URL: DATABASE_URL (or url_file) as given, else the local cluster's, which is
+/// created and started on the way (same code as `lensnet db start`).
+pub fn ensure_url(cfg: &Config) -> Result<String, DbError> {
+    match &cfg.database {
+        DatabaseSource::Url(s) => Ok(s.expose().to_string()),
+        DatabaseSource::Local { .. } => {
+            let (pg, name) = local_cluster(cfg)?.expect("local source has a cluster");
+            pg.start()?;
+            pg.ensure_database(&name)?;
+            Ok(pg.url(&name))
+        }
+    }
+}
+
+/// Connect a pool to `url`.
+pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<PgPool, DbError> {
+    let opts = PgConnectOptions::from_str(url).map_err(|e| DbError::BadUrl(redact(&e.to_string())))?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(timeout)
+        .connect_with(opts)
+        .await
+        .map_err(DbError::Connect)
+}
+
+/// Start (if local), connect and migrate: what every command that writes does first.
+pub async fn open(cfg: &Config) -> Result<PgPool, DbError> {
+    let owned = cfg.clone();
+    let url = tokio::task::spawn_blocking(move || ensure_url(&owned))
+        .await
+        .map_err(|e| DbError::BadUrl(format!("database start-up task failed: {e}")))??;
+    let pool = connect(&url, cfg.max_connections, Duration::from_secs(cfg.connect_timeout_s)).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Apply pending migrations; returns how many were applied now.
+pub async fn migrate(pool: &PgPool) -> Result<usize, DbError> {
+    let before = applied_versions(pool).await?;
+    MIGRATOR.run(pool).await?;
+    let after = applied_versions(pool).await?;
+    Ok(after.len().saturating_sub(before.len()))
+}
+
+/// Versions of the migrations already applied (empty on a fresh database).
+pub async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, DbError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version").fetch_all(pool).await?)
+}
+
+/// Remove anything that looks like a password from a message.
+fn redact(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for word in msg.split(' ') {
+        if word.contains("://") && word.contains('@') {
+            out.push_str("<url>");
+        } else {
+            out.push_str(word);
+        }
+        out.push(' ');
+    }
+    out.trim_end().to_string()
+}
