@@ -261,3 +261,81 @@ pub fn chi2_flat(win: &Window) -> f64 {
     }
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{random_window, site_columns, wls};
+    use super::*;
+
+    /// Re-fit from scratch at every allowed break: (k, chi2_flat - chi2_broken, slope).
+    fn brute(win: &Window, min_after: usize, min_before: usize) -> Vec<(usize, f64, f64)> {
+        let m = win.len();
+        let sites = site_columns(&win.site);
+        let (chi2_flat, _) = wls(&sites, &win.y, &win.w);
+        let mut out = Vec::new();
+        for k in (0..m).rev() {
+            let after = win.t.iter().filter(|&&x| x > win.t[k]).count();
+            if after < min_after || k + 1 < min_before {
+                continue;
+            }
+            let mut cols = sites.clone();
+            cols.push(win.t.iter().map(|&x| (x - win.t[k]).max(0.0)).collect());
+            let (chi2, beta) = wls(&cols, &win.y, &win.w);
+            out.push((k, chi2_flat - chi2, beta[N_SITES]));
+        }
+        out
+    }
+
+    #[test]
+    fn prefix_scan_matches_brute_force_refits() {
+        let mut worst = 0.0f64;
+        for seed in 0..24u64 {
+            let n_sites = 1 + (seed % 3) as u8;
+            let rise = if seed % 2 == 0 { 0.0 } else { 0.7 };
+            let win = random_window(seed, 150 + 10 * seed as usize, n_sites, rise);
+            let mut fast = Vec::new();
+            for_each_break(&win.t, &win.y, &win.w, &win.site, 3, 3, |k, num, den| fast.push((k, num * num / den, num / den)));
+            let slow = brute(&win, 3, 3);
+            assert_eq!(fast.len(), slow.len(), "seed {seed}: same breaks tried");
+            for (&(kf, qf, bf), &(ks, qs, bs)) in fast.iter().zip(&slow) {
+                assert_eq!(kf, ks);
+                let rel = (qf - qs).abs() / qs.abs().max(1.0);
+                worst = worst.max(rel);
+                assert!(rel < 1e-9, "seed {seed} k {kf}: fast {qf} brute {qs}");
+                assert!((bf - bs).abs() <= 1e-9 * bs.abs().max(1.0), "seed {seed} k {kf}: slope {bf} vs {bs}");
+            }
+            // The reported best is the brute-force maximum of the rising breaks.
+            let best = scan_broken_line(&win, 3, 3).expect("breaks exist");
+            let (kb, qb, bb) = slow
+                .iter()
+                .map(|&(k, q, b)| (k, if b > 0.0 { q } else { 0.0 }, b))
+                .fold((0, -1.0, 0.0), |a, x| if x.1 > a.1 { x } else { a });
+            assert!((best.delta_chi2 - qb).abs() <= 1e-9 * qb.max(1.0), "seed {seed}: best {} vs {qb}", best.delta_chi2);
+            if qb > 1e-6 {
+                assert!((best.t_rise - win.t[kb]).abs() < 1e-12 || (best.delta_chi2 - qb).abs() < 1e-9 * qb);
+                assert!((best.slope - bb).abs() <= 1e-9 * bb.abs().max(1.0));
+            }
+            if rise > 0.0 {
+                assert!(best.delta_chi2 > 100.0, "seed {seed}: injected rise found ({})", best.delta_chi2);
+            }
+            let (c_flat, _) = wls(&site_columns(&win.site), &win.y, &win.w);
+            assert!((best.chi2_flat - c_flat).abs() <= 1e-9 * c_flat);
+        }
+        eprintln!("worst relative difference prefix scan vs brute force: {worst:.2e}");
+    }
+
+    #[test]
+    fn degenerate_windows_give_no_break_and_no_nan() {
+        let mut w = Window::default();
+        assert!(scan_broken_line(&w, 3, 3).is_none());
+        for i in 0..10 {
+            w.t.push(8000.0); // all at one epoch: no point is ever after a break
+            w.y.push(i as f64);
+            w.w.push(1.0);
+            w.site.push(0);
+            w.index.push(i);
+        }
+        assert!(scan_broken_line(&w, 3, 3).is_none());
+        assert!(scan_broken_line(&w, 0, 0).is_none_or(|b| b.delta_chi2.is_finite()));
+    }
+}

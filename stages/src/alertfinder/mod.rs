@@ -24,13 +24,15 @@ pub mod brokenline;
 pub mod diagnosis;
 pub mod grid;
 pub mod synth;
+#[cfg(test)]
+mod testutil;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use baseline::SiteBaseline;
 pub use brokenline::BrokenLine;
-pub use diagnosis::{diagnosis_vector, DIAGNOSIS_NAMES, N_DIAGNOSIS};
+pub use diagnosis::{diagnosis_vector, DIAGNOSIS_NAMES, DIAGNOSIS_VERSION, N_DIAGNOSIS};
 pub use grid::{GridFit, GridParams};
 
 use crate::photometry::LightCurve;
