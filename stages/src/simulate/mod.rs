@@ -2,6 +2,7 @@
 
 pub mod astro;
 pub mod cadence;
+pub mod lens;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
