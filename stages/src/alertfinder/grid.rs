@@ -268,3 +268,130 @@ pub fn search_grid(pts: &SitePoints, now: f64, p: &GridParams) -> Option<GridFit
     g.n_models = n_models;
     Some(g)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::wls;
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use rand_distr::StandardNormal;
+
+    /// Three sites over 40 days with a bump of template `regime` at t0 = 8520, t_eff = 3.
+    fn points(seed: u64, amp: f64, regime: u8) -> SitePoints {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut p = SitePoints::default();
+        for s in 0..N_SITES {
+            let n = 200 + 50 * s;
+            let mut t: Vec<f64> = (0..n).map(|_| 8500.0 + 40.0 * rng.random::<f64>()).collect();
+            t.sort_by(f64::total_cmp);
+            for ti in t {
+                let u = (ti - 8520.0) / 3.0;
+                let (a1, a2) = templates(1.0 + u * u);
+                let a = if regime == REGIME_LOW { a2 } else { a1 };
+                let e = 0.5 + rng.random::<f64>();
+                let g: f64 = rng.sample(StandardNormal);
+                p.t[s].push(ti);
+                p.y[s].push(5.0 * s as f64 + amp * (1.0 + s as f64) * a + e * g);
+                p.w[s].push(1.0 / (e * e));
+            }
+            p.median[s] = 100.0 * s as f64;
+        }
+        p
+    }
+
+    #[test]
+    fn closed_form_site_fits_match_brute_force() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for seed in 0..6 {
+            let pts = points(seed, if seed % 2 == 0 { 4.0 } else { 0.0 }, REGIME_HIGH);
+            for _ in 0..40 {
+                let t0 = 8495.0 + 50.0 * rng.random::<f64>();
+                let teff = 0.5 + 20.0 * rng.random::<f64>();
+                for regime in [REGIME_HIGH, REGIME_LOW] {
+                    let g = fit_model(&pts, t0, teff, regime, 5.0);
+                    let mut total = 0.0;
+                    let mut n = 0;
+                    for s in 0..N_SITES {
+                        let idx: Vec<usize> = (0..pts.t[s].len()).filter(|&i| (pts.t[s][i] - t0).abs() < 5.0 * teff).collect();
+                        n += idx.len();
+                        if idx.len() < 2 {
+                            continue;
+                        }
+                        let y: Vec<f64> = idx.iter().map(|&i| pts.y[s][i]).collect();
+                        let w: Vec<f64> = idx.iter().map(|&i| pts.w[s][i]).collect();
+                        let a: Vec<f64> = idx
+                            .iter()
+                            .map(|&i| {
+                                let u = (pts.t[s][i] - t0) / teff;
+                                let q = 1.0 + u * u;
+                                if regime == REGIME_LOW {
+                                    (1.0 - (1.0 + q / 2.0).powi(-2)).powf(-0.5)
+                                } else {
+                                    q.powf(-0.5)
+                                }
+                            })
+                            .collect();
+                        let ones = vec![1.0; y.len()];
+                        let (c_flat, _) = wls(std::slice::from_ref(&ones), &y, &w);
+                        let (c_mod, beta) = wls(&[a, ones], &y, &w);
+                        let (d, f1, f0) = if beta[0] > 0.0 { (c_flat - c_mod, beta[0], beta[1]) } else { (0.0, 0.0, g.f0[s] - pts.median[s]) };
+                        let tol = 1e-8 * d.abs().max(1.0);
+                        assert!((g.site_delta_chi2[s] - d).abs() < tol, "site {s}: {} vs {d}", g.site_delta_chi2[s]);
+                        assert!((g.f1[s] - f1).abs() < 1e-8 * f1.abs().max(1.0), "f1 {} vs {f1}", g.f1[s]);
+                        assert!((g.f0[s] - pts.median[s] - f0).abs() < 1e-8 * f0.abs().max(1.0), "f0 {} vs {f0}", g.f0[s]);
+                        total += d;
+                    }
+                    assert_eq!(g.n_points as usize, n);
+                    assert!((g.delta_chi2 - total).abs() < 1e-8 * total.max(1.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grid_search_finds_the_exhaustive_best_and_the_injected_bump() {
+        let p = GridParams { t0_lookback_days: 45.0, ..GridParams::default() };
+        let now = 8541.0;
+        for regime in [REGIME_HIGH, REGIME_LOW] {
+            let pts = points(3, 3.0, regime);
+            let g = search_grid(&pts, now, &p).expect("a bump rises");
+            // Exhaustive: every model of the same grid fitted independently.
+            let mut best = 0.0f64;
+            for teff in p.teffs() {
+                let step = p.t0_step * teff;
+                let n_t0 = ((p.t0_lookahead * teff + p.t0_lookback_days) / step).floor() as usize + 1;
+                for j in 0..n_t0 {
+                    let t0 = now - p.t0_lookback_days + j as f64 * step;
+                    for r in [REGIME_HIGH, REGIME_LOW] {
+                        let m = fit_model(&pts, t0, teff, r, p.half_window);
+                        if m.n_points as usize >= p.min_points {
+                            best = best.max(m.delta_chi2);
+                        }
+                    }
+                }
+            }
+            assert!((g.delta_chi2 - best).abs() <= 1e-9 * best, "{} vs {best}", g.delta_chi2);
+            assert!((g.t0 - 8520.0).abs() < 1.5, "t0 {}", g.t0);
+            assert!(g.teff > 3.0 * 0.56 && g.teff < 3.0 * 1.8, "teff {}", g.teff);
+        }
+        assert_eq!(p.teffs().len(), 19);
+        assert!((p.teffs()[18] - 0.5625 * 4f64.powi(18) / 3f64.powi(18)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn empty_and_tiny_inputs_give_none_or_finite() {
+        let p = GridParams::default();
+        assert!(search_grid(&SitePoints::default(), 8500.0, &p).is_none());
+        let mut pts = SitePoints::default();
+        for i in 0..12 {
+            pts.t[0].push(8500.0); // constant times
+            pts.y[0].push(i as f64);
+            pts.w[0].push(1.0);
+        }
+        if let Some(g) = search_grid(&pts, 8500.0, &p) {
+            assert!(g.delta_chi2.is_finite() && g.f1.iter().chain(&g.f0).all(|x| x.is_finite()));
+        }
+        assert!(search_grid(&pts, f64::NAN, &p).is_none());
+    }
+}
