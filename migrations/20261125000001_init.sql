@@ -45,7 +45,9 @@ CREATE TABLE stage_attempts (
 );
 CREATE INDEX stage_attempts_stage_started ON stage_attempts (stage, started_at DESC);
 
--- Every survey file ingest has seen, good or quarantined. `path` is the file's key in the inbox.
+-- Every survey file ingest has seen, good or quarantined. `path` is the file's location as given.
+-- Growth detection: a later look accepts the file as grown when its first `ingested_bytes`
+-- bytes still hash to `sha256`, and parses only what follows.
 CREATE TABLE ingested_files (
     path              text PRIMARY KEY,
     format            text NOT NULL,
@@ -55,19 +57,22 @@ CREATE TABLE ingested_files (
     band              text,
     size_bytes        bigint NOT NULL CHECK (size_bytes >= 0),
     sha256            text NOT NULL,
+    seen_sha256       text NOT NULL,
+    ingested_bytes    bigint NOT NULL CHECK (ingested_bytes >= 0),
+    lines             bigint NOT NULL CHECK (lines >= 0),
     rows              bigint NOT NULL CHECK (rows >= 0),
-    lines             bigint NOT NULL DEFAULT 0 CHECK (lines >= 0),
-    last_hjd          double precision,
-    status            text NOT NULL CHECK (status IN ('ingested', 'quarantined')),
+    last_line         text NOT NULL DEFAULT '',
+    status            text NOT NULL CHECK (status IN ('ingested', 'quarantined', 'conflict')),
     reason            text,
-    bad_line          bigint,
-    quarantine_path   text,
-    run_id            uuid,
+    flux_sign         smallint NOT NULL CHECK (flux_sign IN (-1, 1)),
+    time_system       text NOT NULL,
+    baseline_flux     double precision,
+    mag_zp            double precision,
     first_seen_at     timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX ingested_files_field ON ingested_files (field, site);
-CREATE INDEX ingested_files_quarantined ON ingested_files (status) WHERE status = 'quarantined';
+CREATE INDEX ingested_files_not_ingested ON ingested_files (status) WHERE status <> 'ingested';
 
 -- An AlertFinder candidate: one star, flagged on data up to `as_of_hjd`.
 CREATE TABLE candidates (

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod db;
+pub mod ledger;
 pub mod localpg;
 
 pub use config::{Config, Sources};

@@ -3,3 +3,4 @@
 mod cli;
 mod db;
 mod harness;
+mod ledger;
