@@ -3,6 +3,7 @@
 //! and `lensnet-stages`.
 
 pub mod config;
+pub mod dag;
 pub mod db;
 pub mod ledger;
 pub mod localpg;

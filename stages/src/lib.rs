@@ -6,6 +6,7 @@ pub mod ingest;
 pub mod photometry;
 pub mod simulate;
 pub mod stage;
+pub mod store;
 
 pub use photometry::{Band, Field, LightCurve, Site, SiteCurve, StarCurves, StarId};
-pub use stage::{Dataset, Stage, StageError};
+pub use stage::{Dataset, RunCtx, Stage, StageError, StageReport};

@@ -2,8 +2,14 @@
 //! nothing of cron, retries or SQL. The pipeline derives the DAG order from these declarations.
 
 use std::fmt;
+use std::sync::Arc;
 
+use async_trait::async_trait;
+use object_store::path::Path as StorePath;
+use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
+
+use crate::photometry::Field;
 
 /// A dataset passed between stages, named by its content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -58,7 +64,50 @@ impl StageError {
     }
 }
 
+/// What one stage attempt sees: which field and time it works on, and where datasets live.
+/// Datasets are located by convention under `root` (`photometry/season=../field=..`, ...), so
+/// the runner passes no data between stages: each stage reads what it declared.
+#[derive(Clone)]
+pub struct RunCtx {
+    /// The run's id (a UUID string); deterministic for a (field, as_of) so a re-run resumes.
+    pub run_id: String,
+    pub field: Field,
+    /// Observing season (calendar year).
+    pub season: i32,
+    /// "Now" as HJD - 2450000: only data taken before it may be used (None = everything).
+    pub as_of: Option<f64>,
+    pub store: Arc<dyn ObjectStore>,
+    /// Prefix of all datasets in `store`.
+    pub root: StorePath,
+}
+
+impl fmt::Debug for RunCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunCtx")
+            .field("run_id", &self.run_id)
+            .field("field", &self.field)
+            .field("season", &self.season)
+            .field("as_of", &self.as_of)
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+/// What a stage attempt reports for its audit row.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StageReport {
+    pub rows_in: u64,
+    pub rows_out: u64,
+    /// Objects or keys read (JSON for the audit row).
+    pub inputs: serde_json::Value,
+    /// Objects or keys written.
+    pub outputs: serde_json::Value,
+    /// Stage-specific facts for the audit row (execution provider, model sha256, ...).
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
 /// One DAG node. Implementations keep their numeric core in plain functions over slices.
+#[async_trait]
 pub trait Stage: Send + Sync {
     /// One string everywhere: config key, tracing span, audit row.
     fn name(&self) -> &'static str;
@@ -66,4 +115,6 @@ pub trait Stage: Send + Sync {
     fn reads(&self) -> &'static [Dataset];
     /// Datasets this stage produces.
     fn writes(&self) -> &'static [Dataset];
+    /// Do the work for `ctx.field`; must be safe to repeat (idempotent outputs).
+    async fn run(&self, ctx: &RunCtx) -> Result<StageReport, StageError>;
 }
