@@ -83,6 +83,8 @@ pub struct RawSchedule {
 pub struct RawScore {
     /// ONNX model path; empty = newest committed model.
     pub model: String,
+    /// ONNX Runtime shared library; empty = $ORT_DYLIB_PATH, else `.ort/lib/libonnxruntime.so`.
+    pub ort_library: String,
     /// Execution provider: cpu or cuda.
     pub provider: String,
     /// On CUDA failure: error or fallback.
@@ -168,6 +170,8 @@ pub struct Config {
     pub schedule_fields: Vec<Field>,
     pub max_parallel: usize,
     pub model: Option<PathBuf>,
+    /// ONNX Runtime library path as configured (None = $ORT_DYLIB_PATH or `.ort/lib`).
+    pub ort_library: Option<PathBuf>,
     pub provider: Provider,
     pub cuda_fallback: bool,
     pub batch_size: usize,
@@ -470,6 +474,7 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
         schedule_fields,
         max_parallel: raw.schedule.max_parallel,
         model,
+        ort_library: (!raw.score.ort_library.is_empty()).then(|| PathBuf::from(&raw.score.ort_library)),
         provider,
         cuda_fallback,
         batch_size: raw.score.batch_size,
