@@ -26,6 +26,8 @@ pub mod grid;
 pub mod synth;
 #[cfg(test)]
 mod testutil;
+#[cfg(test)]
+mod tests;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,268 @@
+//! End-to-end tests of the AlertFinder on synthetic season light curves: injected events are
+//! found, constant stars are not, degenerate inputs neither panic nor produce NaN.
+
+use super::synth::{generate, Pspl, SynthSpec};
+use super::*;
+use crate::photometry::MergedCurve;
+
+/// Every number in the result and its feature vector is finite (serde_json writes a non-finite
+/// float as null; only the optional parts may be null themselves).
+fn all_finite(r: &StarResult) -> bool {
+    fn no_null(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Null => false,
+            serde_json::Value::Array(a) => a.iter().all(no_null),
+            serde_json::Value::Object(o) => o.values().all(no_null),
+            _ => true,
+        }
+    }
+    let Ok(serde_json::Value::Object(top)) = serde_json::to_value(r) else {
+        return false;
+    };
+    diagnosis_vector(r).iter().all(|x| x.is_finite()) && top.values().all(|v| v.is_null() || no_null(v))
+}
+
+fn event_spec(cadence: f64, t0: f64, te: f64, u0: f64, seed_fs: f64) -> SynthSpec {
+    SynthSpec { season_days: 120.0, event: Some(Pspl { t0, te, u0, fs: seed_fs }), ..SynthSpec::season(cadence) }
+}
+
+/// Injected events, (t_E, u0, f_s): two high-magnification, an intermediate and a u0 = 1 event
+/// (whose light curve is exactly the low-magnification template with t_eff = t_E).
+const EVENTS: [(f64, f64, f64); 4] = [(30.0, 0.05, 100.0), (20.0, 0.1, 300.0), (15.0, 0.5, 800.0), (10.0, 1.0, 3000.0)];
+
+#[test]
+fn injected_pspl_events_are_flagged_in_real_time_at_both_cadences() {
+    // KMTNet's thresholds by field cadence.
+    for (cadence, params) in [(0.2, AlertParams::low_cadence()), (4.0, AlertParams::high_cadence())] {
+        for (i, &(te, u0, fs)) in EVENTS.iter().enumerate() {
+            let t0 = 8295.0 + i as f64;
+            let lc = generate(&event_spec(cadence, t0, te, u0, fs), 100 + i as u64);
+            // The run at the peak, with the last day new.
+            let r = scan_star(&lc.view(), t0, t0 - 1.0, &params, &mut Scratch::default());
+            assert_eq!(r.status, Status::Candidate, "cadence {cadence} event {i}: {r:?}");
+            let bl = r.broken_line.expect("candidate has a broken line");
+            assert!(bl.delta_chi2 >= params.delta_chi2_min && bl.t_rise < t0 && bl.slope > 0.0);
+            let g = r.grid.expect("candidate has a grid fit");
+            assert!(g.delta_chi2 > params.delta_chi2_min);
+            assert!(all_finite(&r));
+        }
+    }
+}
+
+/// Once the peak is covered, the grid finds t0 and a timescale. The EventFinder's t_eff is not
+/// u0 t_E for every event: the best template is the one that collects the most delta chi2 over
+/// its window, and for high-magnification events the low-magnification template with
+/// t_eff ~ t_E / 4 usually wins over A1 with u0 t_E because PSPL wings fall as u^-4 (measured:
+/// t_eff 5.6-7.5 d for t_E 20-30 d, u0 <= 0.1). So t_eff is checked against the range
+/// [0.55 u0 t_E, 1.8 t_E], and within two grid steps of t_E for the u0 = 1 event; t0 within
+/// a third of the timescale (at least a day).
+#[test]
+fn injected_pspl_events_are_recovered_by_the_grid_at_both_cadences() {
+    for cadence in [0.2, 4.0] {
+        for (i, &(te, u0, fs)) in EVENTS.iter().enumerate() {
+            let t0 = 8295.0 + i as f64;
+            let lc = generate(&event_spec(cadence, t0, te, u0, fs), 200 + i as u64);
+            let now = t0 + 25.0;
+            let p = AlertParams { fit_all: true, ..AlertParams::default() };
+            let mut scratch = Scratch::default();
+            let r = scan_star(&lc.view(), now, f64::NEG_INFINITY, &p, &mut scratch);
+            fill_site_points(&lc.view(), lc.time.partition_point(|&t| t <= now), &r.baseline, &mut scratch.pts);
+            let gp = GridParams { t0_lookback_days: 40.0, ..GridParams::default() };
+            let Some(g) = grid::search_grid(&scratch.pts, now, &gp) else { panic!("cadence {cadence} event {i}: no rising template; {r:?}") };
+            let ctx = format!("cadence {cadence} event {i} (t_E {te}, u0 {u0}): {g:?}");
+            assert!((g.t0 - t0).abs() <= (0.35 * te.min(g.teff)).max(1.0), "t0: {ctx}");
+            assert!(g.teff >= 0.55 * u0 * te && g.teff <= 1.8 * te, "teff: {ctx}");
+            if u0 == 1.0 {
+                assert_eq!(g.regime, grid::REGIME_LOW, "{ctx}");
+                assert!(g.teff / te > 0.55 && g.teff / te < 1.8, "{ctx}");
+            }
+            assert!(g.delta_chi2 > 250.0, "{ctx}");
+            assert!(g.f1.iter().all(|&f| f > 0.0), "{ctx}");
+        }
+    }
+}
+
+#[test]
+fn rising_event_is_flagged_before_the_peak() {
+    let spec = event_spec(4.0, 8300.0, 30.0, 0.1, 150.0);
+    let lc = generate(&spec, 5);
+    // Three days before the peak (t_eff = 3 d): A ~ 3.
+    let r = scan_star(&lc.view(), 8297.0, 8296.0, &AlertParams::high_cadence(), &mut Scratch::default());
+    assert_eq!(r.status, Status::Candidate, "{r:?}");
+    let g = r.grid.expect("grid");
+    assert!(g.t0 > 8297.0 - 1.0, "peak predicted ahead or near now: {}", g.t0);
+}
+
+/// Broken-line delta chi2 of constant stars. Expectation: at a fixed break the unconstrained
+/// improvement is chi2 with 1 degree of freedom (mean 1, the error bars being rescaled to
+/// reduced chi2 1), so the rising-only one is 0 half of the time and chi2_1 otherwise (mean
+/// 1/2). Scanning the break over the window (look-elsewhere) raises the maximum; by Davies'
+/// bound, P(max > u) <= P(chi2_1 > u) + V e^(-u/2) / (2 pi) with V the path length of the
+/// normalised hinge regressor (a few units for breaks over a 20-day window), so the mean of
+/// the maximum is a few and values above 25 occur with probability ~1e-5.
+#[test]
+fn constant_stars_give_the_expected_delta_chi2_and_no_candidates() {
+    for (cadence, n_stars) in [(0.2, 2000usize), (2.0, 300)] {
+        let spec = SynthSpec { season_days: 60.0, ..SynthSpec::season(cadence) };
+        let params = AlertParams { fit_all: true, ..AlertParams::low_cadence() };
+        let now = 8260.0;
+        let mut maxes = Vec::new();
+        let mut fixed = Vec::new();
+        let mut candidates = 0;
+        let mut scratch = Scratch::default();
+        for seed in 0..n_stars as u64 {
+            let lc = generate(&spec, 10_000 + seed);
+            let r = scan_star(&lc.view(), now, now - 1.0, &params, &mut scratch);
+            assert!(all_finite(&r));
+            candidates += (r.status == Status::Candidate) as usize;
+            maxes.push(r.broken_line.map_or(0.0, |b| b.delta_chi2));
+            // The unconstrained improvement at a break fixed in advance: mid-window.
+            let w = &scratch.win;
+            let k_mid = w.t.partition_point(|&t| t < now - 10.0);
+            brokenline::for_each_break(&w.t, &w.y, &w.w, &w.site, 3, 3, |k, num, den| {
+                if k == k_mid {
+                    fixed.push(num * num / den);
+                }
+            });
+        }
+        maxes.sort_by(f64::total_cmp);
+        let mean_max = maxes.iter().sum::<f64>() / maxes.len() as f64;
+        let q99 = maxes[maxes.len() * 99 / 100];
+        let mean_fixed = fixed.iter().sum::<f64>() / fixed.len() as f64;
+        eprintln!(
+            "cadence {cadence}: {} stars, mean fixed-break dchi2 {mean_fixed:.3} (n {}), mean max {mean_max:.3}, median {:.3}, q99 {q99:.2}, max {:.2}",
+            maxes.len(),
+            fixed.len(),
+            maxes[maxes.len() / 2],
+            maxes[maxes.len() - 1]
+        );
+        assert!(fixed.len() > n_stars * 9 / 10);
+        let se = (2.0 / fixed.len() as f64).sqrt();
+        assert!((mean_fixed - 1.0).abs() < 0.1 + 4.0 * se, "fixed-break mean {mean_fixed}");
+        assert!(mean_max > 0.5 && mean_max < 6.0, "mean of the scanned maximum {mean_max}");
+        assert!(q99 < 20.0, "99th percentile {q99}");
+        assert!(maxes.iter().filter(|&&x| x > 25.0).count() <= 2);
+        assert_eq!(candidates, 0);
+    }
+}
+
+#[test]
+fn degenerate_inputs_neither_panic_nor_produce_nan() {
+    let params = AlertParams { fit_all: true, n_high: 1, delta_chi2_min: 0.0, ..AlertParams::default() };
+    let base = generate(&SynthSpec { season_days: 30.0, ..SynthSpec::season(1.0) }, 3);
+    let mut cases: Vec<(&str, MergedCurve)> = vec![("empty", MergedCurve::default())];
+    let mut one = MergedCurve::default();
+    for v in [&mut one.time, &mut one.flux, &mut one.err, &mut one.fwhm, &mut one.sky] {
+        v.push(8210.0);
+    }
+    one.site.push(1);
+    cases.push(("one point", one));
+    let mut c = base.clone();
+    c.err.iter_mut().for_each(|e| *e = 0.0);
+    cases.push(("all errors zero", c));
+    let mut c = base.clone();
+    c.site.iter_mut().for_each(|s| *s = 2);
+    cases.push(("one site", c));
+    let mut c = base.clone();
+    c.time.iter_mut().for_each(|t| *t = 8210.0);
+    cases.push(("constant times", c));
+    let mut c = base.clone();
+    c.flux.iter_mut().for_each(|f| *f = 7.0);
+    cases.push(("constant flux", c));
+    let mut c = base.clone();
+    c.flux.iter_mut().step_by(3).for_each(|f| *f = f64::NAN);
+    c.err.iter_mut().step_by(5).for_each(|e| *e = f64::INFINITY);
+    c.fwhm.iter_mut().for_each(|f| *f = f64::NAN);
+    c.sky.iter_mut().for_each(|f| *f = f64::NAN);
+    cases.push(("NaNs", c));
+    let mut c = base.clone();
+    c.flux.iter_mut().for_each(|f| *f *= 1e300);
+    c.err.iter_mut().for_each(|e| *e *= 1e-300);
+    cases.push(("huge values", c));
+    let mut c = base.clone();
+    c.site.iter_mut().for_each(|s| *s = 9);
+    cases.push(("unknown sites", c));
+    let mut c = base.clone();
+    c.time.reverse();
+    cases.push(("unsorted", c));
+    let mut c = base.clone();
+    c.flux.pop();
+    c.fwhm.truncate(3);
+    cases.push(("ragged columns", c));
+    let mut scratch = Scratch::default();
+    for (name, c) in &cases {
+        for now in [8210.0, 8230.0, f64::INFINITY, f64::NAN] {
+            let r = scan_star(&c.view(), now, f64::NEG_INFINITY, &params, &mut scratch);
+            assert!(all_finite(&r), "{name} at {now}: {r:?}");
+            if r.status == Status::Failed {
+                assert!(r.reason.is_some(), "{name}: a failure says why");
+            }
+        }
+    }
+    let views: Vec<LightCurve<'_>> = cases.iter().map(|(_, c)| c.view()).collect();
+    let batch = scan_batch(&views, 8230.0, f64::NEG_INFINITY, &params);
+    assert_eq!(batch.len(), cases.len());
+    assert_eq!(batch[cases.len() - 2].status, Status::Failed, "unsorted times are a per-star failure");
+}
+
+#[test]
+fn watermark_and_now_bound_the_search() {
+    let spec = event_spec(1.0, 8300.0, 20.0, 0.1, 150.0);
+    let lc = generate(&spec, 9);
+    let p = AlertParams::default();
+    let mut scratch = Scratch::default();
+    let now = 8301.0;
+    let r = scan_star(&lc.view(), now, now, &p, &mut scratch);
+    assert_eq!(r.status, Status::NotSearched);
+    let a = scan_star(&lc.view(), now, now - 1.0, &p, &mut scratch);
+    assert_eq!(a.status, Status::Candidate);
+    // Only the data up to `now` matter: truncating the curve there changes nothing.
+    let end = lc.time.partition_point(|&t| t <= now);
+    let cut = MergedCurve {
+        time: lc.time[..end].to_vec(),
+        flux: lc.flux[..end].to_vec(),
+        err: lc.err[..end].to_vec(),
+        site: lc.site[..end].to_vec(),
+        fwhm: lc.fwhm[..end].to_vec(),
+        sky: lc.sky[..end].to_vec(),
+    };
+    let b = scan_star(&cut.view(), now, now - 1.0, &p, &mut scratch);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn batch_equals_star_by_star() {
+    let curves: Vec<MergedCurve> = (0..16)
+        .map(|i| {
+            let mut s = SynthSpec { season_days: 60.0, ..SynthSpec::season(1.0) };
+            if i % 4 == 0 {
+                s.event = Some(Pspl { t0: 8255.0, te: 15.0, u0: 0.1, fs: 150.0 });
+            }
+            generate(&s, i)
+        })
+        .collect();
+    let views: Vec<LightCurve<'_>> = curves.iter().map(MergedCurve::view).collect();
+    let p = AlertParams::default();
+    let batch = scan_batch(&views, 8256.0, 8255.0, &p);
+    let mut scratch = Scratch::default();
+    for (v, r) in views.iter().zip(&batch) {
+        assert_eq!(&scan_star(v, 8256.0, 8255.0, &p, &mut scratch), r);
+    }
+    assert_eq!(batch.iter().filter(|r| r.status == Status::Candidate).count(), 4);
+}
+
+#[test]
+fn diagnosis_names_are_unique_and_params_round_trip() {
+    let mut names = DIAGNOSIS_NAMES.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), N_DIAGNOSIS);
+    let p = AlertParams::high_cadence();
+    let json = serde_json::to_string(&p).expect("serialisable");
+    let back: AlertParams = serde_json::from_str(&json).expect("round trip");
+    assert_eq!(p, back);
+    assert!(serde_json::from_str::<AlertParams>(r#"{"n_hihg": 3}"#).is_err(), "unknown fields are refused");
+    let partial: AlertParams = serde_json::from_str(r#"{"n_high": 10, "grid": {"teff_max": 50.0}}"#).expect("defaults fill in");
+    assert_eq!(partial.grid.teff_max, 50.0);
+    assert_eq!(partial.delta_chi2_min, 250.0);
+}
