@@ -14,6 +14,7 @@ pub mod label;
 pub mod lens;
 pub mod model;
 pub mod noise;
+pub mod writer;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -24,6 +25,7 @@ use crate::photometry::{Band, Field, Site, SiteCurve, StarCurves, StarId};
 use cadence::{FieldSchedule, SiteSeason};
 pub use label::{Label, VetPoint, VetStats};
 pub use model::{Class, ClassMix, Model, Star, ZERO_POINT};
+pub use writer::{write_season, SeasonSummary};
 
 /// Errors of the simulator. None is retryable except I/O on the output folder.
 #[derive(Debug, thiserror::Error)]
