@@ -63,6 +63,9 @@ pub struct LedgerEntry {
     pub lines: u64,
     /// Data rows written from this file, over all runs.
     pub rows: u64,
+    /// Blank and comment lines inside the prefix (commented-out epochs included): read, counted,
+    /// not stored.
+    pub skipped_lines: u64,
     /// The last line inside the prefix, for operators comparing a grown file by eye.
     pub last_line: String,
     pub status: FileStatus,

@@ -194,6 +194,9 @@ pub fn normalize(
     let time = t.col(Quantity::Time).unwrap_or(&[]);
     let ts = match (time_system, prior.and_then(|p| p.time_system.parse::<TimeSystem>().ok())) {
         (Some(ts), _) | (None, Some(ts)) => ts,
+        // Nothing to detect from (a header-only file that is still growing): any system gives the
+        // same empty result, and the caller records the system as undetermined.
+        (None, None) if time.is_empty() => TimeSystem::Hjd2450000,
         (None, None) => TimeSystem::detect(time)
             .map_err(|reason| ParseError::TimeSystem { file: file.to_string(), reason })?,
     };

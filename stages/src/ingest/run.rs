@@ -1,0 +1,692 @@
+//! The ingest driver: one input file at a time through plan (read, gunzip, compare with the
+//! ledger, parse) → stage (write part files) → commit (swap manifests) → record (ledger row),
+//! with quarantine for bad files and compaction at the end of a batch.
+//!
+//! The steps are public so that tests can stop between them to simulate a crash: a crash after
+//! `stage` leaves only unlisted parts (invisible); after `commit` the rows are visible and the
+//! ledger is behind, so the next run re-plans the same bytes, derives the same part names and
+//! commits nothing new.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::{Digest, Sha256};
+
+use crate::ingest::columns::ColumnsSpec;
+use crate::ingest::error::{IngestError, ParseError};
+use crate::ingest::ledger::{FileLedger, FileStatus, LedgerEntry};
+use crate::ingest::normalize::{Observations, SourceOverrides};
+use crate::ingest::store::{observations_batch, part_name, Compacted, CompactionPolicy, PartInfo, PartitionKey, PhotometryStore};
+use crate::ingest::text::Scan;
+use crate::ingest::time::season_of;
+use crate::ingest::{parse_any, Format};
+
+/// Options of one ingest run (the CLI fills them from flags and configuration).
+#[derive(Debug, Clone, Default)]
+pub struct IngestOptions {
+    pub format: Format,
+    /// Metadata that wins over file and folder names.
+    pub overrides: SourceOverrides,
+    /// Column mapping for `Format::Columns` given by flags; a `NAME.columns.toml` sidecar next to
+    /// a file wins over it for that file.
+    pub columns: Option<ColumnsSpec>,
+    /// Parse a final line without a line end instead of deferring it (inputs known complete).
+    pub accept_unterminated_tail: bool,
+    /// Compact touched partitions at the end of the run (`None`: never).
+    pub compaction: Option<CompactionPolicy>,
+}
+
+/// What happened to one input file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileOutcome {
+    /// Same bytes as last time: nothing to do.
+    Unchanged,
+    /// New rows written (0 when only blank/comment lines were added); `skipped` blank and comment
+    /// lines (including commented-out epochs) were read and counted; `deferred_line` names a
+    /// final unterminated line left for the next run.
+    Ingested { rows: u64, skipped: u64, deferred_line: Option<u64> },
+    /// A malformed line or unreadable file: copied to `copy`, nothing written from it.
+    Quarantined { reason: String, copy: String },
+    /// The already-ingested prefix changed: copied to `copy`, nothing written.
+    Conflict { reason: String, copy: String },
+    /// A store or ledger failure; the file is retried by the next run.
+    Failed { error: String, retryable: bool },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileReport {
+    /// Ledger key of the file.
+    pub path: String,
+    pub outcome: FileOutcome,
+}
+
+/// The result of a batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IngestReport {
+    pub files: Vec<FileReport>,
+    pub compactions: Vec<Compacted>,
+}
+
+impl IngestReport {
+    pub fn rows_added(&self) -> u64 {
+        self.files
+            .iter()
+            .map(|f| match f.outcome {
+                FileOutcome::Ingested { rows, .. } => rows,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    pub fn count(&self, pred: impl Fn(&FileOutcome) -> bool) -> usize {
+        self.files.iter().filter(|f| pred(&f.outcome)).count()
+    }
+
+    pub fn quarantined(&self) -> usize {
+        self.count(|o| matches!(o, FileOutcome::Quarantined { .. } | FileOutcome::Conflict { .. }))
+    }
+
+    pub fn failed(&self) -> usize {
+        self.count(|o| matches!(o, FileOutcome::Failed { .. }))
+    }
+}
+
+/// The first step's decision.
+#[derive(Debug)]
+pub enum Plan {
+    Unchanged,
+    /// Copy `text` aside and record `entry` (status quarantined or conflict).
+    Quarantine { entry: LedgerEntry, text: Vec<u8> },
+    Write(Prepared),
+}
+
+/// Parsed rows, split by partition, with the ledger row to record once they are committed.
+#[derive(Debug)]
+pub struct Prepared {
+    pub entry: LedgerEntry,
+    pub deferred_line: Option<u64>,
+    pub skipped: u64,
+    pub parts: Vec<(PartitionKey, String, arrow::array::RecordBatch)>,
+}
+
+/// Parts written but not yet listed.
+#[derive(Debug)]
+pub struct Staged {
+    pub entry: LedgerEntry,
+    pub deferred_line: Option<u64>,
+    pub skipped: u64,
+    pub parts: Vec<(PartitionKey, PartInfo)>,
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Gunzips `.gz` inputs (by name or magic bytes); other inputs are returned as they are.
+pub fn decode(key: &str, raw: &[u8]) -> Result<Vec<u8>, ParseError> {
+    if !(key.ends_with(".gz") || raw.starts_with(&[0x1f, 0x8b])) {
+        return Ok(raw.to_vec());
+    }
+    let mut out = Vec::with_capacity(raw.len() * 4);
+    match flate2::read::MultiGzDecoder::new(raw).read_to_end(&mut out) {
+        Ok(_) => Ok(out),
+        Err(e) => Err(ParseError::Invalid {
+            file: key.rsplit('/').next().unwrap_or(key).to_string(),
+            line: out.iter().filter(|&&b| b == b'\n').count() as u64 + 1,
+            reason: format!("cannot decompress gzip: {e}"),
+        }),
+    }
+}
+
+fn fresh_entry(key: &str, format: Format) -> LedgerEntry {
+    LedgerEntry {
+        path: key.to_string(),
+        size_bytes: 0,
+        sha256: sha256_hex(b""),
+        seen_sha256: String::new(),
+        ingested_bytes: 0,
+        lines: 0,
+        rows: 0,
+        skipped_lines: 0,
+        last_line: String::new(),
+        status: FileStatus::Ingested,
+        reason: None,
+        format: format.name().to_string(),
+        star: None,
+        field: None,
+        site: None,
+        band: None,
+        flux_sign: 0,
+        time_system: String::new(),
+        baseline_flux: None,
+        mag_zp: None,
+    }
+}
+
+/// Step 1: decide what to do with the bytes `raw` of the input `key`.
+pub async fn plan(
+    key: &str,
+    raw: &[u8],
+    sidecar: Option<&ColumnsSpec>,
+    ledger: &dyn FileLedger,
+    opts: &IngestOptions,
+) -> Result<Plan, IngestError> {
+    let format = opts.format.resolve(key, sidecar.is_some() || opts.columns.is_some());
+    let prior = ledger.lookup(key).await?;
+    let seen = sha256_hex(raw);
+    if let Some(p) = &prior {
+        // `seen_sha256` of a gzip input is taken over the compressed bytes, so an unchanged
+        // archive is skipped without inflating it.
+        if p.seen_sha256 == seen {
+            return Ok(Plan::Unchanged);
+        }
+    }
+    let mut base = prior.clone().unwrap_or_else(|| fresh_entry(key, format));
+    base.seen_sha256 = seen.clone();
+    base.size_bytes = raw.len() as u64;
+    let quarantine = |mut e: LedgerEntry, status: FileStatus, reason: String, text: Vec<u8>| {
+        e.status = status;
+        e.reason = Some(reason);
+        Plan::Quarantine { entry: e, text }
+    };
+    let text = match decode(key, raw) {
+        Ok(t) => t,
+        Err(e) => return Ok(quarantine(base, FileStatus::Quarantined, e.to_string(), raw.to_vec())),
+    };
+    base.size_bytes = text.len() as u64;
+    let (start, first_line, prior_ok) = match &prior {
+        Some(p) if p.ingested_bytes > 0 => {
+            let ib = usize::try_from(p.ingested_bytes).unwrap_or(usize::MAX);
+            if text.len() < ib || sha256_hex(&text[..ib]) != p.sha256 {
+                let reason = format!(
+                    "the first {ib} bytes, already ingested, changed (sha256 differs): the file was rewritten, not appended to"
+                );
+                return Ok(quarantine(base, FileStatus::Conflict, reason, text));
+            }
+            (ib, p.lines + 1, prior.as_ref())
+        }
+        _ => (0, 1, None),
+    };
+    let parsed = parse_any(format, &text, start, first_line, key, &opts.overrides, sidecar.or(opts.columns.as_ref()), prior_ok, opts.accept_unterminated_tail);
+    let (scan, obs) = match parsed {
+        Ok(v) => v,
+        Err(e) => return Ok(quarantine(base, FileStatus::Quarantined, e.to_string(), text)),
+    };
+    Ok(Plan::Write(prepare(key, base, &text, start, &scan, &obs)?))
+}
+
+fn prepare(key: &str, mut e: LedgerEntry, text: &[u8], start: usize, scan: &Scan, obs: &Observations) -> Result<Prepared, IngestError> {
+    let chunk_sha = sha256_hex(&text[start..scan.end]);
+    let mut by_season: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, &t) in obs.hjd.iter().enumerate() {
+        by_season.entry(season_of(t)).or_default().push(i);
+    }
+    let mut parts = Vec::new();
+    for (season, rows) in by_season {
+        let pk = PartitionKey { season, field: obs.meta.field, site: obs.meta.site.clone() };
+        let name = part_name(format!("{key}\n{start}\n{}\n{chunk_sha}\n{season}", scan.end).as_bytes());
+        parts.push((pk, name, observations_batch(obs, key, &rows)?));
+    }
+    e.status = FileStatus::Ingested;
+    e.reason = scan.deferred_line.map(|l| format!("line {l} has no line end yet; deferred to the next run"));
+    e.sha256 = sha256_hex(&text[..scan.end]);
+    e.ingested_bytes = scan.end as u64;
+    e.lines += scan.lines;
+    e.skipped_lines += scan.skipped;
+    e.rows += obs.len() as u64;
+    if let Some(l) = &scan.last_line {
+        e.last_line = l.clone();
+    }
+    e.star = Some(obs.meta.star.0.clone());
+    e.field = Some(obs.meta.field.name());
+    e.site = Some(obs.meta.site.clone());
+    e.band = Some(obs.meta.band.code().to_string());
+    // Sign and time system are only fixed once there was data to decide them from.
+    if e.rows > 0 {
+        e.flux_sign = obs.flux_sign;
+        e.time_system = obs.time_system.name().to_string();
+        e.baseline_flux = obs.baseline_flux.is_finite().then_some(obs.baseline_flux);
+        e.mag_zp = obs.mag_zp.is_finite().then_some(obs.mag_zp);
+    }
+    Ok(Prepared { entry: e, deferred_line: scan.deferred_line, skipped: scan.skipped, parts })
+}
+
+impl Prepared {
+    /// Step 2: write the part files (invisible until committed).
+    pub async fn stage(self, out: &PhotometryStore) -> Result<Staged, IngestError> {
+        let mut parts = Vec::with_capacity(self.parts.len());
+        for (pk, name, batch) in &self.parts {
+            parts.push((pk.clone(), out.stage_part(pk, name, batch).await?));
+        }
+        Ok(Staged { entry: self.entry, deferred_line: self.deferred_line, skipped: self.skipped, parts })
+    }
+}
+
+impl Staged {
+    /// Step 3: list the parts in their manifests (each partition swapped atomically). Returns the
+    /// ledger row to record.
+    pub async fn commit(self, out: &PhotometryStore) -> Result<(LedgerEntry, FileOutcome), IngestError> {
+        let mut rows = 0;
+        for (pk, info) in &self.parts {
+            out.commit_parts(pk, std::slice::from_ref(info)).await?;
+            rows += info.rows;
+        }
+        Ok((self.entry, FileOutcome::Ingested { rows, skipped: self.skipped, deferred_line: self.deferred_line }))
+    }
+}
+
+/// All steps for one file's bytes.
+pub async fn ingest_bytes(
+    key: &str,
+    raw: &[u8],
+    sidecar: Option<&ColumnsSpec>,
+    out: &PhotometryStore,
+    ledger: &dyn FileLedger,
+    opts: &IngestOptions,
+) -> Result<(FileOutcome, Vec<PartitionKey>), IngestError> {
+    match plan(key, raw, sidecar, ledger, opts).await? {
+        Plan::Unchanged => Ok((FileOutcome::Unchanged, vec![])),
+        Plan::Quarantine { entry, text } => {
+            let reason = entry.reason.clone().unwrap_or_default();
+            let copy = out.quarantine(key, &entry.seen_sha256, &text, &reason).await?;
+            tracing::warn!(file = key, reason = %reason, copy = %copy, "input quarantined");
+            ledger.record(&entry).await?;
+            Ok((
+                if entry.status == FileStatus::Conflict {
+                    FileOutcome::Conflict { reason, copy }
+                } else {
+                    FileOutcome::Quarantined { reason, copy }
+                },
+                vec![],
+            ))
+        }
+        Plan::Write(p) => {
+            let keys: Vec<PartitionKey> = p.parts.iter().map(|x| x.0.clone()).collect();
+            let (entry, outcome) = p.stage(out).await?.commit(out).await?;
+            ledger.record(&entry).await?;
+            Ok((outcome, keys))
+        }
+    }
+}
+
+/// True for names ingest reads (possibly `.gz`): `.pysis`, `.diapl`, OGLE `phot.dat`/`.dat`, and
+/// anything with a columns mapping.
+pub fn is_input_name(name: &str, has_mapping: bool) -> bool {
+    let n = name.strip_suffix(".gz").unwrap_or(name);
+    if n.ends_with(".columns.toml") || n.starts_with('.') || n.starts_with('_') {
+        return false;
+    }
+    n.ends_with(".pysis") || n.ends_with(".diapl") || n.ends_with(".dat") || has_mapping
+}
+
+/// Ingests every input under `input` (a local file or directory, or a store URL) into `out`.
+/// A bad file is quarantined and the batch goes on; a store or ledger failure of one file is
+/// reported as `Failed` and the batch goes on too (the next run retries that file).
+pub async fn ingest_location(
+    input: &str,
+    out: &PhotometryStore,
+    ledger: &dyn FileLedger,
+    opts: &IngestOptions,
+) -> Result<IngestReport, IngestError> {
+    let local = std::path::Path::new(input);
+    let (root, only) = if !input.contains("://") && local.is_file() {
+        let parent = local.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        (parent.to_string_lossy().into_owned(), local.file_name().map(|n| n.to_string_lossy().into_owned()))
+    } else {
+        (input.to_string(), None)
+    };
+    let opened = crate::store::open_store(&root, false)
+        .map_err(|e| IngestError::StoreUrl { location: input.to_string(), reason: e.to_string() })?;
+    let metas: Vec<_> = opened.store.list(Some(&opened.prefix)).try_collect().await?;
+    let mut names: Vec<Path> = metas.into_iter().map(|m| m.location).collect();
+    names.sort();
+    let all: std::collections::HashSet<String> = names.iter().map(|p| p.to_string()).collect();
+    let mut report = IngestReport::default();
+    let mut touched: Vec<PartitionKey> = Vec::new();
+    for path in names {
+        let rel = path.to_string();
+        let name = path.filename().unwrap_or_default().to_string();
+        if let Some(o) = &only {
+            if &name != o {
+                continue;
+            }
+        }
+        let sidecar_path = [format!("{rel}.columns.toml"), format!("{}.columns.toml", rel.rsplit_once('.').map(|x| x.0).unwrap_or(&rel))]
+            .into_iter()
+            .find(|p| all.contains(p));
+        if !is_input_name(&name, sidecar_path.is_some() || (opts.columns.is_some() && only.is_some())) {
+            continue;
+        }
+        let key = format!("{}/{}", opened.location.trim_end_matches('/'), rel.strip_prefix(opened.prefix.as_ref()).unwrap_or(&rel).trim_start_matches('/'));
+        let result = async {
+            let sidecar = match &sidecar_path {
+                Some(p) => {
+                    let b = opened.store.get(&Path::from(p.as_str())).await?.bytes().await?;
+                    Some(ColumnsSpec::from_toml(&String::from_utf8_lossy(&b))?)
+                }
+                None => None,
+            };
+            let raw = opened.store.get(&path).await?.bytes().await?;
+            ingest_bytes(&key, &raw, sidecar.as_ref(), out, ledger, opts).await
+        }
+        .await;
+        let outcome = match result {
+            Ok((o, keys)) => {
+                touched.extend(keys);
+                o
+            }
+            Err(e) => {
+                tracing::error!(file = %key, error = %e, retryable = e.is_retryable(), "ingest of file failed");
+                FileOutcome::Failed { error: e.to_string(), retryable: e.is_retryable() }
+            }
+        };
+        report.files.push(FileReport { path: key, outcome });
+    }
+    if let Some(policy) = &opts.compaction {
+        touched.sort();
+        touched.dedup();
+        for k in touched {
+            if let Some(c) = out.compact(&k, policy).await? {
+                report.compactions.push(c);
+            }
+        }
+    }
+    tracing::info!(
+        files = report.files.len(),
+        rows = report.rows_added(),
+        quarantined = report.quarantined(),
+        failed = report.failed(),
+        "ingest finished"
+    );
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use object_store::memory::InMemory;
+
+    use super::*;
+    use crate::ingest::ledger::MemoryLedger;
+    use crate::ingest::store::{read_photometry, row_keys, total_rows};
+    use crate::photometry::Field;
+
+    const DATA: &str = "/work/shared/data/kmtnet";
+
+    fn mem_store() -> PhotometryStore {
+        PhotometryStore::new(Arc::new(InMemory::new()), Path::from("lake"))
+    }
+
+    fn local_store(dir: &std::path::Path) -> PhotometryStore {
+        let o = crate::store::open_store(dir.to_str().unwrap(), true).unwrap();
+        PhotometryStore::new(o.store, o.prefix)
+    }
+
+    fn data_lines(text: &str) -> u64 {
+        text.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).count() as u64
+    }
+
+    fn all_real_rows() -> u64 {
+        crate::ingest::pysis::tests::real_files().iter().map(|f| data_lines(&std::fs::read_to_string(f).unwrap())).sum()
+    }
+
+    async fn all_batches(out: &PhotometryStore) -> Vec<arrow::array::RecordBatch> {
+        let mut v = Vec::new();
+        for k in out.partitions().await.unwrap() {
+            v.extend(out.read_partition(&k).await.unwrap());
+        }
+        v
+    }
+
+    fn assert_unique(keys: &[(String, String, u64)]) {
+        let mut k = keys.to_vec();
+        k.sort();
+        let n = k.len();
+        k.dedup();
+        assert_eq!(k.len(), n, "duplicate rows");
+    }
+
+    #[tokio::test]
+    async fn real_files_ingest_once_on_local_fs_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = local_store(dir.path());
+        let ledger = MemoryLedger::new();
+        let opts = IngestOptions::default();
+        let r = ingest_location(DATA, &out, &ledger, &opts).await.unwrap();
+        assert_eq!(r.files.len(), 11, "{:?}", r.files);
+        assert_eq!(r.quarantined() + r.failed(), 0, "{:?}", r.files);
+        assert_eq!(r.rows_added(), all_real_rows());
+        let keys = out.partitions().await.unwrap();
+        let sites: Vec<String> = keys.iter().map(|k| format!("{}/{}/{}", k.season, k.field, k.site)).collect();
+        assert_eq!(sites.len(), 6, "{sites:?}"); // 2018 × {BLG12, BLG14} × 3 sites
+        assert!(dir.path().join("photometry/season=2018/field=BLG14/site=KMTC/_manifest.json").is_file());
+
+        // Again: nothing new, and no duplicates.
+        let r2 = ingest_location(DATA, &out, &ledger, &opts).await.unwrap();
+        assert!(r2.files.iter().all(|f| f.outcome == FileOutcome::Unchanged), "{:?}", r2.files);
+        let batches = all_batches(&out).await;
+        assert_eq!(total_rows(&batches) as u64, all_real_rows());
+        assert_unique(&row_keys(&batches).unwrap());
+
+        // The reader: both stars of BLG14, brightening positive, sorted, full history with `since`.
+        let stars = read_photometry(&out, 2018, Field(14), None).await.unwrap();
+        let names: Vec<&str> = stars.iter().map(|s| s.star.0.as_str()).collect();
+        assert_eq!(names, vec!["BLG14-2018-season", "KB180003"]);
+        let season = &stars[0];
+        assert_eq!(season.curves.len(), 5); // KMTA I, KMTC I, KMTC V, KMTS I, KMTS V
+        let kmtc_i = season.curves.iter().find(|c| c.site == Some(crate::photometry::Site::Kmtc) && c.band == Some(crate::photometry::Band::I)).unwrap();
+        let peak = kmtc_i.flux.iter().fold(f64::MIN, |a, &b| a.max(b));
+        assert!((peak - 189_538.0).abs() < 1.0, "{peak}");
+        for c in &season.curves {
+            assert!(c.hjd.windows(2).all(|w| w[0] <= w[1]));
+        }
+        let late = read_photometry(&out, 2018, Field(14), Some(8300.0)).await.unwrap();
+        assert_eq!(late.len(), 1, "KB180003 was cut at 8210");
+        assert_eq!(late[0].curves.iter().map(|c| c.len()).sum::<usize>(), season.curves.iter().map(|c| c.len()).sum::<usize>());
+
+        // Ledger rows carry what growth detection needs.
+        let e = ledger.entries();
+        assert_eq!(e.len(), 11);
+        let c = e.iter().find(|e| e.path.ends_with("BLG14-2018-season/KMTC14_I.pysis")).unwrap();
+        assert_eq!((c.status, c.flux_sign, c.time_system.as_str(), c.lines), (FileStatus::Ingested, -1, "hjd-2450000", 1221));
+        assert_eq!(c.rows, 1220);
+        assert_eq!(c.ingested_bytes, c.size_bytes);
+    }
+
+    #[tokio::test]
+    async fn parquet_files_read_back_with_the_parquet_crate() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = local_store(dir.path());
+        let f = format!("{DATA}/BLG14-2018-season/KMTC14_I.pysis");
+        ingest_location(&f, &out, &MemoryLedger::new(), &IngestOptions::default()).await.unwrap();
+        let part_dir = dir.path().join("photometry/season=2018/field=BLG14/site=KMTC");
+        let part = std::fs::read_dir(&part_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .unwrap();
+        let file = std::fs::File::open(&part).unwrap();
+        let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let md = b.metadata().clone();
+        assert_eq!(b.schema().fields(), crate::ingest::store::photometry_schema().fields());
+        assert_eq!(b.schema().metadata().get("lensnet.format").map(String::as_str), Some("lensnet-photometry/1"));
+        let rg = md.row_group(0);
+        assert!(matches!(rg.column(2).compression(), parquet::basic::Compression::ZSTD(_)));
+        assert_eq!(rg.sorting_columns().map(|s| s.len()), Some(3));
+        let batches: Vec<_> = b.build().unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(total_rows(&batches), 1220);
+        let hjd = batches[0].column(2).as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+        assert!(hjd.values().windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[tokio::test]
+    async fn grown_file_adds_only_new_epochs_and_partial_lines_wait() {
+        let text = std::fs::read_to_string(format!("{DATA}/BLG14-2018-season/KMTS14_I.pysis")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let key = "/inbox/BLG14-2018-season/KMTS14_I.pysis";
+        let out = mem_store();
+        let ledger = MemoryLedger::new();
+        let opts = IngestOptions::default();
+        // Night 1: header + 300 epochs and a half-written line.
+        let mut v1 = lines[..301].join("\n") + "\n";
+        v1.push_str(&lines[301][..10]);
+        let (o1, _) = ingest_bytes(key, v1.as_bytes(), None, &out, &ledger, &opts).await.unwrap();
+        assert_eq!(o1, FileOutcome::Ingested { rows: 300, skipped: 1, deferred_line: Some(302) });
+        // Same bytes again: unchanged.
+        let (o, _) = ingest_bytes(key, v1.as_bytes(), None, &out, &ledger, &opts).await.unwrap();
+        assert_eq!(o, FileOutcome::Unchanged);
+        // Night 2: the whole file.
+        let (o2, _) = ingest_bytes(key, text.as_bytes(), None, &out, &ledger, &opts).await.unwrap();
+        assert_eq!(o2, FileOutcome::Ingested { rows: 714 - 300, skipped: 0, deferred_line: None });
+        let batches = all_batches(&out).await;
+        assert_eq!(total_rows(&batches), 714);
+        assert_unique(&row_keys(&batches).unwrap());
+        let e = ledger.lookup(key).await.unwrap().unwrap();
+        assert_eq!((e.rows, e.lines, e.ingested_bytes), (714, 715, text.len() as u64));
+        assert_eq!(e.last_line, lines[714]);
+        // Appended epochs keep the sign and line numbers of the original file.
+        let stars = read_photometry(&out, 2018, Field(14), None).await.unwrap();
+        let flux = &stars[0].curves[0].flux;
+        let peak = flux.iter().fold(f64::MIN, |a, &b| a.max(b));
+        assert!(peak > 10_000.0, "brightening stays positive after the append: {peak}");
+    }
+
+    #[tokio::test]
+    async fn malformed_and_rewritten_files_are_quarantined_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox/KB180003");
+        std::fs::create_dir_all(&inbox).unwrap();
+        let good = std::fs::read_to_string(format!("{DATA}/KB180003/KMTC14_I.pysis")).unwrap();
+        std::fs::write(inbox.join("KMTC14_I.pysis"), &good).unwrap();
+        let mut bad: Vec<&str> = good.lines().collect();
+        bad[16] = "8171.2 1 2 3";
+        let bad = bad.join("\n") + "\n";
+        std::fs::write(inbox.join("KMTA14_I.pysis"), &bad).unwrap();
+        std::fs::write(inbox.join("KMTS14_I.pysis"), b"\x00\x01garbage\xff\n").unwrap();
+        let out = local_store(&dir.path().join("lake"));
+        let ledger = MemoryLedger::new();
+        let input = dir.path().join("inbox");
+        let r = ingest_location(input.to_str().unwrap(), &out, &ledger, &IngestOptions::default()).await.unwrap();
+        assert_eq!(r.files.len(), 3);
+        assert_eq!(r.quarantined(), 2);
+        assert_eq!(r.rows_added(), 169);
+        let q = r.files.iter().find(|f| f.path.ends_with("KMTA14_I.pysis")).unwrap();
+        let FileOutcome::Quarantined { reason, copy } = &q.outcome else { panic!("{q:?}") };
+        assert_eq!(reason, "cannot parse line 17 of KMTA14_I.pysis: expected 5 columns, found 4");
+        // Nothing lost: the bytes and the reason are in the store, the ledger says why.
+        let copied = dir.path().join("lake").join(copy);
+        assert_eq!(std::fs::read_to_string(&copied).unwrap(), bad);
+        assert!(std::fs::read_to_string(copied.with_file_name("KMTA14_I.pysis.reason.txt")).unwrap().contains("line 17"));
+        let e = ledger.lookup(&q.path).await.unwrap().unwrap();
+        assert_eq!((e.status, e.rows), (FileStatus::Quarantined, 0));
+        // Unchanged bad files are not copied again; a fixed file is ingested.
+        let r2 = ingest_location(input.to_str().unwrap(), &out, &ledger, &IngestOptions::default()).await.unwrap();
+        assert_eq!(r2.count(|o| *o == FileOutcome::Unchanged), 3);
+        std::fs::write(inbox.join("KMTA14_I.pysis"), &good).unwrap();
+        let r3 = ingest_location(input.to_str().unwrap(), &out, &ledger, &IngestOptions::default()).await.unwrap();
+        assert_eq!(r3.rows_added(), 169);
+        // A rewritten (not appended) file is a conflict: nothing written.
+        std::fs::write(inbox.join("KMTC14_I.pysis"), good.replacen("8168.83125", "8168.83126", 1)).unwrap();
+        let r4 = ingest_location(input.to_str().unwrap(), &out, &ledger, &IngestOptions::default()).await.unwrap();
+        let c = r4.files.iter().find(|f| f.path.ends_with("KMTC14_I.pysis")).unwrap();
+        assert!(matches!(&c.outcome, FileOutcome::Conflict { reason, .. } if reason.contains("rewritten")), "{c:?}");
+        assert_eq!(r4.rows_added(), 0);
+    }
+
+    #[tokio::test]
+    async fn crash_between_steps_leaves_nothing_visible_and_next_run_completes() {
+        let text = std::fs::read(format!("{DATA}/KB180003/KMTA12_I.pysis")).unwrap();
+        let key = "/in/KB180003/KMTA12_I.pysis";
+        let out = mem_store();
+        let ledger = MemoryLedger::new();
+        let opts = IngestOptions::default();
+        // Crash after staging: parts exist, no manifest lists them.
+        let Plan::Write(p) = plan(key, &text, None, &ledger, &opts).await.unwrap() else { panic!() };
+        let staged = p.stage(&out).await.unwrap();
+        drop(staged);
+        assert!(read_photometry(&out, 2018, Field(12), None).await.unwrap().is_empty());
+        assert_eq!(total_rows(&all_batches(&out).await), 0);
+        let (o, _) = ingest_bytes(key, &text, None, &out, &ledger, &opts).await.unwrap();
+        // 5 epochs of this file are commented out (`#8177.23803 …`): skipped and counted.
+        assert_eq!(o, FileOutcome::Ingested { rows: 296, skipped: 6, deferred_line: None });
+        // Crash after commit, before the ledger: the next run commits nothing new.
+        let key2 = "/in/KB180003/KMTC12_I.pysis";
+        let text2 = std::fs::read(format!("{DATA}/KB180003/KMTC12_I.pysis")).unwrap();
+        let Plan::Write(p) = plan(key2, &text2, None, &ledger, &opts).await.unwrap() else { panic!() };
+        p.stage(&out).await.unwrap().commit(&out).await.unwrap();
+        assert!(ledger.lookup(key2).await.unwrap().is_none());
+        let (o, _) = ingest_bytes(key2, &text2, None, &out, &ledger, &opts).await.unwrap();
+        assert!(matches!(o, FileOutcome::Ingested { .. }));
+        let batches = all_batches(&out).await;
+        assert_eq!(total_rows(&batches) as u64, 296 + data_lines(&String::from_utf8_lossy(&text2)));
+        assert_unique(&row_keys(&batches).unwrap());
+    }
+
+    #[tokio::test]
+    async fn compaction_merges_sorted_and_retires_old_parts() {
+        let text = std::fs::read_to_string(format!("{DATA}/BLG14-2018-season/KMTA14_I.pysis")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let key = "/in/BLG14-2018-season/KMTA14_I.pysis";
+        let out = mem_store();
+        let ledger = MemoryLedger::new();
+        let opts = IngestOptions::default();
+        for end in [100, 300, 500, 700, lines.len()] {
+            let v = lines[..end].join("\n") + "\n";
+            ingest_bytes(key, v.as_bytes(), None, &out, &ledger, &opts).await.unwrap();
+        }
+        let pk = PartitionKey { season: 2018, field: Field(14), site: "KMTA".into() };
+        let before = out.read_manifest(&pk).await.unwrap();
+        assert_eq!(before.files.len(), 5);
+        let policy = CompactionPolicy { max_parts: 4, small_part_bytes: 0 };
+        let c = out.compact(&pk, &policy).await.unwrap().unwrap();
+        assert_eq!((c.merged_parts, c.rows, c.deleted), (5, 889, 5));
+        let after = out.read_manifest(&pk).await.unwrap();
+        assert_eq!(after.files.len(), 1);
+        assert_eq!(after.retired.len(), 5);
+        let batches = out.read_partition(&pk).await.unwrap();
+        assert_eq!(total_rows(&batches), 889);
+        assert_unique(&row_keys(&batches).unwrap());
+        // Committing a retired part (a crashed run replayed) adds nothing.
+        assert_eq!(out.commit_parts(&pk, &before.files[..1]).await.unwrap(), 0);
+        // Below the policy: nothing to do.
+        assert!(out.compact(&pk, &policy).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn gzip_input_equals_plain_input() {
+        use std::io::Write;
+        let text = std::fs::read(format!("{DATA}/KB180003/KMTS14_I.pysis")).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&text).unwrap();
+        let gz = gz.finish().unwrap();
+        let out = mem_store();
+        let ledger = MemoryLedger::new();
+        let (o, _) = ingest_bytes("/in/KB180003/KMTS14_I.pysis.gz", &gz, None, &out, &ledger, &IngestOptions::default()).await.unwrap();
+        assert_eq!(o, FileOutcome::Ingested { rows: 56, skipped: 1, deferred_line: None });
+        // A truncated archive is quarantined with a reason, not half-read.
+        let (o, _) = ingest_bytes("/in/KB180003/KMTS12_I.pysis.gz", &gz[..gz.len() / 2], None, &out, &ledger, &IngestOptions::default()).await.unwrap();
+        assert!(matches!(&o, FileOutcome::Quarantined { reason, .. } if reason.contains("gzip")), "{o:?}");
+    }
+
+    #[tokio::test]
+    async fn sidecar_columns_file_drives_generic_ingest() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("moa/MB19001");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("lc.txt"), "# hjd flux err\n8600.1 100.0 5.0\n8600.2 180.0 5.0\n8600.3 100.0 5.0\n").unwrap();
+        std::fs::write(d.join("lc.columns.toml"), "time = 1\nvalue = 2\nkind = \"flux\"\nerror = 3\nfield = \"BLG02\"\nsite = \"MOA\"\n").unwrap();
+        let out = mem_store();
+        let r = ingest_location(dir.path().join("moa").to_str().unwrap(), &out, &MemoryLedger::new(), &IngestOptions::default()).await.unwrap();
+        assert_eq!(r.files.len(), 1, "{:?}", r.files);
+        assert_eq!(r.rows_added(), 3);
+        let stars = read_photometry(&out, 2019, Field(2), None).await.unwrap();
+        assert_eq!(stars[0].star.0, "MB19001");
+        assert_eq!(stars[0].curves[0].site, None);
+        assert_eq!(stars[0].curves[0].flux, vec![0.0, 80.0, 0.0]);
+    }
+}

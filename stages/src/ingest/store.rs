@@ -1,0 +1,534 @@
+//! The `photometry` dataset on an object store: Hive-partitioned, zstd Parquet part files made
+//! visible only through a per-partition `_manifest.json`, plus the reader and the compaction.
+//!
+//! # Layout
+//! ```text
+//! <root>/photometry/season=2018/field=BLG14/site=KMTC/_manifest.json
+//! <root>/photometry/season=2018/field=BLG14/site=KMTC/part-<16 hex>.parquet
+//! <root>/quarantine/<16 hex of the file's sha256>/<file name>            (copy of a bad input)
+//! <root>/quarantine/<16 hex of the file's sha256>/<file name>.reason.txt
+//! ```
+//! `season` is the calendar year of the epoch (UTC), `field` the KMTNet field name, `site` the
+//! KMTNet site code (or the survey's name, e.g. `OGLE`, for other inputs).
+//!
+//! # Schema of every part file (columns in this order; partition keys are NOT repeated inside)
+//! | column | type | meaning |
+//! | --- | --- | --- |
+//! | `star` | Utf8 | star id (`KB180003`, `BLG14.0001234`) |
+//! | `band` | Utf8 | `I` or `V` |
+//! | `hjd` | Float64 | HJD - 2450000, days |
+//! | `flux` | Float64 | difference flux, **brightening positive**, pySIS units (mag zp 28) |
+//! | `flux_err` | Float64 | 1σ error of `flux` |
+//! | `mag` | Float64 | magnitude as given by the source (NaN if none) |
+//! | `mag_err` | Float64 | its error |
+//! | `fwhm` | Float64 | seeing FWHM, pixels (NaN if not measured) |
+//! | `sky` | Float64 | sky background, counts |
+//! | `airmass` | Float64 | sec z |
+//! | `baseline_flux` | Float64 | the source's baseline total flux on the zp-28 scale (NaN if unknown): total = baseline + flux |
+//! | `quality` | Float64 | source quality flag (DIAPL), NaN otherwise |
+//! | `source` | Utf8 | input location the row came from |
+//! | `source_line` | UInt32 | 1-based line in that input |
+//!
+//! Missing values are NaN, never null, and no column is nullable. Rows are sorted by
+//! (`star`, `hjd`, `band`); the files declare that order in their sorting-columns metadata. DuckDB
+//! (`read_parquet('…/photometry/**/*.parquet', hive_partitioning = true)`), polars
+//! (`scan_parquet(…, hive_partitioning=True)`) and pandas/pyarrow read them as they are.
+//!
+//! # Visibility, crashes and idempotency
+//! A part file is written first (one put or a multipart upload that becomes visible whole), then
+//! the partition's manifest is replaced by one atomic put; the file ledger row is written last.
+//! Readers (ours, and anyone who wants a consistent view) read only the parts the manifest lists.
+//! Part names are derived from the content they hold (source, byte range, its hash), so a run
+//! that crashed after writing a part rewrites the same object, and committing a name already
+//! listed (or retired by a compaction) is a no-op. A bare glob over the directory can briefly see
+//! an unlisted part after a crash or before a compaction's cleanup; `vacuum` removes those.
+//! One writer per store at a time is assumed (the pipeline's scheduler runs ingest serially).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::async_writer::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ingest::error::IngestError;
+use crate::ingest::normalize::Observations;
+use crate::photometry::{Band, Field, Site, SiteCurve, StarCurves, StarId};
+
+/// Version tag written into manifests and Parquet key-value metadata.
+pub const FORMAT_VERSION: &str = "lensnet-photometry/1";
+pub const MANIFEST: &str = "_manifest.json";
+
+/// The Arrow schema of a part file (see the module docs).
+pub fn photometry_schema() -> SchemaRef {
+    let f = |n: &str, t: DataType| ArrowField::new(n, t, false);
+    Arc::new(Schema::new(vec![
+        f("star", DataType::Utf8),
+        f("band", DataType::Utf8),
+        f("hjd", DataType::Float64),
+        f("flux", DataType::Float64),
+        f("flux_err", DataType::Float64),
+        f("mag", DataType::Float64),
+        f("mag_err", DataType::Float64),
+        f("fwhm", DataType::Float64),
+        f("sky", DataType::Float64),
+        f("airmass", DataType::Float64),
+        f("baseline_flux", DataType::Float64),
+        f("quality", DataType::Float64),
+        f("source", DataType::Utf8),
+        f("source_line", DataType::UInt32),
+    ]))
+}
+
+/// One Hive partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionKey {
+    pub season: i32,
+    pub field: Field,
+    pub site: String,
+}
+
+/// A listed part file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartInfo {
+    /// File name inside the partition directory.
+    pub name: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub min_hjd: f64,
+    pub max_hjd: f64,
+}
+
+/// The partition's list of live parts. Replaced whole, by one put, on every change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    /// Incremented on every replacement (for logs and for readers that cache).
+    pub generation: u64,
+    pub files: Vec<PartInfo>,
+    /// Names merged away by compaction; committing one again is a no-op, so a re-run of a crashed
+    /// ingest cannot resurrect rows that a compaction already holds.
+    #[serde(default)]
+    pub retired: Vec<String>,
+}
+
+/// When a partition is compacted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompactionPolicy {
+    /// Compact when a partition lists more than this many parts …
+    pub max_parts: usize,
+    /// … or at least two parts of which one is smaller than this many bytes.
+    pub small_part_bytes: u64,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        CompactionPolicy { max_parts: 8, small_part_bytes: 1 << 20 }
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compacted {
+    pub key: PartitionKey,
+    pub merged_parts: usize,
+    pub rows: u64,
+    pub new_part: String,
+    pub deleted: usize,
+}
+
+/// The photometry dataset under `root` in `store`.
+#[derive(Debug, Clone)]
+pub struct PhotometryStore {
+    pub store: Arc<dyn ObjectStore>,
+    pub root: Path,
+}
+
+fn writer_props() -> Result<WriterProperties, IngestError> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_sorting_columns(Some(vec![
+            SortingColumn { column_idx: 0, descending: false, nulls_first: false },
+            SortingColumn { column_idx: 2, descending: false, nulls_first: false },
+            SortingColumn { column_idx: 1, descending: false, nulls_first: false },
+        ]))
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new("lensnet.format".to_string(), FORMAT_VERSION.to_string()),
+            KeyValue::new("lensnet.time".to_string(), "hjd = HJD - 2450000 (days)".to_string()),
+            KeyValue::new(
+                "lensnet.flux".to_string(),
+                "difference flux, brightening positive; mag zero point 28".to_string(),
+            ),
+        ]))
+        .build())
+}
+
+/// Builds the record batch of observations (one source file), sorted by (star, hjd, band).
+pub fn observations_batch(obs: &Observations, source: &str, rows: &[usize]) -> Result<RecordBatch, IngestError> {
+    let mut idx: Vec<usize> = rows.to_vec();
+    idx.sort_by(|&a, &b| obs.hjd[a].total_cmp(&obs.hjd[b]));
+    let pick = |v: &[f64]| -> ArrayRef { Arc::new(Float64Array::from_iter_values(idx.iter().map(|&i| v[i]))) };
+    let n = idx.len();
+    let star: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(obs.meta.star.0.as_str(), n)));
+    let band: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(obs.meta.band.code(), n)));
+    let baseline: ArrayRef = Arc::new(Float64Array::from(vec![obs.baseline_flux; n]));
+    let src: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(source, n)));
+    let line: ArrayRef = Arc::new(UInt32Array::from_iter_values(idx.iter().map(|&i| obs.line[i])));
+    Ok(RecordBatch::try_new(
+        photometry_schema(),
+        vec![
+            star,
+            band,
+            pick(&obs.hjd),
+            pick(&obs.flux),
+            pick(&obs.flux_err),
+            pick(&obs.mag),
+            pick(&obs.mag_err),
+            pick(&obs.fwhm),
+            pick(&obs.sky),
+            pick(&obs.airmass),
+            baseline,
+            pick(&obs.quality),
+            src,
+            line,
+        ],
+    )?)
+}
+
+/// Sorts any photometry batch by (star, hjd, band).
+pub fn sort_batch(batch: &RecordBatch) -> Result<RecordBatch, IngestError> {
+    let cols = [0usize, 2, 1].map(|i| SortColumn { values: batch.column(i).clone(), options: None });
+    let idx = lexsort_to_indices(&cols, None)?;
+    Ok(take_record_batch(batch, &idx)?)
+}
+
+fn f64_col<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a Float64Array, IngestError> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
+        .ok_or_else(|| IngestError::Corrupt { path: String::new(), reason: format!("column {name} is not Float64") })
+}
+
+fn str_col<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a StringArray, IngestError> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| IngestError::Corrupt { path: String::new(), reason: format!("column {name} is not Utf8") })
+}
+
+/// A part name from the bytes that identify its content.
+pub fn part_name(seed: &[u8]) -> String {
+    let h = Sha256::digest(seed);
+    format!("part-{}.parquet", &hex::encode(h)[..16])
+}
+
+impl PhotometryStore {
+    pub fn new(store: Arc<dyn ObjectStore>, root: Path) -> Self {
+        PhotometryStore { store, root }
+    }
+
+    pub fn partition_dir(&self, key: &PartitionKey) -> Path {
+        self.root
+            .clone()
+            .join("photometry")
+            .join(format!("season={}", key.season))
+            .join(format!("field={}", key.field.name()))
+            .join(format!("site={}", key.site))
+    }
+
+    /// Writes a part file (not yet visible: no manifest lists it). Rewriting the same `name`
+    /// replaces the object with identical content.
+    pub async fn stage_part(&self, key: &PartitionKey, name: &str, batch: &RecordBatch) -> Result<PartInfo, IngestError> {
+        let path = self.partition_dir(key).join(name);
+        let writer = object_store::buffered::BufWriter::new(self.store.clone(), path.clone());
+        let mut w = AsyncArrowWriter::try_new(writer, batch.schema(), Some(writer_props()?))?;
+        w.write(batch).await?;
+        w.close().await?;
+        let bytes = self.store.head(&path).await?.size;
+        let hjd = f64_col(batch, "hjd")?;
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for v in hjd.values().iter() {
+            lo = lo.min(*v);
+            hi = hi.max(*v);
+        }
+        Ok(PartInfo { name: name.to_string(), rows: batch.num_rows() as u64, bytes, min_hjd: lo, max_hjd: hi })
+    }
+
+    pub async fn read_manifest(&self, key: &PartitionKey) -> Result<Manifest, IngestError> {
+        let path = self.partition_dir(key).join(MANIFEST);
+        match self.store.get(&path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await?;
+                let m: Manifest = serde_json::from_slice(&bytes)?;
+                if m.format != FORMAT_VERSION {
+                    return Err(IngestError::Corrupt {
+                        path: path.to_string(),
+                        reason: format!("manifest format `{}`, expected `{FORMAT_VERSION}`", m.format),
+                    });
+                }
+                Ok(m)
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                Ok(Manifest { format: FORMAT_VERSION.to_string(), ..Default::default() })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn write_manifest(&self, key: &PartitionKey, m: &Manifest) -> Result<(), IngestError> {
+        let path = self.partition_dir(key).join(MANIFEST);
+        let body = serde_json::to_vec_pretty(m)?;
+        self.store.put(&path, PutPayload::from(body)).await?;
+        Ok(())
+    }
+
+    /// Makes staged parts visible: one atomic manifest replacement. Names already listed or
+    /// retired are skipped, so committing twice is harmless. Returns how many were added.
+    pub async fn commit_parts(&self, key: &PartitionKey, parts: &[PartInfo]) -> Result<usize, IngestError> {
+        let mut m = self.read_manifest(key).await?;
+        let mut added = 0;
+        for p in parts {
+            if m.files.iter().any(|f| f.name == p.name) || m.retired.contains(&p.name) {
+                continue;
+            }
+            m.files.push(p.clone());
+            added += 1;
+        }
+        if added > 0 {
+            m.generation += 1;
+            self.write_manifest(key, &m).await?;
+        }
+        Ok(added)
+    }
+
+    /// Every partition that has a manifest.
+    pub async fn partitions(&self) -> Result<Vec<PartitionKey>, IngestError> {
+        let prefix = self.root.clone().join("photometry");
+        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        let mut keys = Vec::new();
+        for m in metas {
+            if m.location.filename() != Some(MANIFEST) {
+                continue;
+            }
+            if let Some(k) = parse_partition(&m.location) {
+                keys.push(k);
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    async fn read_part(&self, key: &PartitionKey, name: &str) -> Result<Vec<RecordBatch>, IngestError> {
+        let path = self.partition_dir(key).join(name);
+        let bytes = self.store.get(&path).await?.bytes().await?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(64 * 1024).build()?;
+        let mut out = Vec::new();
+        for b in reader {
+            out.push(b?);
+        }
+        Ok(out)
+    }
+
+    /// The batches of every part the manifest lists (file schema, no partition columns).
+    pub async fn read_partition(&self, key: &PartitionKey) -> Result<Vec<RecordBatch>, IngestError> {
+        let m = self.read_manifest(key).await?;
+        let reads = m.files.iter().map(|p| self.read_part(key, &p.name));
+        let parts = futures::future::try_join_all(reads).await?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+
+    /// Sites present in one field-season.
+    pub async fn sites(&self, season: i32, field: Field) -> Result<Vec<String>, IngestError> {
+        Ok(self
+            .partitions()
+            .await?
+            .into_iter()
+            .filter(|k| k.season == season && k.field == field)
+            .map(|k| k.site)
+            .collect())
+    }
+
+    /// Merges a partition's parts into one sorted part when `policy` says so: write the merged
+    /// part, swap the manifest (old names move to `retired`), then delete the old objects. A
+    /// crash before the swap leaves an unlisted merged part; after it, unlisted old parts; both
+    /// are invisible to manifest readers and removed by [`PhotometryStore::vacuum`].
+    pub async fn compact(&self, key: &PartitionKey, policy: &CompactionPolicy) -> Result<Option<Compacted>, IngestError> {
+        let m = self.read_manifest(key).await?;
+        let small = m.files.iter().any(|f| f.bytes < policy.small_part_bytes);
+        if !(m.files.len() > policy.max_parts || (m.files.len() >= 2 && small)) {
+            return Ok(None);
+        }
+        let batches = self.read_partition(key).await?;
+        let merged = concat_batches(&photometry_schema(), &batches)?;
+        let sorted = sort_batch(&merged)?;
+        let mut seed = Vec::new();
+        for f in &m.files {
+            seed.extend_from_slice(f.name.as_bytes());
+            seed.push(b'\n');
+        }
+        let name = part_name(&seed);
+        let info = self.stage_part(key, &name, &sorted).await?;
+        let old: Vec<String> = m.files.iter().map(|f| f.name.clone()).collect();
+        let mut next = m.clone();
+        next.generation += 1;
+        next.files = vec![info];
+        for n in &old {
+            if !next.retired.contains(n) {
+                next.retired.push(n.clone());
+            }
+        }
+        self.write_manifest(key, &next).await?;
+        let deleted = self.vacuum(key).await?;
+        Ok(Some(Compacted { key: key.clone(), merged_parts: old.len(), rows: sorted.num_rows() as u64, new_part: name, deleted }))
+    }
+
+    /// Deletes part objects of a partition that its manifest does not list. Only safe with one
+    /// writer (an unlisted part may otherwise be another writer's staged part).
+    pub async fn vacuum(&self, key: &PartitionKey) -> Result<usize, IngestError> {
+        let m = self.read_manifest(key).await?;
+        let dir = self.partition_dir(key);
+        let metas: Vec<_> = self.store.list(Some(&dir)).try_collect().await?;
+        let mut n = 0;
+        for o in metas {
+            let Some(name) = o.location.filename() else { continue };
+            if name.starts_with("part-") && name.ends_with(".parquet") && !m.files.iter().any(|f| f.name == name) {
+                self.store.delete(&o.location).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Copies a bad input aside with its reason; returns the copy's path.
+    pub async fn quarantine(&self, source: &str, seen_sha256: &str, text: &[u8], reason: &str) -> Result<String, IngestError> {
+        let name = source.rsplit('/').next().unwrap_or(source);
+        let dir = self.root.clone().join("quarantine").join(&seen_sha256[..16.min(seen_sha256.len())]);
+        let copy = dir.clone().join(name);
+        self.store.put(&copy, PutPayload::from(text.to_vec())).await?;
+        let note = format!("source: {source}\nsha256: {seen_sha256}\nreason: {reason}\n");
+        self.store.put(&dir.clone().join(format!("{name}.reason.txt")), PutPayload::from(note.into_bytes())).await?;
+        Ok(copy.to_string())
+    }
+}
+
+fn parse_partition(manifest: &Path) -> Option<PartitionKey> {
+    let (mut season, mut field, mut site) = (None, None, None);
+    for part in manifest.parts() {
+        let s = part.as_ref();
+        if let Some(v) = s.strip_prefix("season=") {
+            season = v.parse().ok();
+        } else if let Some(v) = s.strip_prefix("field=") {
+            field = v.parse().ok();
+        } else if let Some(v) = s.strip_prefix("site=") {
+            site = Some(v.to_string());
+        }
+    }
+    Some(PartitionKey { season: season?, field: field?, site: site? })
+}
+
+/// The stars of one field-season with their whole history, as `StarCurves` (one `SiteCurve` per
+/// site and band, each sorted by time). With `since`, only stars that have at least one epoch
+/// later than `since` (HJD - 2450000) are returned, still with all their epochs. Stars are sorted
+/// by id. Sites that are not KMTNet's have `site: None` in their curves.
+pub async fn read_photometry(
+    store: &PhotometryStore,
+    season: i32,
+    field: Field,
+    since: Option<f64>,
+) -> Result<Vec<StarCurves>, IngestError> {
+    let mut stars: BTreeMap<String, HashMap<(String, String), SiteCurve>> = BTreeMap::new();
+    for site in store.sites(season, field).await? {
+        let key = PartitionKey { season, field, site: site.clone() };
+        for b in store.read_partition(&key).await? {
+            let star = str_col(&b, "star")?;
+            let band = str_col(&b, "band")?;
+            let cols = ["hjd", "flux", "flux_err", "mag", "mag_err", "fwhm", "sky", "airmass"]
+                .map(|n| f64_col(&b, n));
+            let [hjd, flux, flux_err, mag, mag_err, fwhm, sky, airmass] = cols;
+            let (hjd, flux, flux_err, mag, mag_err, fwhm, sky, airmass) =
+                (hjd?, flux?, flux_err?, mag?, mag_err?, fwhm?, sky?, airmass?);
+            for i in 0..b.num_rows() {
+                let curves = stars.entry(star.value(i).to_string()).or_default();
+                let c = curves.entry((site.clone(), band.value(i).to_string())).or_insert_with(|| SiteCurve {
+                    site: site.parse::<Site>().ok(),
+                    band: band.value(i).parse::<Band>().ok(),
+                    ..Default::default()
+                });
+                c.hjd.push(hjd.value(i));
+                c.flux.push(flux.value(i));
+                c.flux_err.push(flux_err.value(i));
+                c.mag.push(mag.value(i));
+                c.mag_err.push(mag_err.value(i));
+                c.fwhm.push(fwhm.value(i));
+                c.sky.push(sky.value(i));
+                c.airmass.push(airmass.value(i));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(stars.len());
+    for (star, curves) in stars {
+        if let Some(t) = since {
+            if !curves.values().any(|c| c.hjd.iter().any(|&h| h > t)) {
+                continue;
+            }
+        }
+        let mut list: Vec<((String, String), SiteCurve)> = curves.into_iter().collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        let curves = list.into_iter().map(|(_, c)| sort_curve(c)).collect();
+        out.push(StarCurves { star: StarId(star), field, curves });
+    }
+    Ok(out)
+}
+
+/// Sorts a curve's columns by time (parts of different nights interleave after appends).
+fn sort_curve(c: SiteCurve) -> SiteCurve {
+    if c.hjd.windows(2).all(|w| w[0] <= w[1]) {
+        return c;
+    }
+    let mut idx: Vec<usize> = (0..c.len()).collect();
+    idx.sort_by(|&a, &b| c.hjd[a].total_cmp(&c.hjd[b]));
+    let p = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+    SiteCurve {
+        site: c.site,
+        band: c.band,
+        hjd: p(&c.hjd),
+        flux: p(&c.flux),
+        flux_err: p(&c.flux_err),
+        mag: p(&c.mag),
+        mag_err: p(&c.mag_err),
+        fwhm: p(&c.fwhm),
+        sky: p(&c.sky),
+        airmass: p(&c.airmass),
+    }
+}
+
+/// Rows of a batch list, for tests and reports.
+pub fn total_rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+/// All `(star, band, hjd)` keys of a batch list (tests use it to prove there are no duplicates).
+pub fn row_keys(batches: &[RecordBatch]) -> Result<Vec<(String, String, u64)>, IngestError> {
+    let mut v = Vec::new();
+    for b in batches {
+        let (s, band, h) = (str_col(b, "star")?, str_col(b, "band")?, f64_col(b, "hjd")?);
+        for i in 0..b.num_rows() {
+            v.push((s.value(i).to_string(), band.value(i).to_string(), h.value(i).to_bits()));
+        }
+    }
+    Ok(v)
+}
+
+#[allow(dead_code)]
+fn assert_array_len(a: &dyn Array) -> usize {
+    a.len()
+}
