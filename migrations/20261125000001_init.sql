@@ -61,6 +61,7 @@ CREATE TABLE ingested_files (
     ingested_bytes    bigint NOT NULL CHECK (ingested_bytes >= 0),
     lines             bigint NOT NULL CHECK (lines >= 0),
     rows              bigint NOT NULL CHECK (rows >= 0),
+    skipped_lines     bigint NOT NULL DEFAULT 0 CHECK (skipped_lines >= 0),
     last_line         text NOT NULL DEFAULT '',
     status            text NOT NULL CHECK (status IN ('ingested', 'quarantined', 'conflict')),
     reason            text,

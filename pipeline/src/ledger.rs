@@ -48,6 +48,7 @@ fn decode(row: &PgRow) -> Result<LedgerEntry, LedgerError> {
         ingested_bytes: to_u64(&path, "ingested_bytes", row.try_get("ingested_bytes").map_err(g)?)?,
         lines: to_u64(&path, "lines", row.try_get("lines").map_err(g)?)?,
         rows: to_u64(&path, "rows", row.try_get("rows").map_err(g)?)?,
+        skipped_lines: to_u64(&path, "skipped_lines", row.try_get("skipped_lines").map_err(g)?)?,
         last_line: row.try_get("last_line").map_err(g)?,
         status: FileStatus::parse(&status)
             .ok_or_else(|| LedgerError::Invalid { path: path.clone(), reason: format!("unknown status {status}") })?,
@@ -79,14 +80,15 @@ impl FileLedger for PgLedger {
     async fn record(&self, e: &LedgerEntry) -> Result<(), LedgerError> {
         sqlx::query(
             "INSERT INTO ingested_files (path, format, star_id, field, site, band, size_bytes, sha256, seen_sha256, \
-                 ingested_bytes, lines, rows, last_line, status, reason, flux_sign, time_system, baseline_flux, mag_zp) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+                 ingested_bytes, lines, rows, last_line, status, reason, flux_sign, time_system, baseline_flux, mag_zp, skipped_lines) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
              ON CONFLICT (path) DO UPDATE SET format = EXCLUDED.format, star_id = EXCLUDED.star_id, \
                  field = EXCLUDED.field, site = EXCLUDED.site, band = EXCLUDED.band, size_bytes = EXCLUDED.size_bytes, \
                  sha256 = EXCLUDED.sha256, seen_sha256 = EXCLUDED.seen_sha256, ingested_bytes = EXCLUDED.ingested_bytes, \
                  lines = EXCLUDED.lines, rows = EXCLUDED.rows, last_line = EXCLUDED.last_line, status = EXCLUDED.status, \
                  reason = EXCLUDED.reason, flux_sign = EXCLUDED.flux_sign, time_system = EXCLUDED.time_system, \
-                 baseline_flux = EXCLUDED.baseline_flux, mag_zp = EXCLUDED.mag_zp, updated_at = now()",
+                 baseline_flux = EXCLUDED.baseline_flux, mag_zp = EXCLUDED.mag_zp, \
+                 skipped_lines = EXCLUDED.skipped_lines, updated_at = now()",
         )
         .bind(&e.path)
         .bind(&e.format)
@@ -107,6 +109,7 @@ impl FileLedger for PgLedger {
         .bind(&e.time_system)
         .bind(e.baseline_flux)
         .bind(e.mag_zp)
+        .bind(to_i64(&e.path, "skipped_lines", e.skipped_lines)?)
         .execute(&self.pool)
         .await
         .map_err(|err| match backend(err) {

@@ -7,5 +7,6 @@ pub mod dag;
 pub mod db;
 pub mod ledger;
 pub mod localpg;
+pub mod runner;
 
 pub use config::{Config, Sources};

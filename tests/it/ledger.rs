@@ -14,6 +14,7 @@ fn entry(path: &str) -> LedgerEntry {
         ingested_bytes: 10_000,
         lines: 170,
         rows: 169,
+        skipped_lines: 1,
         last_line: "8210.12345 1.0 2.0 20.0 0.1 4.0 800 1.2".into(),
         status: FileStatus::Ingested,
         reason: None,
