@@ -80,7 +80,8 @@ pub struct LedgerEntry {
     pub site: Option<String>,
     pub band: Option<String>,
     /// +1 if the file's Δflux is brightening-positive, -1 if it was negated on the way in;
-    /// fixed at the first ingest so that later appends keep the same sign.
+    /// fixed at the first ingest that had data so that later appends keep the same sign. Always
+    /// ±1; it, `time_system`, `baseline_flux` and `mag_zp` mean something only once `rows > 0`.
     pub flux_sign: i8,
     /// The time system detected at the first ingest (`hjd`, `hjd-2450000`, `hjd-2400000`, …).
     pub time_system: String,

@@ -190,6 +190,8 @@ pub fn normalize(
     forced_sign: Option<i8>,
     file: &str,
 ) -> Result<Observations, ParseError> {
+    // A prior row decided nothing until it held data (a header-only or quarantined first look).
+    let prior = prior.filter(|p| p.rows > 0);
     let t = &scan.table;
     let time = t.col(Quantity::Time).unwrap_or(&[]);
     let ts = match (time_system, prior.and_then(|p| p.time_system.parse::<TimeSystem>().ok())) {

@@ -159,7 +159,7 @@ fn fresh_entry(key: &str, format: Format) -> LedgerEntry {
         field: None,
         site: None,
         band: None,
-        flux_sign: 0,
+        flux_sign: 1,
         time_system: String::new(),
         baseline_flux: None,
         mag_zp: None,
@@ -655,6 +655,23 @@ mod tests {
         assert_eq!(out.commit_parts(&pk, &before.files[..1]).await.unwrap(), 0);
         // Below the policy: nothing to do.
         assert!(out.compact(&pk, &policy).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn header_only_first_look_does_not_fix_the_sign() {
+        let text = std::fs::read_to_string(format!("{DATA}/BLG14-2018-season/KMTC14_I.pysis")).unwrap();
+        let header = text.lines().next().unwrap().to_string() + "\n";
+        let key = "/in/BLG14-2018-season/KMTC14_I.pysis";
+        let (out, ledger, opts) = (mem_store(), MemoryLedger::new(), IngestOptions::default());
+        let (o, _) = ingest_bytes(key, header.as_bytes(), None, &out, &ledger, &opts).await.unwrap();
+        assert_eq!(o, FileOutcome::Ingested { rows: 0, skipped: 1, deferred_line: None });
+        let e = ledger.lookup(key).await.unwrap().unwrap();
+        assert!(e.flux_sign == 1 || e.flux_sign == -1, "the SQL column only takes ±1");
+        ingest_bytes(key, text.as_bytes(), None, &out, &ledger, &opts).await.unwrap();
+        assert_eq!(ledger.lookup(key).await.unwrap().unwrap().flux_sign, -1);
+        let stars = read_photometry(&out, 2018, Field(14), None).await.unwrap();
+        let peak = stars[0].curves[0].flux.iter().fold(f64::MIN, |a, &b| a.max(b));
+        assert!((peak - 189_538.0).abs() < 1.0, "{peak}");
     }
 
     #[tokio::test]
