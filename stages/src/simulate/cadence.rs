@@ -280,7 +280,7 @@ pub fn sky_counts(t: f64, site: Site, x: f64) -> f64 {
     let moon_sky = if moon_alt > 0.0 {
         let k = astro::moon_illumination(t);
         let sep = astro::separation_deg(moon, (astro::BULGE_RA_DEG, astro::BULGE_DEC_DEG));
-        4500.0 * k * k * (moon_alt.to_radians().sin()).sqrt() * (40.0 / (sep + 10.0)) * x.sqrt()
+        4000.0 * k * k * k * (moon_alt.to_radians().sin()).sqrt() * (40.0 / (sep + 10.0)) * x.sqrt()
     } else {
         0.0
     };

@@ -14,6 +14,7 @@ pub mod label;
 pub mod lens;
 pub mod model;
 pub mod noise;
+pub mod report;
 pub mod writer;
 
 use rand::SeedableRng;

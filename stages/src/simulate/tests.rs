@@ -130,3 +130,15 @@ fn same_seed_same_stars_different_seed_differs() {
     let batch = a.field(Field(14)).expect("field");
     assert_eq!(format!("{:?}", batch[3]), format!("{:?}", a.star(Field(14), 3).expect("star")));
 }
+
+/// Throughput figure for the report: `cargo test --release -p lensnet-stages --lib
+/// simulate::tests::bench_field_throughput -- --ignored --nocapture` (prints, never asserts time).
+#[test]
+#[ignore]
+fn bench_field_throughput() {
+    let stars = std::env::var("SIM_BENCH_STARS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let r = bench_simulate(&SimConfig::default(), Field(14), stars).expect("bench");
+    eprintln!("BLG14: {} stars, {} points, {:.2} s, {:.0} stars/s on {} threads", r.stars, r.points, r.seconds, r.stars_per_second, r.threads);
+    let r = bench_simulate(&SimConfig::default(), Field(2), stars / 4).expect("bench");
+    eprintln!("BLG02: {} stars, {} points, {:.2} s, {:.0} stars/s on {} threads", r.stars, r.points, r.seconds, r.stars_per_second, r.threads);
+}
