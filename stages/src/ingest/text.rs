@@ -227,9 +227,9 @@ pub fn scan(
             if !vals[Quantity::Time as usize].is_finite() {
                 return Err(ParseError::MissingTime { file: file.to_string(), line: line_no });
             }
-            for i in 0..N_QUANTITIES {
+            for (i, v) in vals.iter().enumerate() {
                 if out.table.present[i] {
-                    out.table.cols[i].push(vals[i]);
+                    out.table.cols[i].push(*v);
                 }
             }
             out.table.line.push(u32::try_from(line_no).unwrap_or(u32::MAX));
