@@ -77,13 +77,15 @@ impl GridParams {
 pub const REGIME_HIGH: u8 = 1;
 pub const REGIME_LOW: u8 = 2;
 
-/// The two templates at `Q`.
+/// The two templates at `Q >= 1`, with two square roots and one division:
+/// `1 - (1 + Q/2)^-2 = Q (Q + 4) / (2 + Q)^2`, so `A2 = (2 + Q) / sqrt(Q (Q + 4))` (no
+/// cancellation), and `A1 = 1 / sqrt(Q)` shares the division.
 #[inline(always)]
 pub fn templates(q: f64) -> (f64, f64) {
-    let a1 = 1.0 / q.sqrt();
-    let p = 2.0 / (2.0 + q);
-    let a2 = 1.0 / (1.0 - p * p).sqrt();
-    (a1, a2)
+    let sq = q.sqrt();
+    let s = (q * (q + 4.0)).sqrt();
+    let inv = 1.0 / (sq * s);
+    (s * inv, (2.0 + q) * sq * inv)
 }
 
 /// The best grid model of a candidate.
@@ -149,24 +151,60 @@ struct Sums {
     ay: [f64; 2],
 }
 
+/// Lanes of the accumulation: independent partial sums let the compiler keep several points
+/// in flight (and vectorise the square roots) although floating-point addition does not
+/// reassociate.
+const LANES: usize = 4;
+
 #[inline(always)]
-fn window_sums(t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> Sums {
-    let mut s = Sums { n: t.len(), ..Default::default() };
-    for i in 0..t.len() {
-        let u = (t[i] - t0) * inv_teff;
+fn window_sums_impl(t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> Sums {
+    let n = t.len().min(y.len()).min(w.len());
+    let mut acc = [[0.0f64; LANES]; 8];
+    let point = |acc: &mut [[f64; LANES]; 8], l: usize, ti: f64, yi: f64, wi: f64| {
+        let u = (ti - t0) * inv_teff;
         let (a1, a2) = templates(1.0 + u * u);
-        let (wi, yi) = (w[i], y[i]);
         let wy = wi * yi;
-        s.w += wi;
-        s.wy += wy;
-        s.a[0] += wi * a1;
-        s.aa[0] += wi * a1 * a1;
-        s.ay[0] += wy * a1;
-        s.a[1] += wi * a2;
-        s.aa[1] += wi * a2 * a2;
-        s.ay[1] += wy * a2;
+        acc[0][l] += wi;
+        acc[1][l] += wy;
+        acc[2][l] += wi * a1;
+        acc[3][l] += wi * a1 * a1;
+        acc[4][l] += wy * a1;
+        acc[5][l] += wi * a2;
+        acc[6][l] += wi * a2 * a2;
+        acc[7][l] += wy * a2;
+    };
+    let chunks = n / LANES;
+    for c in 0..chunks {
+        let (tc, yc, wc) = (&t[c * LANES..][..LANES], &y[c * LANES..][..LANES], &w[c * LANES..][..LANES]);
+        for l in 0..LANES {
+            point(&mut acc, l, tc[l], yc[l], wc[l]);
+        }
     }
-    s
+    for i in chunks * LANES..n {
+        point(&mut acc, 0, t[i], y[i], w[i]);
+    }
+    let sum = |k: usize| acc[k].iter().sum::<f64>();
+    Sums { n, w: sum(0), wy: sum(1), a: [sum(2), sum(5)], aa: [sum(3), sum(6)], ay: [sum(4), sum(7)] }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn window_sums_avx2(t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> Sums {
+    window_sums_impl(t, y, w, t0, inv_teff)
+}
+
+/// Sums of a window for both templates; uses AVX2+FMA where the CPU has them (detected at run
+/// time, cached by std), which makes the grid about twice as fast.
+#[inline]
+fn window_sums(t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> Sums {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { window_sums_avx2(t, y, w, t0, inv_teff) };
+        }
+    }
+    window_sums_impl(t, y, w, t0, inv_teff)
 }
 
 /// Closed-form fit of one site and template from its sums: (delta_chi2 with f1 >= 0, f1, f0).
