@@ -2,6 +2,7 @@
 //! the DAG, runner and scheduler. The `lensnet` binary in `main.rs` is glue over this library
 //! and `lensnet-stages`.
 
+pub mod app;
 pub mod config;
 pub mod dag;
 pub mod db;

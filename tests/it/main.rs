@@ -4,3 +4,4 @@ mod cli;
 mod db;
 mod harness;
 mod ledger;
+mod ingest;

@@ -2,6 +2,7 @@
 
 mod db;
 mod demo;
+mod ingest;
 
 use std::fmt;
 use std::process::ExitCode;
@@ -56,7 +57,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(cmd) => db::run(load_config(cli.config)?, cmd).await,
         Command::Demo(args) => demo::run(load_config(cli.config)?, args).await,
         Command::Simulate(_) => not_built("simulate", "issue 3: season simulator"),
-        Command::Ingest(_) => not_built("ingest", "issue 4: ingest stage"),
+        Command::Ingest(args) => ingest::run(load_config(cli.config)?, args).await,
         Command::Run(_) => not_built("run", "issue 8: orchestration"),
         Command::Serve(_) => not_built("serve", "issue 8: orchestration"),
         Command::Replay(_) => not_built("replay", "issue 8: orchestration"),
