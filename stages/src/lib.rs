@@ -4,6 +4,10 @@
 pub mod alertfinder;
 pub mod ingest;
 pub mod photometry;
+#[cfg(feature = "preprocess")]
+pub mod preprocess;
+#[cfg(feature = "score")]
+pub mod score;
 pub mod simulate;
 pub mod stage;
 pub mod store;
