@@ -5,3 +5,5 @@ mod db;
 mod harness;
 mod ledger;
 mod ingest;
+mod score;
+mod simulate;
