@@ -1,8 +1,10 @@
 //! Subcommand handlers: glue between the CLI, the configuration, the database and the stages.
 
+mod bench;
 mod db;
 mod demo;
 mod ingest;
+mod simulate;
 
 use std::fmt;
 use std::process::ExitCode;
@@ -56,17 +58,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Db(cmd) => db::run(load_config(cli.config)?, cmd).await,
         Command::Demo(args) => demo::run(load_config(cli.config)?, args).await,
-        Command::Simulate(_) => not_built("simulate", "issue 3: season simulator"),
+        Command::Simulate(args) => tokio::task::spawn_blocking(move || simulate::run(args)).await?,
         Command::Ingest(args) => ingest::run(load_config(cli.config)?, args).await,
         Command::Run(_) => not_built("run", "issue 8: orchestration"),
         Command::Serve(_) => not_built("serve", "issue 8: orchestration"),
         Command::Replay(_) => not_built("replay", "issue 8: orchestration"),
-        Command::Bench(args) => match args.stage.as_str() {
-            "simulate" => not_built("bench simulate", "issue 3: season simulator"),
-            "ingest" => not_built("bench ingest", "issue 4: ingest stage"),
-            "alertfinder" => not_built("bench alertfinder", "issue 5: alertfinder stage"),
-            "preprocess" => not_built("bench preprocess", "issue 6: preprocess stage"),
-            _ => not_built("bench score", "issue 7: score stage"),
-        },
+        Command::Bench(args) => bench::run(args).await,
     }
 }
