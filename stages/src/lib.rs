@@ -2,6 +2,7 @@
 //! preprocess, score, publish) behind thin I/O shells. This crate never imports `pipeline`.
 
 pub mod alertfinder;
+pub mod cache;
 pub mod ingest;
 pub mod photometry;
 #[cfg(feature = "preprocess")]
@@ -12,5 +13,6 @@ pub mod simulate;
 pub mod stage;
 pub mod store;
 
+pub use cache::PhotometryCache;
 pub use photometry::{Band, Field, LightCurve, Site, SiteCurve, StarCurves, StarId};
 pub use stage::{Dataset, RunCtx, Stage, StageError, StageReport};

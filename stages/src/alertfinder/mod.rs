@@ -23,6 +23,7 @@ pub mod bench;
 pub mod brokenline;
 pub mod diagnosis;
 pub mod grid;
+pub mod stage;
 pub mod synth;
 #[cfg(test)]
 mod testutil;

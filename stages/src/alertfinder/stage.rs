@@ -1,0 +1,468 @@
+//! The `alertfinder` stage's I/O shell: reads a field's photometry from the Parquet store, runs
+//! the numeric core on the stars with new epochs, and writes candidates (and per-star failures,
+//! as rows with a reason) to `candidates/` plus the field's watermark.
+//!
+//! # Layout
+//! ```text
+//! <root>/candidates/season=2025/field=BLG14/asof-10800.50000.parquet
+//! <root>/state/alertfinder/season=2025/field=BLG14.json          (watermarks)
+//! ```
+//! One file per (field, as_of), written with one put, so it appears whole; re-running the same
+//! as_of rewrites identical bytes.
+//!
+//! # Watermarks
+//! The state file keeps, for every processed `as_of`, the newest epoch seen per site. A run at
+//! `as_of = T` searches only stars with an epoch newer than the watermark of the newest processed
+//! `as_of < T` (the minimum over sites, so a site that was clouded out cannot hide new data),
+//! so re-running T — a resumed or repeated run — searches exactly what it searched before.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, FixedSizeListBuilder, Float64Array, Float64Builder, RecordBatch, StringArray, UInt32Array, UInt8Array,
+};
+use arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef};
+use async_trait::async_trait;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use super::diagnosis::{diagnosis_vector, DIAGNOSIS_NAMES, N_DIAGNOSIS};
+use super::{scan_batch, AlertParams, Status, StarResult, N_SITES};
+use crate::ingest::{read_photometry, PhotometryStore};
+use crate::cache::PhotometryCache;
+use crate::photometry::{Band, Field, MergedCurve, Site, StarCurves};
+use crate::stage::{Dataset, RunCtx, Stage, StageError, StageReport};
+
+pub const STAGE: &str = "alertfinder";
+
+/// Thresholds by field cadence, as in KMTNet: prime fields use the high-cadence pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldThresholds {
+    pub high_cadence_fields: BTreeSet<Field>,
+    pub high: AlertParams,
+    pub low: AlertParams,
+}
+
+impl Default for FieldThresholds {
+    fn default() -> Self {
+        FieldThresholds {
+            high_cadence_fields: [1, 2, 3, 41, 42, 43].into_iter().map(Field).collect(),
+            high: AlertParams::high_cadence(),
+            low: AlertParams::low_cadence(),
+        }
+    }
+}
+
+impl FieldThresholds {
+    pub fn for_field(&self, field: Field) -> &AlertParams {
+        if self.high_cadence_fields.contains(&field) { &self.high } else { &self.low }
+    }
+}
+
+/// The stage.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFinderStage {
+    pub thresholds: FieldThresholds,
+    /// Photometry shared with the other stages of the run (or of a replay); None = read the
+    /// store on every run.
+    pub cache: Option<PhotometryCache>,
+}
+
+#[async_trait]
+impl Stage for AlertFinderStage {
+    fn name(&self) -> &'static str {
+        STAGE
+    }
+    fn reads(&self) -> &'static [Dataset] {
+        &[Dataset::Photometry]
+    }
+    fn writes(&self) -> &'static [Dataset] {
+        &[Dataset::Candidates]
+    }
+    async fn run(&self, ctx: &RunCtx) -> Result<StageReport, StageError> {
+        let out = find_candidates_with(ctx, self.thresholds.for_field(ctx.field), self.cache.as_ref()).await?;
+        Ok(StageReport {
+            rows_in: out.stars_searched as u64,
+            rows_out: out.candidates as u64,
+            inputs: serde_json::json!({ "photometry": format!("photometry/season={}/field={}", ctx.season, ctx.field), "since": finite_or_null(out.since) }),
+            outputs: serde_json::json!({ "objects": [out.object.to_string()] }),
+            details: serde_json::Map::from_iter([
+                ("as_of".to_string(), serde_json::json!(out.as_of)),
+                ("failed_stars".to_string(), serde_json::json!(out.failed)),
+            ]),
+        })
+    }
+}
+
+fn finite_or_null(x: f64) -> serde_json::Value {
+    if x.is_finite() { serde_json::json!(x) } else { serde_json::Value::Null }
+}
+
+/// What one alertfinder run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertFinderOutput {
+    pub as_of: f64,
+    pub since: f64,
+    pub stars_searched: usize,
+    pub candidates: usize,
+    pub failed: usize,
+    pub object: Path,
+}
+
+fn transient(message: String) -> StageError {
+    StageError::Transient { stage: STAGE, message }
+}
+
+fn permanent(message: String) -> StageError {
+    StageError::Permanent { stage: STAGE, message }
+}
+
+/// Search one field at `ctx.as_of` (or at its newest epoch) and write the candidates.
+pub async fn find_candidates(ctx: &RunCtx, params: &AlertParams) -> Result<AlertFinderOutput, StageError> {
+    find_candidates_with(ctx, params, None).await
+}
+
+/// [`find_candidates`] reading the photometry through `cache` when given.
+pub async fn find_candidates_with(ctx: &RunCtx, params: &AlertParams, cache: Option<&PhotometryCache>) -> Result<AlertFinderOutput, StageError> {
+    let photometry = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
+    let state_path = state_path(&ctx.root, ctx.season, ctx.field);
+    let mut state = read_state(ctx.store.as_ref(), &state_path).await?;
+    let as_of_hint = ctx.as_of;
+    let since = as_of_hint.map_or(f64::NEG_INFINITY, |t| state.since(t));
+    let store_err = |e: crate::ingest::IngestError| if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) };
+    let owned;
+    let cached;
+    let stars: Vec<&StarCurves> = match cache {
+        Some(cache) => {
+            cached = cache.get(&photometry, ctx.season, ctx.field).await.map_err(store_err)?;
+            // The same selection as read_photometry's `since`: stars with an epoch after it.
+            cached
+                .iter()
+                .filter(|s| {
+                    let upto = as_of_hint.unwrap_or(f64::INFINITY);
+                    s.curves.iter().any(|c| c.hjd.iter().any(|&t| t > since && t <= upto))
+                })
+                .collect()
+        }
+        None => {
+            owned = read_photometry(&photometry, ctx.season, ctx.field, since.is_finite().then_some(since)).await.map_err(store_err)?;
+            owned.iter().collect()
+        }
+    };
+    let newest = stars
+        .iter()
+        .flat_map(|s| s.curves.iter())
+        .flat_map(|c| c.hjd.iter().copied())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let as_of = as_of_hint.unwrap_or(newest);
+    let since = if as_of_hint.is_some() { since } else { state.since(as_of) };
+
+    let merged: Vec<MergedCurve> = stars.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
+    let views: Vec<_> = merged.iter().map(MergedCurve::view).collect();
+    let results = if as_of.is_finite() { scan_batch(&views, as_of, since, params) } else { Vec::new() };
+
+    // Newest epoch per site up to as_of, for the watermark.
+    let mut site_max: BTreeMap<String, f64> = BTreeMap::new();
+    for s in &stars {
+        for c in &s.curves {
+            let key = c.site.map(|s| s.code().to_string()).unwrap_or_else(|| "other".into());
+            let m = c.hjd.iter().copied().filter(|&t| t <= as_of).fold(f64::NEG_INFINITY, f64::max);
+            let e = site_max.entry(key).or_insert(f64::NEG_INFINITY);
+            *e = e.max(m);
+        }
+    }
+
+    let rows: Vec<(usize, &StarResult)> =
+        results.iter().enumerate().filter(|(_, r)| matches!(r.status, Status::Candidate | Status::Failed)).collect();
+    let batch = candidates_batch(ctx.field, as_of, &rows, &stars.iter().map(|s| s.star.0.as_str()).collect::<Vec<_>>())
+        .map_err(|e| permanent(format!("cannot build the candidates batch: {e}")))?;
+    let object = candidates_path(&ctx.root, ctx.season, ctx.field, as_of);
+    let bytes = to_parquet(&batch).map_err(|e| permanent(format!("cannot encode {object}: {e}")))?;
+    ctx.store
+        .put(&object, PutPayload::from(bytes))
+        .await
+        .map_err(|e| transient(format!("cannot write {object}: {e}")))?;
+
+    if as_of.is_finite() {
+        state.record(as_of, site_max);
+        write_state(ctx.store.as_ref(), &state_path, &state).await?;
+    }
+    let candidates = rows.iter().filter(|(_, r)| r.status == Status::Candidate).count();
+    let failed = rows.len() - candidates;
+    tracing::info!(field = %ctx.field, as_of, stars = views.len(), candidates, failed, "alertfinder finished");
+    Ok(AlertFinderOutput { as_of, since, stars_searched: views.len(), candidates, failed, object })
+}
+
+/// `candidates/season=../field=../asof-<as_of>.parquet`.
+pub fn candidates_path(root: &Path, season: i32, field: Field, as_of: f64) -> Path {
+    let p = format!("candidates/season={season}/field={field}/asof-{as_of:.5}.parquet");
+    if root.as_ref().is_empty() { Path::from(p) } else { Path::from(format!("{root}/{p}")) }
+}
+
+fn state_path(root: &Path, season: i32, field: Field) -> Path {
+    let p = format!("state/alertfinder/season={season}/field={field}.json");
+    if root.as_ref().is_empty() { Path::from(p) } else { Path::from(format!("{root}/{p}")) }
+}
+
+/// A candidate's id: stable for (field, star, as_of).
+pub fn candidate_id(field: Field, star: &str, as_of: f64) -> String {
+    format!("{field}:{star}:{as_of:.5}")
+}
+
+/// The watermark history of one field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WatermarkState {
+    /// Processed as_of values (ascending) with the newest epoch per site seen then.
+    pub runs: Vec<WatermarkEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatermarkEntry {
+    pub as_of: f64,
+    pub sites: BTreeMap<String, f64>,
+}
+
+/// Entries kept: more than a season of daily steps.
+const MAX_ENTRIES: usize = 2000;
+
+impl WatermarkState {
+    /// The `since` for a run at `as_of`: the oldest site watermark of the newest earlier run.
+    pub fn since(&self, as_of: f64) -> f64 {
+        self.runs
+            .iter()
+            .rev()
+            .find(|e| e.as_of < as_of)
+            .and_then(|e| e.sites.values().copied().filter(|v| v.is_finite()).reduce(f64::min))
+            .unwrap_or(f64::NEG_INFINITY)
+    }
+
+    pub fn record(&mut self, as_of: f64, sites: BTreeMap<String, f64>) {
+        let sites = sites.into_iter().filter(|(_, v)| v.is_finite()).collect();
+        match self.runs.binary_search_by(|e| e.as_of.total_cmp(&as_of)) {
+            Ok(i) => self.runs[i].sites = sites,
+            Err(i) => self.runs.insert(i, WatermarkEntry { as_of, sites }),
+        }
+        if self.runs.len() > MAX_ENTRIES {
+            let extra = self.runs.len() - MAX_ENTRIES;
+            self.runs.drain(..extra);
+        }
+    }
+}
+
+async fn read_state(store: &dyn ObjectStore, path: &Path) -> Result<WatermarkState, StageError> {
+    match store.get(path).await {
+        Ok(r) => {
+            let bytes = r.bytes().await.map_err(|e| transient(format!("cannot read {path}: {e}")))?;
+            serde_json::from_slice(&bytes).map_err(|e| permanent(format!("corrupt watermark file {path}: {e}")))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(WatermarkState::default()),
+        Err(e) => Err(transient(format!("cannot read {path}: {e}"))),
+    }
+}
+
+async fn write_state(store: &dyn ObjectStore, path: &Path, state: &WatermarkState) -> Result<(), StageError> {
+    let json = serde_json::to_vec_pretty(state).map_err(|e| permanent(format!("cannot encode watermarks: {e}")))?;
+    store.put(path, PutPayload::from(json)).await.map_err(|e| transient(format!("cannot write {path}: {e}")))?;
+    Ok(())
+}
+
+/// The Arrow schema of a candidates file (documented in ARCHITECTURE.md).
+pub fn candidates_schema() -> SchemaRef {
+    let f = |n: &str, t: DataType, null: bool| ArrowField::new(n, t, null);
+    Arc::new(Schema::new(vec![
+        f("candidate_id", DataType::Utf8, false),
+        f("star", DataType::Utf8, false),
+        f("field", DataType::Utf8, false),
+        f("as_of", DataType::Float64, false),
+        f("status", DataType::Utf8, false),
+        f("reason", DataType::Utf8, true),
+        f("sites", DataType::Utf8, false),
+        f("n_valid", DataType::UInt32, false),
+        f("n_high", DataType::UInt32, false),
+        f("longest_run", DataType::UInt32, false),
+        f("bl_delta_chi2", DataType::Float64, false),
+        f("bl_t_rise", DataType::Float64, false),
+        f("bl_slope", DataType::Float64, false),
+        f("bl_significance", DataType::Float64, false),
+        f("grid_t0", DataType::Float64, false),
+        f("grid_teff", DataType::Float64, false),
+        f("grid_regime", DataType::UInt8, false),
+        f("grid_delta_chi2", DataType::Float64, false),
+        f("diagnosis", DataType::FixedSizeList(Arc::new(ArrowField::new("item", DataType::Float64, true)), N_DIAGNOSIS as i32), false),
+        f("result_json", DataType::Utf8, false),
+    ]))
+}
+
+fn candidates_batch(field: Field, as_of: f64, rows: &[(usize, &StarResult)], stars: &[&str]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let nan = f64::NAN;
+    let col_f = |f: &dyn Fn(&StarResult) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(rows.iter().map(|(_, r)| f(r)))) };
+    let col_u = |f: &dyn Fn(&StarResult) -> u32| -> ArrayRef { Arc::new(UInt32Array::from_iter_values(rows.iter().map(|(_, r)| f(r)))) };
+    let mut diag = FixedSizeListBuilder::new(Float64Builder::new(), N_DIAGNOSIS as i32);
+    for (_, r) in rows {
+        diag.values().append_slice(&diagnosis_vector(r));
+        diag.append(true);
+    }
+    let sites = |r: &StarResult| -> String {
+        (0..N_SITES)
+            .filter(|&s| r.baseline[s].usable)
+            .filter_map(Site::from_index)
+            .map(|s| s.code())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|(i, _)| candidate_id(field, stars[*i], as_of)))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|(i, _)| stars[*i]))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|_| field.name()))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|_| as_of))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, r)| r.status.name()))),
+        Arc::new(StringArray::from(rows.iter().map(|(_, r)| r.reason.clone()).collect::<Vec<_>>())),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, r)| sites(r)))),
+        col_u(&|r| r.n_valid),
+        col_u(&|r| r.preselection.n_high),
+        col_u(&|r| r.preselection.longest_run),
+        col_f(&|r| r.broken_line.map_or(nan, |b| b.delta_chi2)),
+        col_f(&|r| r.broken_line.map_or(nan, |b| b.t_rise)),
+        col_f(&|r| r.broken_line.map_or(nan, |b| b.slope)),
+        col_f(&|r| r.broken_line.map_or(nan, |b| b.significance)),
+        col_f(&|r| r.grid.map_or(nan, |g| g.t0)),
+        col_f(&|r| r.grid.map_or(nan, |g| g.teff)),
+        Arc::new(UInt8Array::from_iter_values(rows.iter().map(|(_, r)| r.grid.map_or(0, |g| g.regime)))),
+        col_f(&|r| r.grid.map_or(nan, |g| g.delta_chi2)),
+        Arc::new(diag.finish()),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, r)| serde_json::to_string(r).unwrap_or_default()))),
+    ];
+    RecordBatch::try_new(candidates_schema(), columns)
+}
+
+fn to_parquet(batch: &RecordBatch) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+            "lensnet.diagnosis_names".to_string(),
+            DIAGNOSIS_NAMES.join(","),
+        )]))
+        .build();
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+    w.write(batch)?;
+    w.close()?;
+    Ok(buf)
+}
+
+/// One row of a candidates file, as later stages read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateRecord {
+    pub candidate_id: String,
+    pub star: String,
+    pub field: String,
+    pub as_of: f64,
+    pub status: String,
+    pub reason: Option<String>,
+    pub sites: Vec<String>,
+    pub n_valid: u32,
+    pub n_high: u32,
+    pub bl_delta_chi2: f64,
+    pub bl_t_rise: f64,
+    pub bl_slope: f64,
+    pub grid_t0: f64,
+    pub grid_teff: f64,
+    pub grid_regime: u8,
+    pub grid_delta_chi2: f64,
+    pub diagnosis: Vec<f64>,
+    /// The whole `StarResult` as JSON (evidence for publish).
+    pub result_json: String,
+}
+
+/// Read the rows (candidates and failures) of one (field, as_of).
+pub async fn read_candidates(store: &dyn ObjectStore, root: &Path, season: i32, field: Field, as_of: f64) -> Result<Vec<CandidateRecord>, StageError> {
+    let path = candidates_path(root, season, field, as_of);
+    let bytes = store
+        .get(&path)
+        .await
+        .map_err(|e| match e {
+            object_store::Error::NotFound { .. } => permanent(format!("{path} does not exist: run alertfinder first")),
+            e => transient(format!("cannot read {path}: {e}")),
+        })?
+        .bytes()
+        .await
+        .map_err(|e| transient(format!("cannot read {path}: {e}")))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| permanent(format!("corrupt {path}: {e}")))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let b = batch.map_err(|e| permanent(format!("corrupt {path}: {e}")))?;
+        decode_batch(&b, &mut out).map_err(|e| permanent(format!("unexpected columns in {path}: {e}")))?;
+    }
+    Ok(out)
+}
+
+fn decode_batch(b: &RecordBatch, out: &mut Vec<CandidateRecord>) -> Result<(), String> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, UInt32Type, UInt8Type};
+    let col = |n: &str| b.column_by_name(n).ok_or_else(|| format!("missing column {n}"));
+    let s = |n: &str| -> Result<&StringArray, String> { col(n)?.as_any().downcast_ref::<StringArray>().ok_or(format!("{n} is not utf8")) };
+    let f = |n: &str| -> Result<&arrow::array::PrimitiveArray<Float64Type>, String> { col(n)?.as_primitive_opt::<Float64Type>().ok_or(format!("{n} is not f64")) };
+    let u = |n: &str| -> Result<&arrow::array::PrimitiveArray<UInt32Type>, String> { col(n)?.as_primitive_opt::<UInt32Type>().ok_or(format!("{n} is not u32")) };
+    let (id, star, field, status, reason, sites, json) = (s("candidate_id")?, s("star")?, s("field")?, s("status")?, s("reason")?, s("sites")?, s("result_json")?);
+    let (as_of, dchi, trise, slope, t0, teff, gdchi) = (f("as_of")?, f("bl_delta_chi2")?, f("bl_t_rise")?, f("bl_slope")?, f("grid_t0")?, f("grid_teff")?, f("grid_delta_chi2")?);
+    let (n_valid, n_high) = (u("n_valid")?, u("n_high")?);
+    let regime = col("grid_regime")?.as_primitive_opt::<UInt8Type>().ok_or("grid_regime is not u8")?;
+    let diag = col("diagnosis")?.as_fixed_size_list_opt().ok_or("diagnosis is not a fixed-size list")?;
+    for i in 0..b.num_rows() {
+        let d = diag.value(i);
+        let d = d.as_primitive_opt::<Float64Type>().ok_or("diagnosis items are not f64")?;
+        out.push(CandidateRecord {
+            candidate_id: id.value(i).into(),
+            star: star.value(i).into(),
+            field: field.value(i).into(),
+            as_of: as_of.value(i),
+            status: status.value(i).into(),
+            reason: (!reason.is_null(i)).then(|| reason.value(i).to_string()),
+            sites: sites.value(i).split(',').filter(|x| !x.is_empty()).map(String::from).collect(),
+            n_valid: n_valid.value(i),
+            n_high: n_high.value(i),
+            bl_delta_chi2: dchi.value(i),
+            bl_t_rise: trise.value(i),
+            bl_slope: slope.value(i),
+            grid_t0: t0.value(i),
+            grid_teff: teff.value(i),
+            grid_regime: regime.value(i),
+            grid_delta_chi2: gdchi.value(i),
+            diagnosis: d.values().to_vec(),
+            result_json: json.value(i).into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_uses_the_newest_earlier_run_and_its_oldest_site() {
+        let mut s = WatermarkState::default();
+        assert_eq!(s.since(100.0), f64::NEG_INFINITY);
+        s.record(100.0, BTreeMap::from([("KMTA".into(), 99.5), ("KMTC".into(), 99.9)]));
+        s.record(101.0, BTreeMap::from([("KMTA".into(), 100.5), ("KMTC".into(), 100.2)]));
+        assert_eq!(s.since(100.0), f64::NEG_INFINITY, "re-running the first as_of searches as before");
+        assert_eq!(s.since(101.0), 99.5);
+        assert_eq!(s.since(102.0), 100.2);
+        s.record(100.5, BTreeMap::from([("KMTA".into(), 100.4)]));
+        assert_eq!(s.runs.iter().map(|e| e.as_of).collect::<Vec<_>>(), vec![100.0, 100.5, 101.0]);
+    }
+
+    #[test]
+    fn paths_and_ids_are_stable() {
+        assert_eq!(candidates_path(&Path::from("lake"), 2025, Field(14), 10800.5).as_ref(), "lake/candidates/season=2025/field=BLG14/asof-10800.50000.parquet");
+        assert_eq!(candidate_id(Field(2), "BLG02.0000012", 10800.123456), "BLG02:BLG02.0000012:10800.12346");
+    }
+}
