@@ -17,3 +17,49 @@ pub fn photometry(cfg: &Config) -> Result<(OpenedStore, PhotometryStore), StoreE
     let photometry = PhotometryStore::new(opened.store.clone(), opened.prefix.clone());
     Ok((opened, photometry))
 }
+
+/// The scorer of the configured model (or `model`, when given): one ONNX Runtime session.
+pub fn scorer(cfg: &Config, model: Option<&std::path::Path>) -> Result<lensnet_stages::score::Scorer, lensnet_stages::score::ScoreError> {
+    use lensnet_stages::score::{find_model, ExecutionProvider, ScoreOptions, Scorer, Thresholds};
+    let model = find_model(model.or(cfg.model.as_deref()))?;
+    let opts = ScoreOptions {
+        model,
+        ort_library: cfg.ort_library.clone(),
+        provider: match cfg.provider {
+            crate::config::Provider::Cpu => ExecutionProvider::Cpu,
+            crate::config::Provider::Cuda => ExecutionProvider::Cuda,
+        },
+        cuda_fallback: cfg.cuda_fallback,
+        batch_size: cfg.batch_size,
+        thresholds: Thresholds::new(cfg.threshold_purity, cfg.threshold_recall)?,
+        intra_threads: None,
+    };
+    Scorer::new(&opts)
+}
+
+/// A field runner over the configured store, inbox and database, scoring with `scorer`.
+pub fn field_runner(
+    cfg: &Config,
+    pool: sqlx::PgPool,
+    scorer: std::sync::Arc<lensnet_stages::score::Scorer>,
+) -> Result<crate::fieldrun::FieldRunner, StoreError> {
+    let opened = store(cfg)?;
+    let format = match cfg.ingest_format {
+        crate::config::InputFormat::Auto => lensnet_stages::ingest::Format::Auto,
+        crate::config::InputFormat::Pysis => lensnet_stages::ingest::Format::Pysis,
+        crate::config::InputFormat::Diapl => lensnet_stages::ingest::Format::Diapl,
+        crate::config::InputFormat::Ogle => lensnet_stages::ingest::Format::Ogle,
+        crate::config::InputFormat::Columns => lensnet_stages::ingest::Format::Columns,
+    };
+    Ok(crate::fieldrun::FieldRunner {
+        ledger: std::sync::Arc::new(crate::ledger::PgLedger::new(pool.clone())),
+        pool,
+        store: opened.store,
+        root: opened.prefix,
+        scorer,
+        inbox: cfg.inbox.clone(),
+        ingest: crate::fieldrun::ingest_options(format),
+        config_hash: cfg.hash.clone(),
+        retry: crate::runner::RetryPolicy::default(),
+    })
+}

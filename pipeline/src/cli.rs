@@ -43,6 +43,28 @@ pub enum Command {
     Config(ConfigCommand),
     /// Print throughput of a hot stage.
     Bench(BenchArgs),
+    /// Export a training or test set: simulator -> AlertFinder -> preprocess, exactly as in
+    /// production, with real-time truncation; writes tensors, labels and statistics (Parquet).
+    ExportTrainingSet(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Output folder (gets tensors.parquet, preprocess_stats.json, summary.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Simulated stars (spread over seasons and fields by the exporter).
+    #[arg(long, default_value_t = 20000)]
+    pub stars: u64,
+    /// Master seed; simulator seeds are derived from it.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Preprocessing statistics to use (a test set uses the training set's); default: fit them.
+    #[arg(long, value_name = "JSON")]
+    pub stats: Option<PathBuf>,
+    /// Stop after this many candidates.
+    #[arg(long)]
+    pub max_candidates: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -95,17 +117,24 @@ pub struct RunArgs {
     /// Field to run, e.g. BLG14.
     #[arg(long)]
     pub field: String,
-    /// Treat this time (HJD-2450000) as "now": only data taken before it is used.
+    /// Treat this time (HJD-2450000) as "now": only data taken before it is used (default: the
+    /// clock).
     #[arg(long, value_name = "TIME")]
     pub as_of: Option<f64>,
+    /// Observing season (calendar year) of the photometry to search; default: the season of the
+    /// as-of time.
+    #[arg(long)]
+    pub season: Option<i32>,
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Run each due field once and exit (for checks).
+    /// Run each configured field once now and exit (for checks).
     #[arg(long)]
     pub once: bool,
 }
+
+
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -121,6 +150,12 @@ pub struct ReplayArgs {
     /// ONNX model to score with (default: the configured one).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// The simulator's truth.parquet, to report recall, false alerts and days before peak.
+    #[arg(long, value_name = "FILE")]
+    pub truth: Option<PathBuf>,
+    /// Ingest this folder (or URL) before replaying, e.g. a season written by `lensnet simulate`.
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pub ingest: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

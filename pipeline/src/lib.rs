@@ -5,9 +5,12 @@
 pub mod app;
 pub mod config;
 pub mod dag;
+pub mod fieldrun;
 pub mod db;
 pub mod ledger;
 pub mod localpg;
+pub mod publish;
+pub mod replay;
 pub mod runner;
 
 pub use config::{Config, Sources};

@@ -8,9 +8,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Exit status of a subcommand that exists in the CLI contract but is not built yet.
-const EXIT_NOT_BUILT: u8 = 3;
-
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     init_tracing(args.verbose);
@@ -24,10 +21,6 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::dispatch(args)) {
         Ok(code) => code,
         Err(e) => {
-            if let Some(nb) = e.downcast_ref::<commands::NotBuilt>() {
-                eprintln!("{nb}");
-                return ExitCode::from(EXIT_NOT_BUILT);
-            }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

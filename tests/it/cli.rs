@@ -1,5 +1,5 @@
 //! The `lensnet` binary as a user runs it: help texts, configuration checks, the local database
-//! commands, and subcommands that are not built yet.
+//! commands, and argument errors.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -59,11 +59,17 @@ fn config_check_reports_every_problem_with_its_source() {
 }
 
 #[test]
-fn subcommands_not_built_say_so_and_fail() {
+fn bad_arguments_are_named_and_fail() {
     let dir = tempfile::tempdir().unwrap();
-    let out = lensnet(dir.path(), &["replay", "--season", "2019", "--fields", "BLG01"]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out).contains("not built yet"), "{}", text(&out));
+    let out = lensnet(dir.path(), &["replay", "--season", "2019", "--fields", "BLG1000"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("invalid field `BLG1000`"), "{}", text(&out));
+    let out = lensnet(dir.path(), &["replay", "--season", "2019", "--fields", "BLG01", "--step", "1w"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("unknown unit"), "{}", text(&out));
+    let out = lensnet(dir.path(), &["run", "--field", "nope"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--field"), "{}", text(&out));
 }
 
 #[test]
@@ -77,7 +83,7 @@ fn db_start_migrate_stop_on_a_fresh_folder() {
     };
     assert!(step(&["db", "start"]).contains("created and started"));
     assert!(step(&["db", "start"]).contains("already running"), "starting twice is harmless");
-    assert!(step(&["db", "migrate"]).contains("1 migration(s) applied now"));
+    assert!(step(&["db", "migrate"]).contains("2 migration(s) applied now"));
     assert!(step(&["db", "migrate"]).starts_with("0 migration(s) applied now"), "a second migrate changes nothing");
     let url = step(&["db", "url"]).trim().to_string();
     assert!(url.starts_with("postgres://") && url.contains("host="), "{url}");

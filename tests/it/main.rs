@@ -7,3 +7,6 @@ mod ledger;
 mod ingest;
 mod score;
 mod simulate;
+mod publish;
+mod alertfinder;
+mod orchestration;

@@ -10,7 +10,6 @@ use lensnet_stages::simulate::{bench_simulate, SimConfig};
 use lensnet_stages::Field;
 use object_store::memory::InMemory;
 
-use super::not_built;
 use crate::cli::BenchArgs;
 
 fn scaled(n: f64, scale: f64) -> usize {
@@ -21,10 +20,90 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.stage.as_str() {
         "simulate" => simulate(args.scale),
         "ingest" => ingest(args.scale).await,
-        "alertfinder" => not_built("bench alertfinder", "issue 5: alertfinder stage"),
-        "preprocess" => not_built("bench preprocess", "issue 6: preprocess stage"),
-        _ => not_built("bench score", "issue 7: score stage"),
+        "alertfinder" => alertfinder(args.scale),
+        "preprocess" => preprocess(args.scale),
+        "score" => score(args.scale),
+        other => anyhow::bail!("unknown stage `{other}` (simulate, ingest, alertfinder, preprocess or score)"),
     }
+}
+
+fn alertfinder(scale: f64) -> anyhow::Result<ExitCode> {
+    println!("alertfinder: season-long synthetic light curves (all cores: {})", rayon_threads());
+    let figures = lensnet_stages::alertfinder::bench::bench(scaled(200.0, scale), scaled(20.0, scale), 1.0);
+    print!("{figures}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn preprocess(scale: f64) -> anyhow::Result<ExitCode> {
+    use lensnet_stages::alertfinder::N_DIAGNOSIS;
+    use lensnet_stages::preprocess::{prepare, Candidate, PreprocessStats};
+    use lensnet_stages::simulate::Season;
+    let n = scaled(400.0, scale) as u64;
+    println!("preprocess: polars whole-batch tensors for {n} simulated stars per field");
+    for field in [Field(14), Field(2)] {
+        let cfg = SimConfig { fields: vec![field], stars: n, ..SimConfig::default() };
+        let season = Season::new(&cfg).context("simulating")?;
+        let stars = season.field(field).context("simulating")?;
+        let cands: Vec<Candidate<'_>> = stars
+            .iter()
+            .map(|s| {
+                let last = s.curves.curves.iter().flat_map(|c| c.hjd.iter().copied()).fold(f64::NEG_INFINITY, f64::max);
+                Candidate { id: s.curves.star.0.clone(), star: &s.curves, now: last, diag: [0.0; N_DIAGNOSIS], label: None }
+            })
+            .collect();
+        let points: usize = stars.iter().map(|s| s.curves.curves.iter().map(|c| c.hjd.len()).sum::<usize>()).sum();
+        let stats = PreprocessStats::identity();
+        prepare(&cands, &stats).context("warm-up")?;
+        let mut reps = 0;
+        let t = std::time::Instant::now();
+        while reps < 2 || t.elapsed().as_secs_f64() < 1.0 {
+            prepare(&cands, &stats).context("preprocess")?;
+            reps += 1;
+        }
+        let secs = t.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "  {field}: {:>5} candidates, {:>9} input points in {:>6.3} s = {:>8.0} candidates/s, {:>6.2} M points/s",
+            cands.len(),
+            points,
+            secs,
+            cands.len() as f64 / secs,
+            points as f64 / secs / 1e6
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn score(scale: f64) -> anyhow::Result<ExitCode> {
+    use lensnet_stages::score::{bench::BATCH_SIZES, find_model, ScoreOptions};
+    let cfg = super::load_config(None)?;
+    let model = find_model(cfg.model.as_deref()).context("finding the model")?;
+    let opts = ScoreOptions { ort_library: cfg.ort_library.clone(), ..ScoreOptions::cpu(&model) };
+    println!("score: sequences per second through ONNX Runtime, model {}", model.display());
+    let rows = lensnet_stages::score::bench(&opts, &BATCH_SIZES, 1.0 * scale.max(0.1)).context("benchmarking")?;
+    for r in &rows {
+        println!(
+            "  {:<12} {:<5} batch {:>5}: {:>10.1} sequences/s ({} sequences in {:.2} s, ONNX Runtime {})",
+            r.engine,
+            r.provider.as_str(),
+            r.batch,
+            r.sequences_per_s,
+            r.sequences,
+            r.seconds,
+            r.runtime_version
+        );
+    }
+    // PyTorch on the same architecture, in the same run, where the training environment exists.
+    let python = std::path::Path::new(".venv/bin/python");
+    let script = std::path::Path::new("models/train/bench_torch.py");
+    if python.is_file() && script.is_file() {
+        let status = std::process::Command::new(python).arg(script).arg("--model").arg(&model).status();
+        if !matches!(status, Ok(s) if s.success()) {
+            println!("  pytorch: models/train/bench_torch.py failed ({status:?})");
+        }
+    } else {
+        println!("  pytorch: not installed here (.venv from models/train/requirements.txt); skipped");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn simulate(scale: f64) -> anyhow::Result<ExitCode> {

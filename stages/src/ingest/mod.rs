@@ -15,6 +15,7 @@ pub mod normalize;
 pub mod ogle;
 pub mod pysis;
 pub mod run;
+pub mod stage;
 pub mod store;
 pub mod text;
 pub mod time;

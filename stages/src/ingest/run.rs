@@ -37,6 +37,9 @@ pub struct IngestOptions {
     pub accept_unterminated_tail: bool,
     /// Compact touched partitions at the end of the run (`None`: never).
     pub compaction: Option<CompactionPolicy>,
+    /// Only files of this field (by their KMTNet name, `KMTC14_I.pysis`); files whose name
+    /// carries no field are read by every field's run (the ledger makes that harmless).
+    pub only_field: Option<crate::photometry::Field>,
 }
 
 /// What happened to one input file.
@@ -359,6 +362,12 @@ pub async fn ingest_location(
             .find(|p| all.contains(p));
         if !is_input_name(&name, sidecar_path.is_some() || (opts.columns.is_some() && only.is_some())) {
             continue;
+        }
+        if let Some(want) = opts.only_field {
+            let stem = name.split('.').next().unwrap_or_default();
+            if crate::ingest::pysis::kmtnet_name(stem).is_some_and(|(_, f, _)| f != want) {
+                continue;
+            }
         }
         let key = format!("{}/{}", opened.location.trim_end_matches('/'), rel.strip_prefix(opened.prefix.as_ref()).unwrap_or(&rel).trim_start_matches('/'));
         let result = async {

@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod runtime;
+pub mod stage;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -259,6 +260,9 @@ pub struct ModelInfo {
     /// `lensnet.kind` from the metadata (`standin`, `trained`, ...; `unknown` when absent).
     pub kind: String,
     pub bytes: u64,
+    /// The preprocessing statistics saved with the model (`lensnet.preprocess_stats` in the
+    /// metadata, else a `<model>.preprocess.json` beside the file), as JSON.
+    pub preprocess_stats: Option<String>,
 }
 
 /// One ONNX Runtime session, built once per process and shared (`score` takes `&self`).
@@ -317,8 +321,10 @@ impl Scorer {
                 Err(message) => return Err(ScoreError::Cuda { message }),
             },
         };
-        let kind = check_contract(&session, &opts.model)?;
-        let model = ModelInfo { path: opts.model.clone(), sha256, kind, bytes: bytes.len() as u64 };
+        let (kind, stats_meta) = check_contract(&session, &opts.model)?;
+        let sidecar = opts.model.with_extension("preprocess.json");
+        let preprocess_stats = stats_meta.or_else(|| std::fs::read_to_string(&sidecar).ok());
+        let model = ModelInfo { path: opts.model.clone(), sha256, kind, bytes: bytes.len() as u64, preprocess_stats };
         info!(
             provider = provider.as_str(),
             cuda_fallback = cuda_fallback.is_some(),
@@ -442,8 +448,9 @@ fn build_session(rt: &Runtime, path: &Path, bytes: &[u8], cuda: bool, intra: Opt
     b.commit_from_memory(bytes).map_err(|e| err(e.to_string()))
 }
 
-/// Check the metadata and the input/output names; returns `lensnet.kind`.
-fn check_contract(session: &Session, path: &Path) -> Result<String, ScoreError> {
+/// Check the metadata and the input/output names; returns `lensnet.kind` and the preprocessing
+/// statistics of the metadata, if any.
+fn check_contract(session: &Session, path: &Path) -> Result<(String, Option<String>), ScoreError> {
     let bad = |message: String| ScoreError::Contract { path: path.to_path_buf(), message };
     let meta = session.metadata().map_err(|e| bad(format!("cannot read metadata: {e}")))?;
     let want = [
@@ -460,6 +467,7 @@ fn check_contract(session: &Session, path: &Path) -> Result<String, ScoreError> 
         }
     }
     let kind = meta.custom("lensnet.kind").unwrap_or_else(|| "unknown".to_string());
+    let stats = meta.custom("lensnet.preprocess_stats").filter(|s| !s.trim().is_empty());
     let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
     let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
     for name in ["seq", "diag"] {
@@ -472,7 +480,7 @@ fn check_contract(session: &Session, path: &Path) -> Result<String, ScoreError> 
             return Err(bad(format!("no output named `{name}` (outputs: {})", outputs.join(", "))));
         }
     }
-    Ok(kind)
+    Ok((kind, stats))
 }
 
 fn run_chunk(session: &mut Session, seq: &[f32], diag: &[f32], n: usize, out: &mut Vec<Probabilities>) -> Result<(), ScoreError> {

@@ -26,7 +26,7 @@ use crate::photometry::{Band, Field, Site, SiteCurve, StarCurves, StarId};
 use cadence::{FieldSchedule, SiteSeason};
 pub use label::{Label, VetPoint, VetStats};
 pub use model::{Class, ClassMix, Model, Star, ZERO_POINT};
-pub use writer::{write_season, SeasonSummary};
+pub use writer::{read_truth, write_season, SeasonSummary, TruthRow};
 
 /// Errors of the simulator. None is retryable except I/O on the output folder.
 #[derive(Debug, thiserror::Error)]

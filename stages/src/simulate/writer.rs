@@ -246,6 +246,48 @@ pub fn write_truth(truths: &[Truth], path: &Path) -> Result<(), SimError> {
     Ok(())
 }
 
+/// The columns of `truth.parquet` that evaluations join on (replay and demo summaries).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TruthRow {
+    pub star_id: String,
+    pub field: String,
+    pub class: String,
+    pub subtype: String,
+    /// yes, maybe or no.
+    pub label: String,
+    /// Peak time, HJD - 2450000 (NaN where it does not apply).
+    pub t0: f64,
+    pub te: f64,
+}
+
+/// Read `truth.parquet` as written by [`write_truth`].
+pub fn read_truth(path: &Path) -> Result<Vec<TruthRow>, SimError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Float64Type;
+    let file = fs::File::open(path).map_err(|e| SimError::Real { path: path.display().to_string(), reason: e.to_string() })?;
+    let bad = |reason: String| SimError::Real { path: path.display().to_string(), reason };
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b?;
+        let s = |n: &str| b.column_by_name(n).and_then(|c| c.as_string_opt::<i32>().cloned()).ok_or_else(|| bad(format!("column {n} missing or not utf8")));
+        let f = |n: &str| b.column_by_name(n).and_then(|c| c.as_primitive_opt::<Float64Type>().cloned()).ok_or_else(|| bad(format!("column {n} missing or not f64")));
+        let (star, field, class, subtype, label, t0, te) = (s("star_id")?, s("field")?, s("class")?, s("subtype")?, s("label")?, f("t0")?, f("tE")?);
+        for i in 0..b.num_rows() {
+            out.push(TruthRow {
+                star_id: star.value(i).to_string(),
+                field: field.value(i).to_string(),
+                class: class.value(i).to_string(),
+                subtype: subtype.value(i).to_string(),
+                label: label.value(i).to_string(),
+                t0: if t0.is_null(i) { f64::NAN } else { t0.value(i) },
+                te: if te.is_null(i) { f64::NAN } else { te.value(i) },
+            });
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

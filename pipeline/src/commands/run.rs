@@ -1,0 +1,56 @@
+//! `lensnet run --field BLG14 [--as-of TIME]`: one DAG run for one field (ingest of new inbox
+//! files, alertfinder, score, publish) under the field's lock.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use lensnet::config::Config;
+use lensnet::fieldrun::{now_hjd, FieldRun, FieldRunError, Plan};
+use lensnet::runner::StageOutcome;
+use lensnet::{app, db};
+use lensnet_stages::ingest::season_of;
+use lensnet_stages::{Field, PhotometryCache};
+
+use crate::cli::RunArgs;
+
+/// Exit status when another run of the field holds its lock (EX_TEMPFAIL).
+pub const EXIT_BUSY: u8 = 75;
+
+pub async fn run(cfg: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let field: Field = args.field.parse().map_err(|e: String| anyhow::anyhow!(e)).context("--field")?;
+    let as_of = args.as_of.unwrap_or_else(now_hjd);
+    let season = args.season.unwrap_or_else(|| season_of(as_of));
+    let pool = db::open(&cfg).await?;
+    let scorer = Arc::new(app::scorer(&cfg, None).context("loading the model")?);
+    let runner = app::field_runner(&cfg, pool, scorer).context("opening the object store")?;
+    match runner.run("run", Plan::Live, field, season, as_of, None, &PhotometryCache::new()).await {
+        Ok(run) => {
+            print_run(&run);
+            Ok(if run.outcome.succeeded() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Err(FieldRunError::Busy(f)) => {
+            eprintln!("another run of {f} is in progress; nothing was done");
+            Ok(ExitCode::from(EXIT_BUSY))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One line per stage.
+pub fn print_run(run: &FieldRun) {
+    println!("run {} field {} as of {:.5}", run.run_id, run.field, run.as_of);
+    for (name, o) in &run.outcome.stages {
+        let line = match o {
+            StageOutcome::Succeeded { attempts, report } => {
+                format!("ok       in {} out {} ({} attempt(s))", report.rows_in, report.rows_out, attempts)
+            }
+            StageOutcome::UpToDate => "up to date (an earlier attempt of this run)".to_string(),
+            StageOutcome::Failed { attempts, error, retryable } => {
+                format!("FAILED   after {attempts} attempt(s){}: {error}", if *retryable { " (transient)" } else { "" })
+            }
+            StageOutcome::Blocked { by } => format!("blocked  by {by}"),
+        };
+        println!("  {name:<12} {line}");
+    }
+}

@@ -1,0 +1,260 @@
+//! The `score` stage's I/O shell: the candidates of one (field, as_of) and their photometry go
+//! through [`crate::preprocess::prepare`] (the same code that built the training set) and the
+//! ONNX model; probabilities and verdicts are written to `verdicts/`.
+//!
+//! # Layout
+//! ```text
+//! <root>/verdicts/season=2025/field=BLG14/asof-10800.50000.model-<sha256[..12]>.parquet
+//! ```
+//! One file per (field, as_of, model), written with one put; re-running rewrites identical
+//! bytes, and scoring the same candidates with another model adds another file.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Float32Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field as ArrowField, Float32Type, Schema};
+use async_trait::async_trait;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::{Probabilities, Scorer};
+use crate::alertfinder::stage::read_candidates;
+use crate::alertfinder::N_DIAGNOSIS;
+use crate::cache::PhotometryCache;
+use crate::ingest::PhotometryStore;
+use crate::photometry::Field;
+use crate::preprocess::{prepare, Candidate, PreprocessStats};
+use crate::stage::{Dataset, RunCtx, Stage, StageError, StageReport};
+
+pub const STAGE: &str = "score";
+
+/// The stage: one scorer (one ONNX Runtime session) for the whole process.
+#[derive(Debug, Clone)]
+pub struct ScoreStage {
+    pub scorer: Arc<Scorer>,
+    /// The model's preprocessing statistics.
+    pub stats: PreprocessStats,
+    pub cache: PhotometryCache,
+}
+
+impl ScoreStage {
+    /// The stage with the statistics saved with the model. A model without them is refused,
+    /// except the untrained stand-in, which was exported against identity statistics.
+    pub fn new(scorer: Arc<Scorer>, cache: PhotometryCache) -> Result<ScoreStage, StageError> {
+        let model = scorer.model();
+        let stats = match &model.preprocess_stats {
+            Some(json) => PreprocessStats::from_json(json)
+                .map_err(|e| permanent(format!("the preprocessing statistics of model {} are invalid: {e}", model.path.display())))?,
+            None if model.kind == "standin" => {
+                tracing::warn!(model = %model.path.display(), "the stand-in model has no preprocessing statistics; using identity statistics");
+                PreprocessStats::identity()
+            }
+            None => {
+                return Err(permanent(format!(
+                    "model {} has no preprocessing statistics (metadata lensnet.preprocess_stats or {})",
+                    model.path.display(),
+                    model.path.with_extension("preprocess.json").display()
+                )))
+            }
+        };
+        Ok(ScoreStage { scorer, stats, cache })
+    }
+}
+
+fn transient(message: String) -> StageError {
+    StageError::Transient { stage: STAGE, message }
+}
+
+fn permanent(message: String) -> StageError {
+    StageError::Permanent { stage: STAGE, message }
+}
+
+#[async_trait]
+impl Stage for ScoreStage {
+    fn name(&self) -> &'static str {
+        STAGE
+    }
+    fn reads(&self) -> &'static [Dataset] {
+        &[Dataset::Candidates, Dataset::Photometry]
+    }
+    fn writes(&self) -> &'static [Dataset] {
+        &[Dataset::Verdicts]
+    }
+    async fn run(&self, ctx: &RunCtx) -> Result<StageReport, StageError> {
+        let as_of = ctx.as_of.ok_or_else(|| permanent("a score run needs its as-of time".into()))?;
+        let records = read_candidates(ctx.store.as_ref(), &ctx.root, ctx.season, ctx.field, as_of).await?;
+        let records: Vec<_> = records.into_iter().filter(|r| r.status == "candidate").collect();
+        let photometry = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
+        let stars = if records.is_empty() {
+            Arc::new(Vec::new())
+        } else {
+            self.cache.get(&photometry, ctx.season, ctx.field).await.map_err(|e| {
+                if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
+            })?
+        };
+        let by_id: HashMap<&str, usize> = stars.iter().enumerate().map(|(i, s)| (s.star.0.as_str(), i)).collect();
+        let mut plan: Vec<(String, usize, [f64; N_DIAGNOSIS])> = Vec::with_capacity(records.len());
+        for r in &records {
+            let Some(&i) = by_id.get(r.star.as_str()) else {
+                return Err(permanent(format!("candidate {} names star {} that has no photometry", r.candidate_id, r.star)));
+            };
+            let diag: [f64; N_DIAGNOSIS] = r.diagnosis.as_slice().try_into().map_err(|_| {
+                permanent(format!("candidate {} has {} diagnosis values, expected {N_DIAGNOSIS}", r.candidate_id, r.diagnosis.len()))
+            })?;
+            plan.push((r.candidate_id.clone(), i, diag));
+        }
+        drop(by_id);
+        let scorer = self.scorer.clone();
+        let stats = self.stats.clone();
+        // prepare (polars) and ONNX Runtime are CPU-bound: keep them off the async workers.
+        let (ids, star_ids, probs) = tokio::task::spawn_blocking(move || -> Result<_, StageError> {
+            if plan.is_empty() {
+                return Ok((Vec::new(), Vec::new(), Vec::new()));
+            }
+            let cands: Vec<Candidate<'_>> =
+                plan.into_iter().map(|(id, i, diag)| Candidate { id, star: &stars[i], now: as_of, diag, label: None }).collect();
+            let prepared = prepare(&cands, &stats).map_err(|e| permanent(format!("preprocess: {e}")))?;
+            let probs = scorer.score(&prepared.seq, &prepared.diag, prepared.len()).map_err(|e| {
+                if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
+            })?;
+            Ok((prepared.ids, prepared.stars, probs))
+        })
+        .await
+        .map_err(|e| permanent(format!("the scoring task died: {e}")))??;
+        let model = self.scorer.model();
+        let object = verdicts_path(&ctx.root, ctx.season, ctx.field, as_of, &model.sha256);
+        let bytes = verdicts_parquet(self.scorer.as_ref(), &ids, &star_ids, &probs)
+            .map_err(|e| permanent(format!("cannot encode {object}: {e}")))?;
+        ctx.store.put(&object, PutPayload::from(bytes)).await.map_err(|e| transient(format!("cannot write {object}: {e}")))?;
+        let classes = self.scorer.verdicts(&probs);
+        let count = |c: super::Class| classes.iter().filter(|&&x| x == c).count();
+        tracing::info!(field = %ctx.field, as_of, scored = probs.len(), yes = count(super::Class::Yes), maybe = count(super::Class::Maybe), "score finished");
+        let mut report = StageReport {
+            rows_in: records.len() as u64,
+            rows_out: probs.len() as u64,
+            inputs: serde_json::json!({ "candidates": crate::alertfinder::stage::candidates_path(&ctx.root, ctx.season, ctx.field, as_of).to_string() }),
+            outputs: serde_json::json!({ "objects": [object.to_string()] }),
+            details: serde_json::Map::from_iter([
+                ("yes".to_string(), serde_json::json!(count(super::Class::Yes))),
+                ("maybe".to_string(), serde_json::json!(count(super::Class::Maybe))),
+                ("no".to_string(), serde_json::json!(count(super::Class::No))),
+            ]),
+        };
+        self.scorer.fill_report(&mut report);
+        Ok(report)
+    }
+}
+
+/// `verdicts/season=../field=../asof-<as_of>.model-<sha12>.parquet`.
+pub fn verdicts_path(root: &Path, season: i32, field: Field, as_of: f64, model_sha256: &str) -> Path {
+    let sha = &model_sha256[..model_sha256.len().min(12)];
+    let p = format!("verdicts/season={season}/field={field}/asof-{as_of:.5}.model-{sha}.parquet");
+    if root.as_ref().is_empty() { Path::from(p) } else { Path::from(format!("{root}/{p}")) }
+}
+
+fn verdicts_parquet(scorer: &Scorer, ids: &[String], stars: &[String], probs: &[Probabilities]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    let classes = scorer.verdicts(probs);
+    let f32col = |f: &dyn Fn(&Probabilities) -> f32| -> Arc<dyn Array> { Arc::new(Float32Array::from_iter_values(probs.iter().map(f))) };
+    let cols: Vec<(&str, Arc<dyn Array>)> = vec![
+        ("candidate_id", Arc::new(StringArray::from_iter_values(ids))),
+        ("star", Arc::new(StringArray::from_iter_values(stars))),
+        ("p_yes", f32col(&|p| p.yes)),
+        ("p_maybe", f32col(&|p| p.maybe)),
+        ("p_no", f32col(&|p| p.no)),
+        ("binary", f32col(&|p| p.binary)),
+        ("verdict", Arc::new(StringArray::from_iter_values(classes.iter().map(|c| c.as_str())))),
+    ];
+    let schema = Arc::new(Schema::new(cols.iter().map(|(n, a)| ArrowField::new(*n, a.data_type().clone(), false)).collect::<Vec<_>>()));
+    let batch = RecordBatch::try_new(schema.clone(), cols.into_iter().map(|c| c.1).collect())?;
+    let t = scorer.thresholds();
+    let kv = |k: &str, v: String| parquet::file::metadata::KeyValue::new(k.to_string(), v);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_key_value_metadata(Some(vec![
+            kv("lensnet.model_sha256", scorer.model().sha256.clone()),
+            kv("lensnet.threshold_purity", t.purity.to_string()),
+            kv("lensnet.threshold_recall", t.recall.to_string()),
+        ]))
+        .build();
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, schema, Some(props))?;
+    w.write(&batch)?;
+    w.close()?;
+    Ok(buf)
+}
+
+/// One row of a verdicts file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictRecord {
+    pub candidate_id: String,
+    pub star: String,
+    pub probs: Probabilities,
+    pub verdict: String,
+}
+
+/// A verdicts file with the model and thresholds it was written with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictFile {
+    pub model_sha256: String,
+    pub threshold_purity: f64,
+    pub threshold_recall: f64,
+    pub rows: Vec<VerdictRecord>,
+}
+
+/// Read the verdicts of one (field, as_of, model).
+pub async fn read_verdicts(store: &dyn ObjectStore, root: &Path, season: i32, field: Field, as_of: f64, model_sha256: &str) -> Result<VerdictFile, StageError> {
+    let path = verdicts_path(root, season, field, as_of, model_sha256);
+    let bytes = store
+        .get(&path)
+        .await
+        .map_err(|e| match e {
+            object_store::Error::NotFound { .. } => permanent(format!("{path} does not exist: run score first")),
+            e => transient(format!("cannot read {path}: {e}")),
+        })?
+        .bytes()
+        .await
+        .map_err(|e| transient(format!("cannot read {path}: {e}")))?;
+    let corrupt = |e: String| permanent(format!("corrupt {path}: {e}"));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let meta: HashMap<String, String> = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| kv.iter().filter_map(|k| k.value.clone().map(|v| (k.key.clone(), v))).collect())
+        .unwrap_or_default();
+    let num = |k: &str| meta.get(k).and_then(|v| v.parse::<f64>().ok()).ok_or_else(|| corrupt(format!("metadata {k} missing")));
+    let mut out = VerdictFile {
+        model_sha256: meta.get("lensnet.model_sha256").cloned().ok_or_else(|| corrupt("metadata lensnet.model_sha256 missing".into()))?,
+        threshold_purity: num("lensnet.threshold_purity")?,
+        threshold_recall: num("lensnet.threshold_recall")?,
+        rows: Vec::new(),
+    };
+    for batch in builder.build().map_err(|e| corrupt(e.to_string()))? {
+        let b = batch.map_err(|e| corrupt(e.to_string()))?;
+        let s = |n: &str| -> Result<&StringArray, StageError> {
+            b.column_by_name(n).and_then(|c| c.as_any().downcast_ref::<StringArray>()).ok_or_else(|| corrupt(format!("column {n} missing or not utf8")))
+        };
+        let f = |n: &str| -> Result<&arrow::array::PrimitiveArray<Float32Type>, StageError> {
+            b.column_by_name(n)
+                .filter(|c| c.data_type() == &DataType::Float32)
+                .map(|c| c.as_primitive::<Float32Type>())
+                .ok_or_else(|| corrupt(format!("column {n} missing or not f32")))
+        };
+        let (id, star, verdict) = (s("candidate_id")?, s("star")?, s("verdict")?);
+        let (y, m, n, bin) = (f("p_yes")?, f("p_maybe")?, f("p_no")?, f("binary")?);
+        for i in 0..b.num_rows() {
+            out.rows.push(VerdictRecord {
+                candidate_id: id.value(i).to_string(),
+                star: star.value(i).to_string(),
+                probs: Probabilities { yes: y.value(i), maybe: m.value(i), no: n.value(i), binary: bin.value(i) },
+                verdict: verdict.value(i).to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
