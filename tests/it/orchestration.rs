@@ -220,7 +220,8 @@ async fn a_field_locked_by_another_run_is_not_run_twice() {
     // Another field is not blocked.
     let r = s.runner.run("run", Plan::Live, Field(2), 2025, 10_800.0, None, &PhotometryCache::new()).await.unwrap();
     assert!(r.outcome.succeeded(), "{:?}", r.outcome);
-    // The lock is released with the session: then the field runs.
+    // Once the other session lets go, the field runs.
+    let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)").bind(lock_key(Field(14))).fetch_one(&mut other).await.unwrap();
     sqlx::Connection::close(other).await.unwrap();
     let r = s.runner.run("run", Plan::Live, Field(14), 2025, 10_800.0, None, &PhotometryCache::new()).await.unwrap();
     assert!(r.outcome.succeeded());
