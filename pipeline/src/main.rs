@@ -10,7 +10,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    init_tracing(args.verbose);
+    // Demo and replay print their own progress and summary; per-step stage logs only with -v.
+    let chatty = !matches!(args.command, cli::Command::Demo(_) | cli::Command::Replay(_));
+    init_tracing(args.verbose, chatty);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -27,9 +29,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, chatty: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
+        0 if !chatty => "warn,sqlx=warn",
         0 => "info,sqlx=warn",
         1 => "debug,sqlx=warn",
         _ => "trace",

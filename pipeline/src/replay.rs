@@ -130,10 +130,11 @@ pub async fn replay(runner: &FieldRunner, opts: &ReplayOptions, progress: &(dyn 
     for &field in &opts.fields {
         let cache = PhotometryCache::new();
         let photometry = PhotometryStore::new(runner.store.clone(), runner.root.clone());
-        let stars = cache.get(&photometry, opts.season, field).await.map_err(|e| {
+        let fp = cache.get(&photometry, opts.season, field).await.map_err(|e| {
             let message = format!("reading the photometry of {field}, season {}: {e}", opts.season);
             lensnet_stages::StageError::Permanent { stage: "replay", message }
         })?;
+        let stars = &fp.stars;
         let (first, last) = stars
             .iter()
             .flat_map(|s| s.curves.iter().flat_map(|c| c.hjd.iter().copied()))

@@ -1,16 +1,33 @@
 //! A field's photometry read once and shared by the stages that need it in one run (alertfinder
-//! and score), or across a whole replay, where the store does not change under the run.
+//! and score), or across a whole replay, where the store does not change under the run. The
+//! I-band curves merged over sites (what the AlertFinder scans) are built once with it: in a
+//! replay that saves a copy and a sort of every point at every step.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::ingest::{read_photometry, IngestError, PhotometryStore};
-use crate::photometry::{Field, StarCurves};
+use crate::photometry::{Band, Field, MergedCurve, StarCurves};
 
-/// Photometry by (season, field), whole histories, stars sorted by id.
+/// One field-season: stars sorted by id, and `merged_i[k]` the I-band curve of `stars[k]`.
+#[derive(Debug, Clone, Default)]
+pub struct FieldPhotometry {
+    pub stars: Vec<StarCurves>,
+    pub merged_i: Vec<MergedCurve>,
+}
+
+impl FieldPhotometry {
+    pub fn new(stars: Vec<StarCurves>) -> FieldPhotometry {
+        use rayon::prelude::*;
+        let merged_i = stars.par_iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
+        FieldPhotometry { stars, merged_i }
+    }
+}
+
+/// Photometry by (season, field), whole histories.
 #[derive(Debug, Clone, Default)]
 pub struct PhotometryCache {
-    inner: Arc<Mutex<HashMap<(i32, Field), Arc<Vec<StarCurves>>>>>,
+    inner: Arc<Mutex<HashMap<(i32, Field), Arc<FieldPhotometry>>>>,
 }
 
 impl PhotometryCache {
@@ -18,18 +35,19 @@ impl PhotometryCache {
         PhotometryCache::default()
     }
 
-    /// The field's stars, read from `store` the first time.
-    pub async fn get(&self, store: &PhotometryStore, season: i32, field: Field) -> Result<Arc<Vec<StarCurves>>, IngestError> {
+    /// The field's photometry, read from `store` the first time.
+    pub async fn get(&self, store: &PhotometryStore, season: i32, field: Field) -> Result<Arc<FieldPhotometry>, IngestError> {
         if let Some(hit) = self.lookup(season, field) {
             return Ok(hit);
         }
         // Read outside the lock: two stages asking at once at worst read twice.
-        let stars = Arc::new(read_photometry(store, season, field, None).await?);
-        self.inner.lock().expect("photometry cache lock").insert((season, field), stars.clone());
-        Ok(stars)
+        let stars = read_photometry(store, season, field, None).await?;
+        let field_photometry = Arc::new(FieldPhotometry::new(stars));
+        self.inner.lock().expect("photometry cache lock").insert((season, field), field_photometry.clone());
+        Ok(field_photometry)
     }
 
-    fn lookup(&self, season: i32, field: Field) -> Option<Arc<Vec<StarCurves>>> {
+    fn lookup(&self, season: i32, field: Field) -> Option<Arc<FieldPhotometry>> {
         self.inner.lock().expect("photometry cache lock").get(&(season, field)).cloned()
     }
 

@@ -13,6 +13,6 @@ pub mod simulate;
 pub mod stage;
 pub mod store;
 
-pub use cache::PhotometryCache;
+pub use cache::{FieldPhotometry, PhotometryCache};
 pub use photometry::{Band, Field, LightCurve, Site, SiteCurve, StarCurves, StarId};
 pub use stage::{Dataset, RunCtx, Stage, StageError, StageReport};

@@ -36,7 +36,7 @@ use super::diagnosis::{diagnosis_vector, DIAGNOSIS_NAMES, N_DIAGNOSIS};
 use super::{scan_batch, AlertParams, Status, StarResult, N_SITES};
 use crate::ingest::{read_photometry, PhotometryStore};
 use crate::cache::PhotometryCache;
-use crate::photometry::{Band, Field, MergedCurve, Site, StarCurves};
+use crate::photometry::{Band, Field, LightCurve, MergedCurve, Site, StarCurves};
 use crate::stage::{Dataset, RunCtx, Stage, StageError, StageReport};
 
 pub const STAGE: &str = "alertfinder";
@@ -136,23 +136,24 @@ pub async fn find_candidates_with(ctx: &RunCtx, params: &AlertParams, cache: Opt
     let as_of_hint = ctx.as_of;
     let since = as_of_hint.map_or(f64::NEG_INFINITY, |t| state.since(t));
     let store_err = |e: crate::ingest::IngestError| if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) };
-    let owned;
+    let owned: Vec<StarCurves>;
+    let owned_merged: Vec<MergedCurve>;
     let cached;
-    let stars: Vec<&StarCurves> = match cache {
+    let (stars, views): (Vec<&StarCurves>, Vec<LightCurve<'_>>) = match cache {
         Some(cache) => {
             cached = cache.get(&photometry, ctx.season, ctx.field).await.map_err(store_err)?;
-            // The same selection as read_photometry's `since`: stars with an epoch after it.
-            cached
-                .iter()
-                .filter(|s| {
-                    let upto = as_of_hint.unwrap_or(f64::INFINITY);
-                    s.curves.iter().any(|c| c.hjd.iter().any(|&t| t > since && t <= upto))
-                })
-                .collect()
+            // The same selection as read_photometry's `since`: stars with an epoch after it
+            // (and, in a replay, not after as_of).
+            let upto = as_of_hint.unwrap_or(f64::INFINITY);
+            let keep: Vec<usize> = (0..cached.stars.len())
+                .filter(|&k| cached.stars[k].curves.iter().any(|c| c.hjd.iter().any(|&t| t > since && t <= upto)))
+                .collect();
+            (keep.iter().map(|&k| &cached.stars[k]).collect(), keep.iter().map(|&k| cached.merged_i[k].view()).collect())
         }
         None => {
             owned = read_photometry(&photometry, ctx.season, ctx.field, since.is_finite().then_some(since)).await.map_err(store_err)?;
-            owned.iter().collect()
+            owned_merged = owned.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
+            (owned.iter().collect(), owned_merged.iter().map(MergedCurve::view).collect())
         }
     };
     let newest = stars
@@ -163,8 +164,6 @@ pub async fn find_candidates_with(ctx: &RunCtx, params: &AlertParams, cache: Opt
     let as_of = as_of_hint.unwrap_or(newest);
     let since = if as_of_hint.is_some() { since } else { state.since(as_of) };
 
-    let merged: Vec<MergedCurve> = stars.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
-    let views: Vec<_> = merged.iter().map(MergedCurve::view).collect();
     let results = if as_of.is_finite() { scan_batch(&views, as_of, since, params) } else { Vec::new() };
 
     // Newest epoch per site up to as_of, for the watermark.

@@ -51,7 +51,10 @@ impl ScoreStage {
             Some(json) => PreprocessStats::from_json(json)
                 .map_err(|e| permanent(format!("the preprocessing statistics of model {} are invalid: {e}", model.path.display())))?,
             None if model.kind == "standin" => {
-                tracing::warn!(model = %model.path.display(), "the stand-in model has no preprocessing statistics; using identity statistics");
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(model = %model.path.display(), "the stand-in model has no preprocessing statistics; using identity statistics")
+                });
                 PreprocessStats::identity()
             }
             None => {
@@ -90,14 +93,14 @@ impl Stage for ScoreStage {
         let records = read_candidates(ctx.store.as_ref(), &ctx.root, ctx.season, ctx.field, as_of).await?;
         let records: Vec<_> = records.into_iter().filter(|r| r.status == "candidate").collect();
         let photometry = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
-        let stars = if records.is_empty() {
-            Arc::new(Vec::new())
+        let photometry_of_field = if records.is_empty() {
+            Arc::new(crate::cache::FieldPhotometry::default())
         } else {
             self.cache.get(&photometry, ctx.season, ctx.field).await.map_err(|e| {
                 if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
             })?
         };
-        let by_id: HashMap<&str, usize> = stars.iter().enumerate().map(|(i, s)| (s.star.0.as_str(), i)).collect();
+        let by_id: HashMap<&str, usize> = photometry_of_field.stars.iter().enumerate().map(|(i, s)| (s.star.0.as_str(), i)).collect();
         let mut plan: Vec<(String, usize, [f64; N_DIAGNOSIS])> = Vec::with_capacity(records.len());
         for r in &records {
             let Some(&i) = by_id.get(r.star.as_str()) else {
@@ -117,7 +120,7 @@ impl Stage for ScoreStage {
                 return Ok((Vec::new(), Vec::new(), Vec::new()));
             }
             let cands: Vec<Candidate<'_>> =
-                plan.into_iter().map(|(id, i, diag)| Candidate { id, star: &stars[i], now: as_of, diag, label: None }).collect();
+                plan.into_iter().map(|(id, i, diag)| Candidate { id, star: &photometry_of_field.stars[i], now: as_of, diag, label: None }).collect();
             let prepared = prepare(&cands, &stats).map_err(|e| permanent(format!("preprocess: {e}")))?;
             let probs = scorer.score(&prepared.seq, &prepared.diag, prepared.len()).map_err(|e| {
                 if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
