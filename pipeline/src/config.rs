@@ -76,6 +76,8 @@ pub struct RawSchedule {
     pub fields: Vec<String>,
     /// Field runs at once.
     pub max_parallel: usize,
+    /// Per-field schedules that replace `cron` for their field: `"BLG01=0 */5 * * * *"`.
+    pub field_cron: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +169,8 @@ pub struct Config {
     pub inbox: String,
     pub ingest_format: InputFormat,
     pub schedule: cron::Schedule,
+    /// Fields with their own schedule (`schedule.field_cron`); the others use `schedule`.
+    pub field_schedules: std::collections::BTreeMap<Field, cron::Schedule>,
     pub schedule_fields: Vec<Field>,
     pub max_parallel: usize,
     pub model: Option<PathBuf>,
@@ -247,6 +251,11 @@ impl Sources {
 }
 
 impl Config {
+    /// The schedule of `field`: its own from `schedule.field_cron`, else `schedule.cron`.
+    pub fn schedule_for(&self, field: Field) -> &cron::Schedule {
+        self.field_schedules.get(&field).unwrap_or(&self.schedule)
+    }
+
     /// Load and validate; every problem is reported together.
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
@@ -428,6 +437,22 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
     if raw.schedule.max_parallel == 0 {
         bad("schedule.max_parallel", "must be at least 1".into());
     }
+    let mut field_schedules = std::collections::BTreeMap::new();
+    for entry in &raw.schedule.field_cron {
+        let Some((f, expr)) = entry.split_once('=') else {
+            bad("schedule.field_cron", format!("`{entry}` is not FIELD=CRON (e.g. \"BLG01=0 */5 * * * *\")"));
+            continue;
+        };
+        match (f.parse::<Field>(), cron::Schedule::from_str(expr.trim())) {
+            (Ok(field), Ok(sched)) => {
+                if field_schedules.insert(field, sched).is_some() {
+                    bad("schedule.field_cron", format!("{field} has two schedules"));
+                }
+            }
+            (Err(m), _) => bad("schedule.field_cron", m),
+            (_, Err(e)) => bad("schedule.field_cron", format!("invalid cron expression `{}` for {f}: {e}", expr.trim())),
+        }
+    }
 
     let model = (!raw.score.model.is_empty()).then(|| PathBuf::from(&raw.score.model));
     let provider = match raw.score.provider.as_str() {
@@ -471,6 +496,7 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
         inbox,
         ingest_format,
         schedule: schedule?,
+        field_schedules,
         schedule_fields,
         max_parallel: raw.schedule.max_parallel,
         model,
@@ -539,6 +565,21 @@ mod tests {
         assert_eq!(cfg.batch_size, 64);
         assert_eq!(cfg.schedule_fields, vec![Field(1), Field(42)]);
         assert_eq!(cfg.store_url, "s3://bucket/lensnet");
+    }
+
+    #[test]
+    fn per_field_schedules_replace_the_default_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lensnet.toml");
+        std::fs::write(&file, "[schedule]\nfield_cron = [\"BLG01=0 */5 * * * *\"]\n").unwrap();
+        let cfg = Config::load(&Sources { file: Some(file.clone()), env: vec![] }).unwrap();
+        let from = chrono::DateTime::parse_from_rfc3339("2026-06-01T00:01:00Z").unwrap().with_timezone(&chrono::Utc);
+        let next = |f: Field| cfg.schedule_for(f).after(&from).next().unwrap().to_rfc3339();
+        assert_eq!(next(Field(1)), "2026-06-01T00:05:00+00:00");
+        assert_eq!(next(Field(14)), "2026-06-01T00:15:00+00:00", "the default every-15-minutes schedule");
+        std::fs::write(&file, "[schedule]\nfield_cron = [\"BLG01 0 * * * * *\", \"BLG02=nope\", \"XX=0 * * * * *\"]\n").unwrap();
+        let err = Config::load(&Sources { file: Some(file), env: vec![] }).unwrap_err();
+        assert_eq!(err.problems().len(), 3, "{err}");
     }
 
     #[test]

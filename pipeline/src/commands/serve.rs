@@ -1,4 +1,5 @@
-//! `lensnet serve`: the cron scheduler. Every configured field runs on `schedule.cron`; runs of
+//! `lensnet serve`: the cron scheduler. Every configured field runs on `schedule.cron` (or its
+//! own `schedule.field_cron` entry); runs of
 //! different fields go in parallel up to `schedule.max_parallel`, and never two of one field
 //! (the PostgreSQL advisory lock in `FieldRunner::run`, so two `serve` processes on two machines
 //! are safe too). A tick missed while no scheduler ran (the newest `serve` run of a field is
@@ -58,7 +59,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let last: Option<DateTime<Utc>> =
             sqlx::query_scalar("SELECT max(started_at) FROM runs WHERE kind = 'serve' AND field = $1").bind(f.to_string()).fetch_one(&pool).await?;
         if let Some(last) = last {
-            if cfg.schedule.after(&last).next().is_some_and(|tick| tick <= now) {
+            if cfg.schedule_for(f).after(&last).next().is_some_and(|tick| tick <= now) {
                 info!(field = %f, last_run = %last, "a scheduled tick was missed; running once now");
                 spawn_run(&mut tasks, runner.clone(), f, limit.clone(), running.clone());
             }
@@ -67,7 +68,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let mut next: BTreeMap<Field, DateTime<Utc>> = BTreeMap::new();
     for &f in &fields {
-        if let Some(t) = cfg.schedule.after(&now).next() {
+        if let Some(t) = cfg.schedule_for(f).after(&now).next() {
             next.insert(f, t);
         }
     }
@@ -92,7 +93,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 for (&f, t) in next.iter_mut() {
                     if *t <= now {
                         spawn_run(&mut tasks, runner.clone(), f, limit.clone(), running.clone());
-                        *t = cfg.schedule.after(&now).next().unwrap_or(*t + chrono::Duration::days(365 * 100));
+                        *t = cfg.schedule_for(f).after(&now).next().unwrap_or(*t + chrono::Duration::days(365 * 100));
                         info!(field = %f, next = %t, "next run scheduled");
                     }
                 }
