@@ -61,5 +61,6 @@ pub fn field_runner(
         ingest: crate::fieldrun::ingest_options(format),
         config_hash: cfg.hash.clone(),
         retry: crate::runner::RetryPolicy::default(),
+        ingest_lock: Default::default(),
     })
 }

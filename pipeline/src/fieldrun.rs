@@ -280,6 +280,8 @@ pub struct FieldRunner {
     pub ingest: IngestOptions,
     pub config_hash: String,
     pub retry: RetryPolicy,
+    /// Serialises the ingest of concurrent field runs of this process.
+    pub ingest_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The result of one field run.
@@ -331,7 +333,12 @@ impl FieldRunner {
     pub fn dag(&self, plan: Plan, cache: &PhotometryCache, replay_id: Option<Uuid>) -> Result<Dag, FieldRunError> {
         let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
         if plan == Plan::Live {
-            stages.push(Arc::new(IngestStage { inbox: self.inbox.clone(), ledger: self.ledger.clone(), options: self.ingest.clone() }));
+            stages.push(Arc::new(IngestStage {
+                inbox: self.inbox.clone(),
+                ledger: self.ledger.clone(),
+                options: self.ingest.clone(),
+                serial: self.ingest_lock.clone(),
+            }));
         }
         stages.push(Arc::new(AlertFinderStage { cache: Some(cache.clone()), ..Default::default() }));
         stages.push(Arc::new(ScoreStage::new(self.scorer.clone(), cache.clone())?));

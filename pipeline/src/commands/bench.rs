@@ -130,6 +130,13 @@ async fn ingest(scale: f64) -> anyhow::Result<ExitCode> {
     println!("ingest: pySIS text of {rows} rows, {:.1} MB", text.len() as f64 / 1e6);
     let parse = bench_parse(&text, 5).context("parsing")?;
     println!("  parse (bytes -> columns)          {:>8.1} MB/s  {:>7.2} M rows/s", parse.mb_per_s(), parse.rows_per_s() / 1e6);
+    let polars = lensnet_stages::ingest::bench::bench_polars_csv(&text, 5).map_err(|e| anyhow::anyhow!(e)).context("polars CSV")?;
+    println!(
+        "  polars CSV reader (same rows)     {:>8.1} MB/s  {:>7.2} M rows/s  ({} threads; pySIS spaces made commas first)",
+        polars.mb_per_s(),
+        polars.rows_per_s() / 1e6,
+        rayon_threads()
+    );
     let store = PhotometryStore::new(Arc::new(InMemory::new()), object_store::path::Path::from("bench"));
     let write = bench_write(&store, &text, 3).await.context("writing")?;
     println!(

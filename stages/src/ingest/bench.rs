@@ -92,6 +92,48 @@ pub async fn bench_write(out: &PhotometryStore, text: &[u8], iterations: usize) 
     Ok(Throughput { bytes: text.len() as u64 * n, rows: obs.len() as u64 * n, seconds, output_bytes })
 }
 
+/// The same rows as a CSV that polars' reader can split: pySIS separates columns by runs of
+/// spaces, which a one-byte separator cannot, so each run becomes one comma (done before timing).
+pub fn pysis_as_csv(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    for line in text.split(|&b| b == b'\n') {
+        if line.first() == Some(&b'#') || line.is_empty() {
+            continue;
+        }
+        let mut first = true;
+        for tok in line.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty()) {
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(tok);
+            first = false;
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+/// polars' own CSV reader (all cores, its type inference) on [`pysis_as_csv`] of `text`,
+/// `iterations` times; bytes are counted as the pySIS text's, so MB/s compare with ours.
+#[cfg(feature = "preprocess")]
+pub fn bench_polars_csv(text: &[u8], iterations: usize) -> Result<Throughput, String> {
+    use polars::prelude::{CsvParseOptions, CsvReadOptions, SerReader};
+    let csv = pysis_as_csv(text);
+    let start = Instant::now();
+    let mut rows = 0u64;
+    for _ in 0..iterations.max(1) {
+        let df = CsvReadOptions::default()
+            .with_has_header(false)
+            .with_parse_options(CsvParseOptions::default().with_separator(b','))
+            .into_reader_with_file_handle(std::io::Cursor::new(csv.as_slice()))
+            .finish()
+            .map_err(|e| e.to_string())?;
+        rows += df.height() as u64;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Throughput { bytes: text.len() as u64 * iterations.max(1) as u64, rows, seconds, output_bytes: 0 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +146,8 @@ mod tests {
         let out = PhotometryStore::new(std::sync::Arc::new(object_store::memory::InMemory::new()), Default::default());
         let w = bench_write(&out, &text, 2).await.unwrap();
         assert_eq!(w.rows, 40_000);
+        #[cfg(feature = "preprocess")]
+        assert_eq!(bench_polars_csv(&text, 2).unwrap().rows, 40_000, "polars reads the same rows");
         println!(
             "parse: {:.1} MB/s, {:.0} rows/s; write: {:.1} MB/s, {:.0} rows/s, parquet {} bytes for {} text bytes",
             p.mb_per_s(),

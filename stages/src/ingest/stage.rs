@@ -19,6 +19,9 @@ pub struct IngestStage {
     pub inbox: String,
     pub ledger: Arc<dyn FileLedger>,
     pub options: IngestOptions,
+    /// Held while ingesting: the photometry store assumes one writer at a time (see
+    /// `ingest::store`), and runs of different fields in one process share the inbox.
+    pub serial: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for IngestStage {
@@ -46,6 +49,7 @@ impl Stage for IngestStage {
         }
         let out = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
         let opts = IngestOptions { only_field: Some(ctx.field), ..self.options.clone() };
+        let _one_writer = self.serial.lock().await;
         let report = ingest_location(&self.inbox, &out, self.ledger.as_ref(), &opts).await.map_err(|e| {
             let message = format!("ingesting {}: {e}", self.inbox);
             if e.is_retryable() { StageError::Transient { stage: STAGE, message } } else { StageError::Permanent { stage: STAGE, message } }
