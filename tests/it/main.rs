@@ -10,3 +10,4 @@ mod simulate;
 mod publish;
 mod alertfinder;
 mod orchestration;
+mod model;

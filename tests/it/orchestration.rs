@@ -58,6 +58,7 @@ fn runner(pool: &PgPool, inbox: &Path) -> Setup {
         ingest: ingest_options(Format::Auto),
         config_hash: "test".into(),
         retry: RetryPolicy { max_attempts: 2, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(20) },
+        ingest_lock: Default::default(),
     };
     Setup { runner, _lake: lake }
 }
