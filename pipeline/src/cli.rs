@@ -70,7 +70,7 @@ pub struct ExportArgs {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Stars per field in the simulated season.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 500)]
     pub stars: usize,
     /// Random seed of the simulated season.
     #[arg(long, default_value_t = 7)]

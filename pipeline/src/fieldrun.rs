@@ -39,11 +39,14 @@ pub fn now_hjd() -> f64 {
 
 /// A deterministic run id: the same (kind, field, as_of, replay, model) is the same run.
 pub fn run_id(kind: &str, field: Field, as_of: f64, replay_id: Option<Uuid>, model_sha256: &str) -> Uuid {
-    let key = format!("{kind}|{field}|{as_of:.5}|{}|{model_sha256}", replay_id.map(|u| u.to_string()).unwrap_or_default());
+    uuid_of(&format!("{kind}|{field}|{as_of:.5}|{}|{model_sha256}", replay_id.map(|u| u.to_string()).unwrap_or_default()))
+}
+
+/// A well-formed UUID (RFC 4122 variant, version 8: custom) from the sha256 of `key`.
+pub fn uuid_of(key: &str) -> Uuid {
     let h = Sha256::digest(key.as_bytes());
     let mut b = [0u8; 16];
     b.copy_from_slice(&h[..16]);
-    // RFC 4122 variant, version 8 (custom): a well-formed UUID from a hash.
     b[6] = (b[6] & 0x0f) | 0x80;
     b[8] = (b[8] & 0x3f) | 0x80;
     Uuid::from_bytes(b)

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashMap};
 use lensnet_stages::ingest::PhotometryStore;
 use lensnet_stages::simulate::TruthRow;
 use lensnet_stages::{Field, PhotometryCache};
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 use tracing::info;
 use uuid::Uuid;
@@ -92,13 +91,7 @@ pub struct ReplayResult {
 pub fn replay_id(opts: &ReplayOptions, model_sha256: &str) -> Uuid {
     let mut fields: Vec<String> = opts.fields.iter().map(|f| f.to_string()).collect();
     fields.sort();
-    let key = format!("replay|{}|{}|{:.6}|{}|{}", opts.kind, opts.season, opts.step_days, fields.join(","), model_sha256);
-    let h = Sha256::digest(key.as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&h[..16]);
-    b[6] = (b[6] & 0x0f) | 0x80;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    Uuid::from_bytes(b)
+    crate::fieldrun::uuid_of(&format!("replay|{}|{}|{:.6}|{}|{}", opts.kind, opts.season, opts.step_days, fields.join(","), model_sha256))
 }
 
 /// The as-of times of a replay over epochs `first..=last`: whole-day grid points (JD noon)
