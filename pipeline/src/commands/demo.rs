@@ -58,8 +58,14 @@ pub async fn run(cfg: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("replay     {:.1} s", t.elapsed().as_secs_f64());
     print_summary(&result, Some(&truth), &opts.fields);
 
+    // The binary as this user can call it (target/debug/lensnet from the repository root).
+    let exe = std::env::current_exe().ok().map(|p| {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        p.strip_prefix(&cwd).map(|r| r.display().to_string()).unwrap_or_else(|_| p.display().to_string())
+    });
+    let exe = exe.unwrap_or_else(|| "lensnet".into());
     let url = match &cfg.database {
-        lensnet::config::DatabaseSource::Local { .. } => "\"$(lensnet db url)\"".to_string(),
+        lensnet::config::DatabaseSource::Local { .. } => format!("\"$({exe} db url)\""),
         lensnet::config::DatabaseSource::Url(_) => "\"$DATABASE_URL\"".to_string(),
     };
     println!();
