@@ -130,6 +130,14 @@ async fn ingest(scale: f64) -> anyhow::Result<ExitCode> {
     println!("ingest: pySIS text of {rows} rows, {:.1} MB", text.len() as f64 / 1e6);
     let parse = bench_parse(&text, 5).context("parsing")?;
     println!("  parse (bytes -> columns)          {:>8.1} MB/s  {:>7.2} M rows/s", parse.mb_per_s(), parse.rows_per_s() / 1e6);
+    let files: Vec<Vec<u8>> = (0..8).map(|_| synthetic_pysis(rows / 8)).collect();
+    let par = lensnet_stages::ingest::bench::bench_parse_files(&files, 5).context("parsing files in parallel")?;
+    println!(
+        "  parse, 8 files in parallel        {:>8.1} MB/s  {:>7.2} M rows/s  ({} threads, as ingest parses a batch of files)",
+        par.mb_per_s(),
+        par.rows_per_s() / 1e6,
+        rayon_threads()
+    );
     let polars = lensnet_stages::ingest::bench::bench_polars_csv(&text, 5).map_err(|e| anyhow::anyhow!(e)).context("polars CSV")?;
     println!(
         "  polars CSV reader (same rows)     {:>8.1} MB/s  {:>7.2} M rows/s  ({} threads; pySIS spaces made commas first)",

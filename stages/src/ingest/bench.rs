@@ -73,6 +73,29 @@ pub fn bench_parse(text: &[u8], iterations: usize) -> Result<Throughput, ParseEr
     Ok(Throughput { bytes: text.len() as u64 * iterations.max(1) as u64, rows, seconds, output_bytes: 0 })
 }
 
+/// Parses `files` texts in parallel on rayon's pool, `iterations` times, as ingest plans a batch
+/// of files (`ingest_location`).
+pub fn bench_parse_files(files: &[Vec<u8>], iterations: usize) -> Result<Throughput, ParseError> {
+    use rayon::prelude::*;
+    let o = SourceOverrides::default();
+    let start = Instant::now();
+    let mut rows = 0u64;
+    for _ in 0..iterations.max(1) {
+        let counts: Result<Vec<u64>, ParseError> = files
+            .par_iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let path = format!("bench/BENCH{i:04}/KMTC14_I.pysis");
+                crate::ingest::pysis::parse(text, 0, 1, &path, &o, None, true).map(|(_, obs)| obs.len() as u64)
+            })
+            .collect();
+        rows += counts?.iter().sum::<u64>();
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let bytes: u64 = files.iter().map(|f| f.len() as u64).sum::<u64>() * iterations.max(1) as u64;
+    Ok(Throughput { bytes, rows, seconds, output_bytes: 0 })
+}
+
 /// Parses `text` once, then times building the Arrow batch and writing it as a zstd Parquet part
 /// to `out` (the object store the pipeline is configured with, or `InMemory`).
 pub async fn bench_write(out: &PhotometryStore, text: &[u8], iterations: usize) -> Result<Throughput, IngestError> {

@@ -177,8 +177,20 @@ pub async fn plan(
     ledger: &dyn FileLedger,
     opts: &IngestOptions,
 ) -> Result<Plan, IngestError> {
-    let format = opts.format.resolve(key, sidecar.is_some() || opts.columns.is_some());
     let prior = ledger.lookup(key).await?;
+    plan_with_prior(key, raw, sidecar, prior, opts)
+}
+
+/// [`plan`] once the ledger's row of `key` is known: pure computation (decode, parse, the
+/// part batches), so that several files can be planned in parallel.
+pub fn plan_with_prior(
+    key: &str,
+    raw: &[u8],
+    sidecar: Option<&ColumnsSpec>,
+    prior: Option<LedgerEntry>,
+    opts: &IngestOptions,
+) -> Result<Plan, IngestError> {
+    let format = opts.format.resolve(key, sidecar.is_some() || opts.columns.is_some());
     let seen = sha256_hex(raw);
     if let Some(p) = &prior {
         // `seen_sha256` of a gzip input is taken over the compressed bytes, so an unchanged
@@ -290,7 +302,13 @@ pub async fn ingest_bytes(
     ledger: &dyn FileLedger,
     opts: &IngestOptions,
 ) -> Result<(FileOutcome, Vec<PartitionKey>), IngestError> {
-    match plan(key, raw, sidecar, ledger, opts).await? {
+    let p = plan(key, raw, sidecar, ledger, opts).await?;
+    execute(key, p, out, ledger).await
+}
+
+/// Steps 2 and 3 of one file's plan: quarantine, or stage and commit its parts; then its ledger row.
+async fn execute(key: &str, plan: Plan, out: &PhotometryStore, ledger: &dyn FileLedger) -> Result<(FileOutcome, Vec<PartitionKey>), IngestError> {
+    match plan {
         Plan::Unchanged => Ok((FileOutcome::Unchanged, vec![])),
         Plan::Quarantine { entry, text } => {
             let reason = entry.reason.clone().unwrap_or_default();
@@ -349,6 +367,8 @@ pub async fn ingest_location(
     let all: std::collections::HashSet<String> = names.iter().map(|p| p.to_string()).collect();
     let mut report = IngestReport::default();
     let mut touched: Vec<PartitionKey> = Vec::new();
+    // The inputs, in name order: (object path, ledger key, sidecar path).
+    let mut inputs: Vec<(Path, String, Option<String>)> = Vec::new();
     for path in names {
         let rel = path.to_string();
         let name = path.filename().unwrap_or_default().to_string();
@@ -370,29 +390,55 @@ pub async fn ingest_location(
             }
         }
         let key = format!("{}/{}", opened.location.trim_end_matches('/'), rel.strip_prefix(opened.prefix.as_ref()).unwrap_or(&rel).trim_start_matches('/'));
-        let result = async {
-            let sidecar = match &sidecar_path {
-                Some(p) => {
-                    let b = opened.store.get(&Path::from(p.as_str())).await?.bytes().await?;
-                    Some(ColumnsSpec::from_toml(&String::from_utf8_lossy(&b))?)
-                }
-                None => None,
-            };
-            let raw = opened.store.get(&path).await?.bytes().await?;
-            ingest_bytes(&key, &raw, sidecar.as_ref(), out, ledger, opts).await
+        inputs.push((path, key, sidecar_path));
+    }
+    // In batches: read each file and its ledger row, parse the batch in parallel (the CPU-bound
+    // part), then stage, commit and record the files one after the other, in name order, so that
+    // manifests and the ledger see exactly the sequence of a serial run.
+    let batch_len = 4 * rayon::current_num_threads().max(1);
+    for batch in inputs.chunks(batch_len) {
+        let mut fetched = Vec::with_capacity(batch.len());
+        for (path, key, sidecar_path) in batch {
+            let r: Result<(bytes::Bytes, Option<ColumnsSpec>, Option<LedgerEntry>), IngestError> = async {
+                let sidecar = match sidecar_path {
+                    Some(p) => {
+                        let b = opened.store.get(&Path::from(p.as_str())).await?.bytes().await?;
+                        Some(ColumnsSpec::from_toml(&String::from_utf8_lossy(&b))?)
+                    }
+                    None => None,
+                };
+                let raw = opened.store.get(path).await?.bytes().await?;
+                let prior = ledger.lookup(key).await?;
+                Ok((raw, sidecar, prior))
+            }
+            .await;
+            fetched.push(r);
         }
-        .await;
-        let outcome = match result {
-            Ok((o, keys)) => {
-                touched.extend(keys);
-                o
-            }
-            Err(e) => {
-                tracing::error!(file = %key, error = %e, retryable = e.is_retryable(), "ingest of file failed");
-                FileOutcome::Failed { error: e.to_string(), retryable: e.is_retryable() }
-            }
+        let plans: Vec<Result<Plan, IngestError>> = {
+            use rayon::prelude::*;
+            batch
+                .par_iter()
+                .zip(fetched.into_par_iter())
+                .map(|((_, key, _), f)| f.and_then(|(raw, sidecar, prior)| plan_with_prior(key, &raw, sidecar.as_ref(), prior, opts)))
+                .collect()
         };
-        report.files.push(FileReport { path: key, outcome });
+        for ((_, key, _), p) in batch.iter().zip(plans) {
+            let result = match p {
+                Ok(p) => execute(key, p, out, ledger).await,
+                Err(e) => Err(e),
+            };
+            let outcome = match result {
+                Ok((o, keys)) => {
+                    touched.extend(keys);
+                    o
+                }
+                Err(e) => {
+                    tracing::error!(file = %key, error = %e, retryable = e.is_retryable(), "ingest of file failed");
+                    FileOutcome::Failed { error: e.to_string(), retryable: e.is_retryable() }
+                }
+            };
+            report.files.push(FileReport { path: key.clone(), outcome });
+        }
     }
     if let Some(policy) = &opts.compaction {
         touched.sort();
