@@ -42,8 +42,9 @@ pub fn field_runner(
     cfg: &Config,
     pool: sqlx::PgPool,
     scorer: std::sync::Arc<lensnet_stages::score::Scorer>,
-) -> Result<crate::fieldrun::FieldRunner, StoreError> {
+) -> Result<crate::fieldrun::FieldRunner, crate::fieldrun::FieldRunError> {
     let opened = store(cfg)?;
+    let score_stats = lensnet_stages::score::stage::ScoreStage::stats_of(&scorer)?;
     let format = match cfg.ingest_format {
         crate::config::InputFormat::Auto => lensnet_stages::ingest::Format::Auto,
         crate::config::InputFormat::Pysis => lensnet_stages::ingest::Format::Pysis,
@@ -62,5 +63,6 @@ pub fn field_runner(
         config_hash: cfg.hash.clone(),
         retry: crate::runner::RetryPolicy::default(),
         ingest_lock: Default::default(),
+        score_stats,
     })
 }

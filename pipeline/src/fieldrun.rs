@@ -285,6 +285,8 @@ pub struct FieldRunner {
     pub retry: RetryPolicy,
     /// Serialises the ingest of concurrent field runs of this process.
     pub ingest_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The model's preprocessing statistics (`ScoreStage::stats_of`), parsed once.
+    pub score_stats: lensnet_stages::preprocess::PreprocessStats,
 }
 
 /// The result of one field run.
@@ -319,6 +321,8 @@ pub enum FieldRunError {
     Publish(#[from] publish::PublishError),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("object store: {0}")]
+    Store(#[from] lensnet_stages::store::StoreError),
 }
 
 /// The advisory-lock key of a field (stable across processes and machines).
@@ -344,7 +348,7 @@ impl FieldRunner {
             }));
         }
         stages.push(Arc::new(AlertFinderStage { cache: Some(cache.clone()), ..Default::default() }));
-        stages.push(Arc::new(ScoreStage::new(self.scorer.clone(), cache.clone())?));
+        stages.push(Arc::new(ScoreStage { scorer: self.scorer.clone(), stats: self.score_stats.clone(), cache: cache.clone() }));
         stages.push(Arc::new(PublishStage { pool: self.pool.clone(), model_sha256: self.model_sha256().to_string(), replay_id }));
         let external: &[Dataset] = if plan == Plan::Live { &[Dataset::RawFiles] } else { &[Dataset::Photometry] };
         Ok(build_dag(stages, external)?)
@@ -371,42 +375,31 @@ impl FieldRunner {
         if !got {
             return Err(FieldRunError::Busy(field));
         }
-        let result = self.run_locked(kind, plan, field, season, as_of, replay_id, cache).await;
+        let result: Result<FieldRun, FieldRunError> = async {
+            let dag = self.dag(plan, cache, replay_id)?;
+            let run_id = run_id(kind, field, as_of, replay_id, self.model_sha256());
+            let record = RunRecord {
+                run_id,
+                kind: kind.to_string(),
+                field: Some(field.to_string()),
+                as_of_hjd: Some(as_of),
+                replay_id,
+                config_hash: self.config_hash.clone(),
+                model_sha256: Some(self.model_sha256().to_string()),
+            };
+            publish::begin_run(&self.pool, &record, &DbRetry::default()).await?;
+            let ctx = RunCtx { run_id: run_id.to_string(), field, season, as_of: Some(as_of), store: self.store.clone(), root: self.root.clone() };
+            let log = PgAttemptLog { pool: self.pool.clone(), config_hash: self.config_hash.clone() };
+            let outcome = run_dag(&dag, &ctx, &log, &self.retry).await;
+            let (status, error) = if outcome.succeeded() { (Status::Succeeded, None) } else { (Status::Failed, outcome.first_error()) };
+            publish::finish_run(&self.pool, run_id, status, error.as_deref(), &DbRetry::default()).await?;
+            info!(%run_id, %field, as_of, kind, succeeded = outcome.succeeded(), "field run finished");
+            Ok(FieldRun { run_id, field, as_of, outcome })
+        }
+        .await;
         let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut lock).await;
         let _ = sqlx::Connection::close(lock).await;
         result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn run_locked(
-        &self,
-        kind: &str,
-        plan: Plan,
-        field: Field,
-        season: i32,
-        as_of: f64,
-        replay_id: Option<Uuid>,
-        cache: &PhotometryCache,
-    ) -> Result<FieldRun, FieldRunError> {
-        let dag = self.dag(plan, cache, replay_id)?;
-        let run_id = run_id(kind, field, as_of, replay_id, self.model_sha256());
-        let record = RunRecord {
-            run_id,
-            kind: kind.to_string(),
-            field: Some(field.to_string()),
-            as_of_hjd: Some(as_of),
-            replay_id,
-            config_hash: self.config_hash.clone(),
-            model_sha256: Some(self.model_sha256().to_string()),
-        };
-        publish::begin_run(&self.pool, &record, &DbRetry::default()).await?;
-        let ctx = RunCtx { run_id: run_id.to_string(), field, season, as_of: Some(as_of), store: self.store.clone(), root: self.root.clone() };
-        let log = PgAttemptLog { pool: self.pool.clone(), config_hash: self.config_hash.clone() };
-        let outcome = run_dag(&dag, &ctx, &log, &self.retry).await;
-        let (status, error) = if outcome.succeeded() { (Status::Succeeded, None) } else { (Status::Failed, outcome.first_error()) };
-        publish::finish_run(&self.pool, run_id, status, error.as_deref(), &DbRetry::default()).await?;
-        info!(%run_id, %field, as_of, kind, succeeded = outcome.succeeded(), "field run finished");
-        Ok(FieldRun { run_id, field, as_of, outcome })
     }
 }
 

@@ -93,6 +93,20 @@ impl fmt::Debug for RunCtx {
     }
 }
 
+/// The bytes of a dataset object written by the stage `producer`. A missing object is a
+/// permanent error that says to run `producer` first; any other store failure is transient.
+pub async fn read_object(store: &dyn ObjectStore, path: &StorePath, producer: &'static str) -> Result<bytes::Bytes, StageError> {
+    use object_store::ObjectStoreExt;
+    let transient = |e: object_store::Error| StageError::Transient { stage: producer, message: format!("cannot read {path}: {e}") };
+    let result = store.get(path).await.map_err(|e| match e {
+        object_store::Error::NotFound { .. } => {
+            StageError::Permanent { stage: producer, message: format!("{path} does not exist: run {producer} first") }
+        }
+        e => transient(e),
+    })?;
+    result.bytes().await.map_err(transient)
+}
+
 /// What a stage attempt reports for its audit row.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StageReport {

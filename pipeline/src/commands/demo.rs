@@ -49,7 +49,7 @@ pub async fn run(cfg: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let scorer = Arc::new(app::scorer(&cfg, None).context("loading the model")?);
     let m = scorer.model();
     println!("model      {} ({}, sha256 {}), {} on ONNX Runtime {}", m.path.display(), m.kind, &m.sha256[..12], scorer.provider().as_str(), scorer.runtime().version);
-    let runner = app::field_runner(&cfg, pool, scorer).context("opening the object store")?;
+    let runner = app::field_runner(&cfg, pool, scorer).context("setting up the field runner")?;
     ingest_all(&runner, &dir.display().to_string()).await?;
 
     let opts = ReplayOptions { season: DEMO_SEASON, fields: DEMO_FIELDS.to_vec(), step_days: 1.0, kind: "demo" };

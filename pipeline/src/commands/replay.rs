@@ -25,7 +25,7 @@ pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let pool = db::open(&cfg).await?;
     let scorer = Arc::new(app::scorer(&cfg, args.model.as_deref()).context("loading the model")?);
-    let runner = app::field_runner(&cfg, pool, scorer).context("opening the object store")?;
+    let runner = app::field_runner(&cfg, pool, scorer).context("setting up the field runner")?;
     if let Some(input) = &args.ingest {
         ingest_all(&runner, input).await?;
     }

@@ -23,7 +23,7 @@ pub async fn run(cfg: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let season = args.season.unwrap_or_else(|| season_of(as_of));
     let pool = db::open(&cfg).await?;
     let scorer = Arc::new(app::scorer(&cfg, None).context("loading the model")?);
-    let runner = app::field_runner(&cfg, pool, scorer).context("opening the object store")?;
+    let runner = app::field_runner(&cfg, pool, scorer).context("setting up the field runner")?;
     match runner.run("run", Plan::Live, field, season, as_of, None, &PhotometryCache::new()).await {
         Ok(run) => {
             print_run(&run);

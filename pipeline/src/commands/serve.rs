@@ -33,7 +33,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 pub async fn run(cfg: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let pool = db::open(&cfg).await?;
     let scorer = Arc::new(app::scorer(&cfg, None).context("loading the model")?);
-    let runner = Arc::new(app::field_runner(&cfg, pool.clone(), scorer).context("opening the object store")?);
+    let runner = Arc::new(app::field_runner(&cfg, pool.clone(), scorer).context("setting up the field runner")?);
     let fields = cfg.schedule_fields.clone();
     if fields.is_empty() {
         anyhow::bail!("schedule.fields is empty: nothing to serve");

@@ -382,16 +382,7 @@ pub struct CandidateRecord {
 /// Read the rows (candidates and failures) of one (field, as_of).
 pub async fn read_candidates(store: &dyn ObjectStore, root: &Path, season: i32, field: Field, as_of: f64) -> Result<Vec<CandidateRecord>, StageError> {
     let path = candidates_path(root, season, field, as_of);
-    let bytes = store
-        .get(&path)
-        .await
-        .map_err(|e| match e {
-            object_store::Error::NotFound { .. } => permanent(format!("{path} does not exist: run alertfinder first")),
-            e => transient(format!("cannot read {path}: {e}")),
-        })?
-        .bytes()
-        .await
-        .map_err(|e| transient(format!("cannot read {path}: {e}")))?;
+    let bytes = crate::stage::read_object(store, &path, STAGE).await?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
         .map_err(|e| permanent(format!("corrupt {path}: {e}")))?;

@@ -43,29 +43,24 @@ pub struct ScoreStage {
 }
 
 impl ScoreStage {
-    /// The stage with the statistics saved with the model. A model without them is refused,
-    /// except the untrained stand-in, which was exported against identity statistics.
-    pub fn new(scorer: Arc<Scorer>, cache: PhotometryCache) -> Result<ScoreStage, StageError> {
+    /// The preprocessing statistics saved with the scorer's model, parsed once per process
+    /// (the pipeline builds a score stage per run). A model without them is refused, except the
+    /// untrained stand-in, which was exported against identity statistics.
+    pub fn stats_of(scorer: &Scorer) -> Result<PreprocessStats, StageError> {
         let model = scorer.model();
-        let stats = match &model.preprocess_stats {
+        match &model.preprocess_stats {
             Some(json) => PreprocessStats::from_json(json)
-                .map_err(|e| permanent(format!("the preprocessing statistics of model {} are invalid: {e}", model.path.display())))?,
+                .map_err(|e| permanent(format!("the preprocessing statistics of model {} are invalid: {e}", model.path.display()))),
             None if model.kind == "standin" => {
-                static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| {
-                    tracing::warn!(model = %model.path.display(), "the stand-in model has no preprocessing statistics; using identity statistics")
-                });
-                PreprocessStats::identity()
+                tracing::warn!(model = %model.path.display(), "the stand-in model has no preprocessing statistics; using identity statistics");
+                Ok(PreprocessStats::identity())
             }
-            None => {
-                return Err(permanent(format!(
-                    "model {} has no preprocessing statistics (metadata lensnet.preprocess_stats or {})",
-                    model.path.display(),
-                    model.path.with_extension("preprocess.json").display()
-                )))
-            }
-        };
-        Ok(ScoreStage { scorer, stats, cache })
+            None => Err(permanent(format!(
+                "model {} has no preprocessing statistics (metadata lensnet.preprocess_stats or {})",
+                model.path.display(),
+                model.path.with_extension("preprocess.json").display()
+            ))),
+        }
     }
 }
 
@@ -212,16 +207,7 @@ pub struct VerdictFile {
 /// Read the verdicts of one (field, as_of, model).
 pub async fn read_verdicts(store: &dyn ObjectStore, root: &Path, season: i32, field: Field, as_of: f64, model_sha256: &str) -> Result<VerdictFile, StageError> {
     let path = verdicts_path(root, season, field, as_of, model_sha256);
-    let bytes = store
-        .get(&path)
-        .await
-        .map_err(|e| match e {
-            object_store::Error::NotFound { .. } => permanent(format!("{path} does not exist: run score first")),
-            e => transient(format!("cannot read {path}: {e}")),
-        })?
-        .bytes()
-        .await
-        .map_err(|e| transient(format!("cannot read {path}: {e}")))?;
+    let bytes = crate::stage::read_object(store, &path, STAGE).await?;
     let corrupt = |e: String| permanent(format!("corrupt {path}: {e}"));
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(e.to_string()))?;
     let meta: HashMap<String, String> = builder
