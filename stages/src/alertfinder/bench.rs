@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::synth::{generate, Pspl, SynthSpec};
+use super::grid::{search_grid_with, Kernel, SitePoints};
 use super::{scan_batch, scan_star, AlertParams, Scratch, Status};
 use crate::photometry::{LightCurve, MergedCurve};
 
@@ -27,8 +28,11 @@ pub struct BenchRow {
     /// The same over all cores with `scan_batch` (rayon's global pool).
     pub batch_curves_per_s: f64,
     pub threads: usize,
-    /// Candidates through the whole scan including the EventFinder grid, one core.
+    /// Candidates through the whole scan including the EventFinder grid, one core, with the
+    /// kernel that [`Kernel::detect`] picks.
     pub grid_candidates_per_s: f64,
+    /// The grid alone on the same candidates, one core, per kernel this CPU runs.
+    pub grid_by_kernel: Vec<(String, f64)>,
 }
 
 /// The benchmark's answer.
@@ -56,6 +60,11 @@ impl fmt::Display for BenchFigures {
                 r.threads,
                 r.grid_candidates_per_s
             )?;
+        }
+        writeln!(f, "grid alone, candidates/s/core by kernel (the scan uses {:?}):", Kernel::detect())?;
+        for r in &self.rows {
+            let by: Vec<String> = r.grid_by_kernel.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+            writeln!(f, "  {:<24} {}", r.label, by.join(", "))?;
         }
         Ok(())
     }
@@ -123,6 +132,27 @@ pub fn bench(n_curves: usize, n_candidates: usize, min_seconds: f64) -> BenchFig
             done += 1;
         }
         let grid_candidates_per_s = n_cand as f64 / start.elapsed().as_secs_f64();
+
+        // The grid alone, per kernel, on the candidates' own points.
+        let pts: Vec<SitePoints> = events
+            .iter()
+            .filter_map(|e| {
+                let r = scan_star(&e.view(), now, since, &params, &mut scratch);
+                (r.status == Status::Candidate).then(|| scratch.pts.clone())
+            })
+            .collect();
+        let mut grid_by_kernel = Vec::new();
+        for k in Kernel::available() {
+            let mut done = 0usize;
+            let start = Instant::now();
+            while !pts.is_empty() && (done == 0 || start.elapsed().as_secs_f64() < min_seconds) {
+                for p in &pts {
+                    sink += search_grid_with(k, p, now, &params.grid).map_or(0.0, |g| g.delta_chi2);
+                }
+                done += 1;
+            }
+            grid_by_kernel.push((format!("{k:?}"), (done * pts.len()) as f64 / start.elapsed().as_secs_f64()));
+        }
         std::hint::black_box(sink);
         rows.push(BenchRow {
             label: label.to_string(),
@@ -133,6 +163,7 @@ pub fn bench(n_curves: usize, n_candidates: usize, min_seconds: f64) -> BenchFig
             batch_curves_per_s,
             threads: rayon::current_num_threads(),
             grid_candidates_per_s,
+            grid_by_kernel,
         });
     }
     BenchFigures { rows }

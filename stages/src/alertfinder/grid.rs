@@ -13,7 +13,9 @@
 //! `t_eff` runs geometrically from `teff_min` by `teff_ratio` up to `teff_max`; `t0` runs in
 //! steps of `t0_step * t_eff` from `now - t0_lookback_days` to `now + t0_lookahead * t_eff`
 //! (a real-time search: the event is in progress). Each window is found with pointers that only
-//! move forward as `t0` grows, so a `(t_eff, t0)` model costs its window's points only.
+//! move forward as `t0` grows (by binary search), so a `(t_eff, t0)` model costs its window's
+//! points only. The window sums are the hot loop; [`Kernel`] picks AVX-512 or AVX2 code for
+//! them at run time (see there), with a portable exact one as reference and fallback.
 
 use serde::{Deserialize, Serialize};
 
@@ -142,7 +144,7 @@ impl SitePoints {
 
 /// Sums of one site's window for both templates.
 #[derive(Debug, Clone, Copy, Default)]
-struct Sums {
+pub(crate) struct Sums {
     n: usize,
     w: f64,
     wy: f64,
@@ -151,13 +153,79 @@ struct Sums {
     ay: [f64; 2],
 }
 
-/// Lanes of the accumulation: independent partial sums let the compiler keep several points
-/// in flight (and vectorise the square roots) although floating-point addition does not
-/// reassociate.
+/// Lanes of the exact kernel's accumulation: independent partial sums let the compiler keep
+/// several points in flight although floating-point addition does not reassociate.
 const LANES: usize = 4;
 
-#[inline(always)]
-fn window_sums_impl(t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> Sums {
+/// How the window sums are evaluated. All kernels accumulate in f64; they differ in how the
+/// two square roots and the division of [`templates`] are done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Portable: `sqrt` and a division per point (correctly rounded, any CPU).
+    Exact,
+    /// AVX2+FMA, 4 points per step: a 12-bit `rsqrtps` estimate refined by three Newton
+    /// steps in f64 (relative error of the templates ~1e-16, as with `sqrt`).
+    Avx2,
+    /// AVX-512F, 8 points per step: a 14-bit `vrsqrt14pd` estimate refined by two Newton steps
+    /// in f64 (the same accuracy), with masked loads for the tail of a window.
+    Avx512,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs (detected at run time; std caches the detection).
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Exact
+    }
+
+    /// Every kernel this CPU runs, the exact one first.
+    pub fn available() -> Vec<Kernel> {
+        let mut v = vec![Kernel::Exact];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                v.push(Kernel::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(Kernel::Avx512);
+            }
+        }
+        v
+    }
+
+    /// Sums of a window for both templates. A kernel this CPU lacks falls back to `Exact`.
+    #[inline]
+    pub(crate) fn window_sums(self, t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> Sums {
+        let n = t.len().min(y.len()).min(w.len());
+        let (t, y, w) = (&t[..n], &y[..n], &w[..n]);
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Kernel::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
+                    // SAFETY: the CPU has the feature the function is compiled for; the slices
+                    // have equal lengths.
+                    return unsafe { simd::window_sums_avx512(t, y, w, t0, inv_teff) };
+                }
+                Kernel::Avx2 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") => {
+                    // SAFETY: as above.
+                    return unsafe { simd::window_sums_avx2(t, y, w, t0, inv_teff) };
+                }
+                _ => {}
+            }
+        }
+        window_sums_exact(t, y, w, t0, inv_teff)
+    }
+}
+
+fn window_sums_exact(t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> Sums {
     let n = t.len().min(y.len()).min(w.len());
     let mut acc = [[0.0f64; LANES]; 8];
     let point = |acc: &mut [[f64; LANES]; 8], l: usize, ti: f64, yi: f64, wi: f64| {
@@ -187,24 +255,155 @@ fn window_sums_impl(t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> 
     Sums { n, w: sum(0), wy: sum(1), a: [sum(2), sum(5)], aa: [sum(3), sum(6)], ay: [sum(4), sum(7)] }
 }
 
+/// The SIMD kernels. Both evaluate, per lane, `Q = 1 + u^2`, `A1 = rsqrt(Q)` and
+/// `A2 = (2 + Q) rsqrt(Q (Q + 4))` (the same algebra as [`templates`]); `rsqrt` is a hardware
+/// estimate refined by Newton's step `r += r (1/2 - (x/2) r^2)`, which squares the relative
+/// error each time (12 bits -> 24 -> 48 -> rounding; 14 -> 28 -> rounding).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn window_sums_avx2(t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> Sums {
-    window_sums_impl(t, y, w, t0, inv_teff)
-}
+mod simd {
+    use super::Sums;
+    use std::arch::x86_64::*;
 
-/// Sums of a window for both templates; uses AVX2+FMA where the CPU has them (detected at run
-/// time, cached by std), which makes the grid about twice as fast.
-#[inline]
-fn window_sums(t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> Sums {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { window_sums_avx2(t, y, w, t0, inv_teff) };
-        }
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn newton512(x_half: __m512d, r: __m512d) -> __m512d {
+        let e = _mm512_fnmadd_pd(_mm512_mul_pd(x_half, r), r, _mm512_set1_pd(0.5));
+        _mm512_fmadd_pd(r, e, r)
     }
-    window_sums_impl(t, y, w, t0, inv_teff)
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn rsqrt512(x: __m512d) -> __m512d {
+        let h = _mm512_mul_pd(x, _mm512_set1_pd(0.5));
+        let r = _mm512_rsqrt14_pd(x);
+        newton512(h, newton512(h, r))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F; `t`, `y`, `w` must have equal lengths.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn window_sums_avx512(t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> Sums {
+        let n = t.len();
+        debug_assert!(y.len() == n && w.len() == n);
+        let vt0 = _mm512_set1_pd(t0);
+        let vinv = _mm512_set1_pd(inv_teff);
+        let one = _mm512_set1_pd(1.0);
+        let two = _mm512_set1_pd(2.0);
+        let four = _mm512_set1_pd(4.0);
+        let z = _mm512_setzero_pd();
+        let (mut sw, mut swy) = (z, z);
+        let (mut sa1, mut saa1, mut say1) = (z, z, z);
+        let (mut sa2, mut saa2, mut say2) = (z, z, z);
+        let mut i = 0;
+        while i < n {
+            let (vt, vy, vw) = if n - i >= 8 {
+                // SAFETY: i + 8 <= n.
+                unsafe { (_mm512_loadu_pd(t.as_ptr().add(i)), _mm512_loadu_pd(y.as_ptr().add(i)), _mm512_loadu_pd(w.as_ptr().add(i))) }
+            } else {
+                // Lanes past the end: t = t0 (finite templates), y = w = 0 (no contribution).
+                let m: __mmask8 = (1u8 << (n - i)) - 1;
+                // SAFETY: masked-off lanes are not read.
+                unsafe {
+                    (
+                        _mm512_mask_loadu_pd(vt0, m, t.as_ptr().add(i)),
+                        _mm512_maskz_loadu_pd(m, y.as_ptr().add(i)),
+                        _mm512_maskz_loadu_pd(m, w.as_ptr().add(i)),
+                    )
+                }
+            };
+            let u = _mm512_mul_pd(_mm512_sub_pd(vt, vt0), vinv);
+            let q = _mm512_fmadd_pd(u, u, one);
+            let a1 = rsqrt512(q);
+            let a2 = _mm512_mul_pd(_mm512_add_pd(two, q), rsqrt512(_mm512_mul_pd(q, _mm512_add_pd(q, four))));
+            let wy = _mm512_mul_pd(vw, vy);
+            sw = _mm512_add_pd(sw, vw);
+            swy = _mm512_add_pd(swy, wy);
+            let wa1 = _mm512_mul_pd(vw, a1);
+            sa1 = _mm512_add_pd(sa1, wa1);
+            saa1 = _mm512_fmadd_pd(wa1, a1, saa1);
+            say1 = _mm512_fmadd_pd(wy, a1, say1);
+            let wa2 = _mm512_mul_pd(vw, a2);
+            sa2 = _mm512_add_pd(sa2, wa2);
+            saa2 = _mm512_fmadd_pd(wa2, a2, saa2);
+            say2 = _mm512_fmadd_pd(wy, a2, say2);
+            i += 8;
+        }
+        let h = |v: __m512d| _mm512_reduce_add_pd(v);
+        Sums { n, w: h(sw), wy: h(swy), a: [h(sa1), h(sa2)], aa: [h(saa1), h(saa2)], ay: [h(say1), h(say2)] }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn newton256(x_half: __m256d, r: __m256d) -> __m256d {
+        let e = _mm256_fnmadd_pd(_mm256_mul_pd(x_half, r), r, _mm256_set1_pd(0.5));
+        _mm256_fmadd_pd(r, e, r)
+    }
+
+    /// The estimate is taken in f32: fine for the `Q (Q + 4)` of any window (`|u| < 1e9`).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn rsqrt256(x: __m256d) -> __m256d {
+        let h = _mm256_mul_pd(x, _mm256_set1_pd(0.5));
+        let r = _mm256_cvtps_pd(_mm_rsqrt_ps(_mm256_cvtpd_ps(x)));
+        newton256(h, newton256(h, newton256(h, r)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum256(v: __m256d) -> f64 {
+        let s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+        _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `t`, `y`, `w` must have equal lengths.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn window_sums_avx2(t: &[f64], y: &[f64], w: &[f64], t0: f64, inv_teff: f64) -> Sums {
+        let n = t.len();
+        debug_assert!(y.len() == n && w.len() == n);
+        let vt0 = _mm256_set1_pd(t0);
+        let vinv = _mm256_set1_pd(inv_teff);
+        let one = _mm256_set1_pd(1.0);
+        let two = _mm256_set1_pd(2.0);
+        let four = _mm256_set1_pd(4.0);
+        let z = _mm256_setzero_pd();
+        let (mut sw, mut swy) = (z, z);
+        let (mut sa1, mut saa1, mut say1) = (z, z, z);
+        let (mut sa2, mut saa2, mut say2) = (z, z, z);
+        let mut i = 0;
+        while i < n {
+            let (vt, vy, vw) = if n - i >= 4 {
+                // SAFETY: i + 4 <= n.
+                unsafe { (_mm256_loadu_pd(t.as_ptr().add(i)), _mm256_loadu_pd(y.as_ptr().add(i)), _mm256_loadu_pd(w.as_ptr().add(i))) }
+            } else {
+                // The tail, padded with t = t0 and y = w = 0 (no contribution).
+                let (mut tt, mut yy, mut ww) = ([t0; 4], [0.0; 4], [0.0; 4]);
+                tt[..n - i].copy_from_slice(&t[i..]);
+                yy[..n - i].copy_from_slice(&y[i..]);
+                ww[..n - i].copy_from_slice(&w[i..]);
+                // SAFETY: the arrays hold 4 values each.
+                unsafe { (_mm256_loadu_pd(tt.as_ptr()), _mm256_loadu_pd(yy.as_ptr()), _mm256_loadu_pd(ww.as_ptr())) }
+            };
+            let u = _mm256_mul_pd(_mm256_sub_pd(vt, vt0), vinv);
+            let q = _mm256_fmadd_pd(u, u, one);
+            let a1 = rsqrt256(q);
+            let a2 = _mm256_mul_pd(_mm256_add_pd(two, q), rsqrt256(_mm256_mul_pd(q, _mm256_add_pd(q, four))));
+            let wy = _mm256_mul_pd(vw, vy);
+            sw = _mm256_add_pd(sw, vw);
+            swy = _mm256_add_pd(swy, wy);
+            let wa1 = _mm256_mul_pd(vw, a1);
+            sa1 = _mm256_add_pd(sa1, wa1);
+            saa1 = _mm256_fmadd_pd(wa1, a1, saa1);
+            say1 = _mm256_fmadd_pd(wy, a1, say1);
+            let wa2 = _mm256_mul_pd(vw, a2);
+            sa2 = _mm256_add_pd(sa2, wa2);
+            saa2 = _mm256_fmadd_pd(wa2, a2, saa2);
+            say2 = _mm256_fmadd_pd(wy, a2, say2);
+            i += 4;
+        }
+        let h = |v: __m256d| hsum256(v);
+        Sums { n, w: h(sw), wy: h(swy), a: [h(sa1), h(sa2)], aa: [h(saa1), h(saa2)], ay: [h(say1), h(say2)] }
+    }
 }
 
 /// Closed-form fit of one site and template from its sums: (delta_chi2 with f1 >= 0, f1, f0).
@@ -226,6 +425,11 @@ fn site_fit(s: &Sums, r: usize) -> (f64, f64, f64) {
 
 /// Fit one `(t0, teff)` model with the given regime exactly on its window.
 pub fn fit_model(pts: &SitePoints, t0: f64, teff: f64, regime: u8, half_window: f64) -> GridFit {
+    fit_model_with(Kernel::detect(), pts, t0, teff, regime, half_window)
+}
+
+/// [`fit_model`] with a chosen kernel.
+pub fn fit_model_with(kernel: Kernel, pts: &SitePoints, t0: f64, teff: f64, regime: u8, half_window: f64) -> GridFit {
     let r = if regime == REGIME_LOW { 1 } else { 0 };
     let mut g = GridFit { t0, teff, regime: r as u8 + 1, ..Default::default() };
     if !(teff > 0.0) {
@@ -236,7 +440,7 @@ pub fn fit_model(pts: &SitePoints, t0: f64, teff: f64, regime: u8, half_window: 
         let t = &pts.t[s];
         let lo = t.partition_point(|&x| x <= t0 - half);
         let hi = t.partition_point(|&x| x < t0 + half).max(lo);
-        let sums = window_sums(&t[lo..hi], &pts.y[s][lo..hi], &pts.w[s][lo..hi], t0, 1.0 / teff);
+        let sums = kernel.window_sums(&t[lo..hi], &pts.y[s][lo..hi], &pts.w[s][lo..hi], t0, 1.0 / teff);
         let (d, f1, f0) = site_fit(&sums, r);
         g.site_delta_chi2[s] = d;
         g.delta_chi2 += d;
@@ -247,8 +451,28 @@ pub fn fit_model(pts: &SitePoints, t0: f64, teff: f64, regime: u8, half_window: 
     g
 }
 
-/// Search the grid; `None` when no model has a window with enough points.
+/// The first index at or after `from` where `pred` fails (`pred` true on a prefix of `t`), by
+/// exponential then binary search: `O(log(answer - from))`.
+#[inline]
+fn gallop(t: &[f64], from: usize, pred: impl Fn(f64) -> bool) -> usize {
+    let rest = &t[from.min(t.len())..];
+    let mut bound = 1;
+    while bound <= rest.len() && pred(rest[bound - 1]) {
+        bound *= 2;
+    }
+    let lo = bound / 2;
+    let hi = bound.min(rest.len());
+    from.min(t.len()) + lo + rest[lo..hi].partition_point(|&x| pred(x))
+}
+
+/// Search the grid with the fastest kernel; `None` when no model has a window with enough
+/// points.
 pub fn search_grid(pts: &SitePoints, now: f64, p: &GridParams) -> Option<GridFit> {
+    search_grid_with(Kernel::detect(), pts, now, p)
+}
+
+/// [`search_grid`] with a chosen kernel.
+pub fn search_grid_with(kernel: Kernel, pts: &SitePoints, now: f64, p: &GridParams) -> Option<GridFit> {
     let mut best: Option<(f64, f64, f64, u8)> = None;
     let mut n_models = 0u32;
     if !(now.is_finite() && p.t0_step > 0.0 && p.half_window > 0.0) {
@@ -270,14 +494,12 @@ pub fn search_grid(pts: &SitePoints, now: f64, p: &GridParams) -> Option<GridFit
             let t0 = t0_lo + j as f64 * step;
             let mut n = 0;
             for s in 0..N_SITES {
+                // A step of t0 moves a window by a thirtieth of its width: walking there point
+                // by point cost as much as the sums, a binary search over the rest of the
+                // season still a fifth; galloping costs the log of the move.
                 let t = &pts.t[s];
-                while lo[s] < t.len() && t[lo[s]] <= t0 - half {
-                    lo[s] += 1;
-                }
-                hi[s] = hi[s].max(lo[s]);
-                while hi[s] < t.len() && t[hi[s]] < t0 + half {
-                    hi[s] += 1;
-                }
+                lo[s] = gallop(t, lo[s], |x| x <= t0 - half);
+                hi[s] = gallop(t, hi[s].max(lo[s]), |x| x < t0 + half);
                 n += hi[s] - lo[s];
             }
             if n < p.min_points.max(2) {
@@ -290,7 +512,7 @@ pub fn search_grid(pts: &SitePoints, now: f64, p: &GridParams) -> Option<GridFit
                 if h - l < 2 {
                     continue;
                 }
-                let sums = window_sums(&pts.t[s][l..h], &pts.y[s][l..h], &pts.w[s][l..h], t0, inv_teff);
+                let sums = kernel.window_sums(&pts.t[s][l..h], &pts.y[s][l..h], &pts.w[s][l..h], t0, inv_teff);
                 d[0] += site_fit(&sums, 0).0;
                 d[1] += site_fit(&sums, 1).0;
             }
@@ -302,7 +524,7 @@ pub fn search_grid(pts: &SitePoints, now: f64, p: &GridParams) -> Option<GridFit
         }
     }
     let (_, t0, teff, regime) = best?;
-    let mut g = fit_model(pts, t0, teff, regime, p.half_window);
+    let mut g = fit_model_with(kernel, pts, t0, teff, regime, p.half_window);
     g.n_models = n_models;
     Some(g)
 }
@@ -415,6 +637,85 @@ mod tests {
         }
         assert_eq!(p.teffs().len(), 19);
         assert!((p.teffs()[18] - 0.5625 * 4f64.powi(18) / 3f64.powi(18)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn gallop_is_partition_point_from_a_start() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for n in 0..70 {
+            let mut t: Vec<f64> = (0..n).map(|_| (rng.random::<f64>() * 20.0).floor()).collect();
+            t.sort_by(f64::total_cmp);
+            for cut in -1..22 {
+                let c = cut as f64;
+                let want = t.partition_point(|&x| x <= c);
+                for from in 0..=n {
+                    assert_eq!(gallop(&t, from, |x| x <= c), want.max(from), "n={n} cut={cut} from={from}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_agrees_with_the_exact_sums() {
+        let kernels = Kernel::available();
+        eprintln!("kernels on this CPU: {kernels:?}; detected {:?}", Kernel::detect());
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        // Every tail length of both vector widths, and long windows.
+        for n in (0..=17).chain([100, 1001, 26_000]) {
+            let t0 = 8500.0 + 10.0 * rng.random::<f64>();
+            let teff = 0.3 + 50.0 * rng.random::<f64>();
+            let mut t: Vec<f64> = (0..n).map(|_| t0 + teff * 5.0 * (2.0 * rng.random::<f64>() - 1.0)).collect();
+            t.sort_by(f64::total_cmp);
+            let y: Vec<f64> = (0..n).map(|_| 100.0 * (rng.random::<f64>() - 0.3)).collect();
+            let w: Vec<f64> = (0..n).map(|_| 0.1 + rng.random::<f64>()).collect();
+            let exact = window_sums_exact(&t, &y, &w, t0, 1.0 / teff);
+            for &k in &kernels {
+                let s = k.window_sums(&t, &y, &w, t0, 1.0 / teff);
+                assert_eq!(s.n, n);
+                let close = |a: f64, b: f64, what: &str| {
+                    // Sums of positive terms (all but wy, ay): relative; the others against
+                    // the sum of magnitudes, bounded by 100 * w.
+                    assert!((a - b).abs() <= 1e-13 * (b.abs() + 100.0 * exact.w + 1e-300), "{k:?} n={n} {what}: {a} vs {b}");
+                };
+                close(s.w, exact.w, "w");
+                close(s.wy, exact.wy, "wy");
+                for r in 0..2 {
+                    close(s.a[r], exact.a[r], "a");
+                    close(s.aa[r], exact.aa[r], "aa");
+                    close(s.ay[r], exact.ay[r], "ay");
+                }
+            }
+        }
+        // The templates themselves, over the whole range a window can hold and beyond.
+        for &k in &kernels {
+            for i in 0..2000 {
+                let u = i as f64 * 0.01 - 10.0;
+                let s = k.window_sums(&[u], &[0.0], &[1.0], 0.0, 1.0);
+                let (a1, a2) = templates(1.0 + u * u);
+                assert!((s.a[0] - a1).abs() <= 4.0 * f64::EPSILON * a1, "{k:?} A1({u}) {} vs {a1}", s.a[0]);
+                assert!((s.a[1] - a2).abs() <= 4.0 * f64::EPSILON * a2, "{k:?} A2({u}) {} vs {a2}", s.a[1]);
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_finds_the_same_grid_model() {
+        let p = GridParams { t0_lookback_days: 45.0, ..GridParams::default() };
+        for (seed, amp) in [(3, 3.0), (4, 0.3), (5, 0.0)] {
+            let pts = points(seed, amp, REGIME_HIGH);
+            let exact = search_grid_with(Kernel::Exact, &pts, 8541.0, &p);
+            for k in Kernel::available() {
+                let g = search_grid_with(k, &pts, 8541.0, &p);
+                match (&exact, &g) {
+                    (Some(e), Some(g)) => {
+                        assert_eq!((e.t0, e.teff, e.regime, e.n_points, e.n_models), (g.t0, g.teff, g.regime, g.n_points, g.n_models), "{k:?}");
+                        assert!((e.delta_chi2 - g.delta_chi2).abs() <= 1e-12 * e.delta_chi2.max(1.0), "{k:?}");
+                    }
+                    (None, None) => {}
+                    _ => panic!("{k:?}: {g:?} vs exact {exact:?}"),
+                }
+            }
+        }
     }
 
     #[test]
