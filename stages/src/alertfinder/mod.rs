@@ -214,7 +214,8 @@ pub struct Scratch {
     base: BaselineScratch,
     win: Window,
     pts: SitePoints,
-    sel: Vec<f64>,
+    /// Per site: FWHM then sky values, for [`quality`]'s medians.
+    sel: [Vec<f64>; 2 * N_SITES],
 }
 
 /// Analyse one star; see the module docs. `since` is the field's watermark (use
@@ -422,17 +423,28 @@ fn quality(
     win: &Window,
     bl: &BrokenLine,
     p: &AlertParams,
-    sel: &mut Vec<f64>,
+    sel: &mut [Vec<f64>; 2 * N_SITES],
 ) -> Quality {
-    let site_median = |col: &[f64], s: u8, sel: &mut Vec<f64>| -> f64 {
-        sel.clear();
-        if col.len() >= end {
-            sel.extend((0..end).filter(|&i| lc.site[i] == s && col[i].is_finite()).map(|i| col[i]));
+    // One pass gathers every site's FWHM and sky values; then six selections.
+    for v in sel.iter_mut() {
+        v.clear();
+    }
+    let end_f = if lc.fwhm.len() >= end { end } else { 0 };
+    let end_s = if lc.sky.len() >= end { end } else { 0 };
+    for i in 0..end_f.max(end_s) {
+        let s = lc.site[i] as usize;
+        if s >= N_SITES {
+            continue;
         }
-        baseline::median_in_place(sel)
-    };
-    let fwhm_med: [f64; N_SITES] = std::array::from_fn(|s| site_median(lc.fwhm, s as u8, sel));
-    let sky_med: [f64; N_SITES] = std::array::from_fn(|s| site_median(lc.sky, s as u8, sel));
+        if i < end_f && lc.fwhm[i].is_finite() {
+            sel[s].push(lc.fwhm[i]);
+        }
+        if i < end_s && lc.sky[i].is_finite() {
+            sel[N_SITES + s].push(lc.sky[i]);
+        }
+    }
+    let fwhm_med: [f64; N_SITES] = std::array::from_fn(|s| baseline::median_in_place(&mut sel[s]));
+    let sky_med: [f64; N_SITES] = std::array::from_fn(|s| baseline::median_in_place(&mut sel[N_SITES + s]));
     let mut q = Quality { single_site_rise: bl.n_sites_rising == 1 && bl.n_sites_after >= 2, ..Default::default() };
     let (mut bad, mut high, mut missing) = (0u32, 0u32, 0u32);
     for k in 0..win.len() {
