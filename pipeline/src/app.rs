@@ -64,5 +64,6 @@ pub fn field_runner(
         retry: crate::runner::RetryPolicy::default(),
         ingest_lock: Default::default(),
         score_stats,
+        alert_thresholds: cfg.alert_thresholds.clone(),
     })
 }

@@ -26,6 +26,7 @@ pub struct RawConfig {
     pub store: RawStore,
     pub ingest: RawIngest,
     pub schedule: RawSchedule,
+    pub alertfinder: RawAlertFinder,
     pub score: RawScore,
 }
 
@@ -78,6 +79,25 @@ pub struct RawSchedule {
     pub max_parallel: usize,
     /// Per-field schedules that replace `cron` for their field: `"BLG01=0 */5 * * * *"`.
     pub field_cron: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlertFinder {
+    /// Fields that use the high-cadence thresholds.
+    pub high_cadence_fields: Vec<String>,
+    pub high_n_high: usize,
+    pub high_delta_chi2: f64,
+    pub low_n_high: usize,
+    pub low_delta_chi2: f64,
+    /// Per-field thresholds: `"BLG04=7,300"`.
+    pub field_thresholds: Vec<String>,
+    /// Search window (days).
+    pub window_days: f64,
+    /// Sigma of a high point.
+    pub high_sigma: f64,
+    /// Bin width of the binned pre-selection (days); 0 = off.
+    pub bin_days: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,6 +201,8 @@ pub struct Config {
     pub batch_size: usize,
     pub threshold_purity: f64,
     pub threshold_recall: f64,
+    /// AlertFinder parameters by field.
+    pub alert_thresholds: lensnet_stages::alertfinder::stage::FieldThresholds,
     /// The layered raw configuration, for `config show` and the audit hash.
     pub raw: RawConfig,
     /// sha256 of the canonical raw configuration (secrets excluded): goes into audit rows.
@@ -483,6 +505,8 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
         bad("score.threshold_recall", "the high-recall threshold must not exceed the high-purity one".into());
     }
 
+    let alert_thresholds = alert_thresholds(&raw.alertfinder, &mut bad);
+
     let hash = {
         let canonical = toml::to_string(&raw).unwrap_or_default();
         hex::encode(Sha256::digest(canonical.as_bytes()))
@@ -506,9 +530,68 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
         batch_size: raw.score.batch_size,
         threshold_purity: raw.score.threshold_purity,
         threshold_recall: raw.score.threshold_recall,
+        alert_thresholds,
         raw,
         hash,
     })
+}
+
+/// The AlertFinder's parameters by field from `[alertfinder]`.
+fn alert_thresholds(raw: &RawAlertFinder, bad: &mut impl FnMut(&str, String)) -> lensnet_stages::alertfinder::stage::FieldThresholds {
+    use lensnet_stages::alertfinder::{stage::FieldThresholds, AlertParams};
+    let mut t = FieldThresholds::default();
+    let check = |key: &str, ok: bool, what: &str, bad: &mut dyn FnMut(&str, String)| {
+        if !ok {
+            bad(key, what.into());
+        }
+    };
+    let a = raw;
+    check("alertfinder.high_n_high", a.high_n_high >= 1, "must be at least 1", bad);
+    check("alertfinder.low_n_high", a.low_n_high >= 1, "must be at least 1", bad);
+    for (key, v) in [("alertfinder.high_delta_chi2", a.high_delta_chi2), ("alertfinder.low_delta_chi2", a.low_delta_chi2)] {
+        check(key, v.is_finite() && v >= 0.0, "must be a finite number >= 0", bad);
+    }
+    check("alertfinder.window_days", a.window_days.is_finite() && a.window_days > 0.0, "must be a positive number of days", bad);
+    check("alertfinder.high_sigma", a.high_sigma.is_finite() && a.high_sigma > 0.0, "must be positive", bad);
+    check("alertfinder.bin_days", a.bin_days.is_finite() && a.bin_days >= 0.0, "must be 0 (off) or a positive number of days", bad);
+    let common = |base: AlertParams| AlertParams { window_days: a.window_days, high_sigma: a.high_sigma, bin_days: a.bin_days, ..base };
+    t.high = common(AlertParams { n_high: a.high_n_high, delta_chi2_min: a.high_delta_chi2, ..AlertParams::high_cadence() });
+    t.low = common(AlertParams { n_high: a.low_n_high, delta_chi2_min: a.low_delta_chi2, ..AlertParams::low_cadence() });
+    t.high_cadence_fields.clear();
+    for f in &a.high_cadence_fields {
+        match f.parse::<Field>() {
+            Ok(field) if t.high_cadence_fields.insert(field) => {}
+            Ok(field) => bad("alertfinder.high_cadence_fields", format!("{field} listed twice")),
+            Err(m) => bad("alertfinder.high_cadence_fields", m),
+        }
+    }
+    for entry in &a.field_thresholds {
+        let key = "alertfinder.field_thresholds";
+        let parsed = entry.split_once('=').and_then(|(f, v)| {
+            let (n, d) = v.split_once(',')?;
+            Some((f.trim(), n.trim().parse::<usize>().ok()?, d.trim().parse::<f64>().ok()?))
+        });
+        let Some((f, n, d)) = parsed else {
+            bad(key, format!("`{entry}` is not FIELD=N_HIGH,DELTA_CHI2 (e.g. \"BLG04=7,300\")"));
+            continue;
+        };
+        let field = match f.parse::<Field>() {
+            Ok(field) => field,
+            Err(m) => {
+                bad(key, m);
+                continue;
+            }
+        };
+        if n == 0 || !(d.is_finite() && d >= 0.0) {
+            bad(key, format!("`{entry}`: N_HIGH must be at least 1 and DELTA_CHI2 a finite number >= 0"));
+            continue;
+        }
+        let p = AlertParams { n_high: n, delta_chi2_min: d, ..t.by_cadence(field).clone() };
+        if t.per_field.insert(field, p).is_some() {
+            bad(key, format!("{field} has two entries"));
+        }
+    }
+    t
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -538,6 +621,33 @@ mod tests {
         assert_eq!(cfg.schedule_fields, vec![Field(2), Field(14)]);
         assert!(cfg.store_url.starts_with("file:///"));
         assert!(matches!(cfg.database, DatabaseSource::Local { .. }));
+    }
+
+    #[test]
+    fn alertfinder_thresholds_by_cadence_and_per_field() {
+        let cfg = Config::load(&env(&[])).unwrap();
+        let t = &cfg.alert_thresholds;
+        assert_eq!((t.for_field(Field(2)).n_high, t.for_field(Field(2)).delta_chi2_min), (10, 400.0));
+        assert_eq!((t.for_field(Field(14)).n_high, t.for_field(Field(14)).delta_chi2_min), (5, 250.0));
+        assert_eq!(*t, lensnet_stages::alertfinder::stage::FieldThresholds::default(), "the defaults are KMTNet's");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lensnet.toml");
+        std::fs::write(&file, "[alertfinder]\nfield_thresholds = [\"BLG04=7,300\", \"BLG42=12,500\"]\nlow_delta_chi2 = 200.0\nbin_days = 0.1\n").unwrap();
+        let cfg = Config::load(&Sources { file: Some(file.clone()), env: vec![("LENSNET__ALERTFINDER__HIGH_N_HIGH".into(), "8".into())] }).unwrap();
+        let t = &cfg.alert_thresholds;
+        let p4 = t.for_field(Field(4));
+        assert_eq!((p4.n_high, p4.delta_chi2_min, p4.bin_days), (7, 300.0, 0.1));
+        assert_eq!((t.for_field(Field(42)).n_high, t.for_field(Field(42)).delta_chi2_min), (12, 500.0));
+        assert_eq!((t.for_field(Field(2)).n_high, t.for_field(Field(2)).delta_chi2_min), (8, 400.0), "environment over defaults");
+        assert_eq!(t.for_field(Field(14)).delta_chi2_min, 200.0);
+        assert_ne!(cfg.hash, Config::load(&env(&[])).unwrap().hash, "thresholds are part of the audited configuration");
+
+        std::fs::write(&file, "[alertfinder]\nfield_thresholds = [\"BLG04=7\", \"BLGX=5,250\", \"BLG05=0,250\", \"BLG06=5,1\", \"BLG06=5,2\"]\nwindow_days = 0.0\nhigh_cadence_fields = [\"XYZ\"]\n").unwrap();
+        let err = Config::load(&Sources { file: Some(file), env: vec![] }).unwrap_err().to_string();
+        for needle in ["`BLG04=7` is not FIELD=N_HIGH,DELTA_CHI2", "BLGX", "`BLG05=0,250`: N_HIGH must be at least 1", "BLG06 has two entries", "`alertfinder.window_days`", "`alertfinder.high_cadence_fields`"] {
+            assert!(err.contains(needle), "missing {needle:?} in {err}");
+        }
     }
 
     #[test]

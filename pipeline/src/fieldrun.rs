@@ -287,6 +287,8 @@ pub struct FieldRunner {
     pub ingest_lock: Arc<tokio::sync::Mutex<()>>,
     /// The model's preprocessing statistics (`ScoreStage::stats_of`), parsed once.
     pub score_stats: lensnet_stages::preprocess::PreprocessStats,
+    /// AlertFinder parameters by field (`[alertfinder]` in the configuration).
+    pub alert_thresholds: lensnet_stages::alertfinder::stage::FieldThresholds,
 }
 
 /// The result of one field run.
@@ -347,7 +349,7 @@ impl FieldRunner {
                 serial: self.ingest_lock.clone(),
             }));
         }
-        stages.push(Arc::new(AlertFinderStage { cache: Some(cache.clone()), ..Default::default() }));
+        stages.push(Arc::new(AlertFinderStage { thresholds: self.alert_thresholds.clone(), cache: Some(cache.clone()) }));
         stages.push(Arc::new(ScoreStage { scorer: self.scorer.clone(), stats: self.score_stats.clone(), cache: cache.clone() }));
         stages.push(Arc::new(PublishStage { pool: self.pool.clone(), model_sha256: self.model_sha256().to_string(), replay_id }));
         let external: &[Dataset] = if plan == Plan::Live { &[Dataset::RawFiles] } else { &[Dataset::Photometry] };

@@ -60,6 +60,7 @@ fn runner(pool: &PgPool, inbox: &Path) -> Setup {
         retry: RetryPolicy { max_attempts: 2, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(20) },
         ingest_lock: Default::default(),
         score_stats: lensnet_stages::score::stage::ScoreStage::stats_of(&scorer()).unwrap(),
+        alert_thresholds: Default::default(),
     };
     Setup { runner, _lake: lake }
 }

@@ -50,6 +50,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(load_config(cli.config)?, args).await,
         Command::Replay(args) => replay::run(load_config(cli.config)?, args).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::ExportTrainingSet(args) => tokio::task::spawn_blocking(move || export::run(args)).await?,
+        Command::ExportTrainingSet(args) => {
+            let cfg = load_config(cli.config)?;
+            tokio::task::spawn_blocking(move || export::run(cfg, args)).await?
+        }
     }
 }

@@ -55,6 +55,16 @@ pub struct AlertParams {
     pub n_high: usize,
     /// A point is high when it lies this many rescaled error bars above its site's baseline.
     pub high_sigma: f64,
+    /// Width (days) of the time bins of an optional binned pre-selection (0, the default: off).
+    /// When on, the window's points (all sites) are also averaged in bins this wide, and
+    /// `n_high` consecutive bins whose weighted mean lies `high_sigma` above the baseline pass
+    /// too. At high cadence a faint event rises at 1-3 sigma per point, which breaks runs of
+    /// single points but not of bins; at low cadence a bin holds about one point. Measured on
+    /// simulated seasons (`tests::recall_by_timescale`, `tests::false_candidates_by_class`),
+    /// 0.1 d on BLG02 flags 102 instead of 96 of 125 clear events before their peak, and 18
+    /// instead of 11 of 89 variables; on BLG14 (1/h) it changes nothing. Off by default because
+    /// the model was trained on candidates of the unbinned pre-selection.
+    pub bin_days: f64,
     /// Broken-line improvement over the flat line that makes a candidate (KMTNet: 250 for
     /// low-cadence fields, 400 for high-cadence ones).
     pub delta_chi2_min: f64,
@@ -82,6 +92,7 @@ impl Default for AlertParams {
         AlertParams {
             n_high: 5,
             high_sigma: 3.0,
+            bin_days: 0.0,
             delta_chi2_min: 250.0,
             window_days: 20.0,
             min_baseline_points: 10,
@@ -152,7 +163,9 @@ pub struct Preselection {
     pub run_end: f64,
     /// Largest normalised residual `(f - median) / (k_s e)` in the window (0 if none).
     pub max_z: f64,
-    /// `longest_run >= n_high`.
+    /// Longest run of consecutive high bins (`bin_days`; empty bins do not break a run).
+    pub longest_bin_run: u32,
+    /// `longest_run >= n_high` or `longest_bin_run >= n_high`.
     pub passed: bool,
 }
 
@@ -348,6 +361,20 @@ fn window_and_preselect(
     let mut run_sites = 0u8;
     let mut run_t0 = 0.0;
     let mut max_z = f64::NEG_INFINITY;
+    // The open bin: start time, sum of y / sigma^2, sum of 1 / sigma^2; and the run of bins.
+    let (mut bin_t, mut bin_wy, mut bin_w) = (f64::NAN, 0.0f64, 0.0f64);
+    let mut bin_run = 0u32;
+    let bin_days = if p.bin_days > 0.0 { p.bin_days } else { f64::INFINITY };
+    let mut close_bin = |bin_wy: f64, bin_w: f64, pre: &mut Preselection| {
+        if bin_w > 0.0 {
+            if bin_wy / bin_w.sqrt() >= p.high_sigma {
+                bin_run += 1;
+                pre.longest_bin_run = pre.longest_bin_run.max(bin_run);
+            } else {
+                bin_run = 0;
+            }
+        }
+    };
     for i in start..end {
         let (t, f, e, s) = (lc.time[i], lc.flux[i], lc.err[i], lc.site[i]);
         if !valid(t, f, e, s) || !base[s as usize].usable {
@@ -360,9 +387,20 @@ fn window_and_preselect(
         if !z.is_finite() {
             continue;
         }
+        let w = 1.0 / (sigma * sigma);
+        if p.bin_days > 0.0 {
+            if !(t < bin_t + bin_days) {
+                close_bin(bin_wy, bin_w, &mut pre);
+                (bin_t, bin_wy, bin_w) = (t, 0.0, 0.0);
+            }
+            if w.is_finite() {
+                bin_wy += w * y;
+                bin_w += w;
+            }
+        }
         win.t.push(t);
         win.y.push(y);
-        win.w.push(1.0 / (sigma * sigma));
+        win.w.push(w);
         win.site.push(s);
         win.index.push(i as u32);
         pre.n_window += 1;
@@ -388,7 +426,11 @@ fn window_and_preselect(
     }
     // A rescaled weight can underflow to zero or overflow; such points carry no information.
     pre.max_z = if max_z.is_finite() { max_z } else { 0.0 };
-    pre.passed = pre.longest_run as usize >= p.n_high.max(1);
+    if p.bin_days > 0.0 {
+        close_bin(bin_wy, bin_w, &mut pre);
+    }
+    let n_high = p.n_high.max(1);
+    pre.passed = pre.longest_run as usize >= n_high || pre.longest_bin_run as usize >= n_high;
     pre
 }
 

@@ -41,12 +41,14 @@ use crate::stage::{Dataset, RunCtx, Stage, StageError, StageReport};
 
 pub const STAGE: &str = "alertfinder";
 
-/// Thresholds by field cadence, as in KMTNet: prime fields use the high-cadence pair.
+/// Thresholds by field cadence, as in KMTNet: prime fields use the high-cadence pair; a field
+/// in `per_field` uses its own parameters instead.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldThresholds {
     pub high_cadence_fields: BTreeSet<Field>,
     pub high: AlertParams,
     pub low: AlertParams,
+    pub per_field: std::collections::BTreeMap<Field, AlertParams>,
 }
 
 impl Default for FieldThresholds {
@@ -55,12 +57,21 @@ impl Default for FieldThresholds {
             high_cadence_fields: [1, 2, 3, 41, 42, 43].into_iter().map(Field).collect(),
             high: AlertParams::high_cadence(),
             low: AlertParams::low_cadence(),
+            per_field: Default::default(),
         }
     }
 }
 
 impl FieldThresholds {
     pub fn for_field(&self, field: Field) -> &AlertParams {
+        if let Some(p) = self.per_field.get(&field) {
+            return p;
+        }
+        if self.high_cadence_fields.contains(&field) { &self.high } else { &self.low }
+    }
+
+    /// The parameters `field` would use without a `per_field` entry (the base of one).
+    pub fn by_cadence(&self, field: Field) -> &AlertParams {
         if self.high_cadence_fields.contains(&field) { &self.high } else { &self.low }
     }
 }
@@ -436,6 +447,17 @@ fn decode_batch(b: &RecordBatch, out: &mut Vec<CandidateRecord>) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_entry_overrides_its_cadence_thresholds() {
+        let mut t = FieldThresholds::default();
+        assert_eq!(t.for_field(Field(2)).n_high, 10);
+        assert_eq!(t.for_field(Field(4)).n_high, 5);
+        t.per_field.insert(Field(4), AlertParams { n_high: 7, ..t.by_cadence(Field(4)).clone() });
+        assert_eq!(t.for_field(Field(4)).n_high, 7);
+        assert_eq!(t.by_cadence(Field(4)).n_high, 5);
+        assert_eq!(t.for_field(Field(2)).n_high, 10);
+    }
 
     #[test]
     fn since_uses_the_newest_earlier_run_and_its_oldest_site() {

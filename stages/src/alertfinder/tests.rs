@@ -266,3 +266,180 @@ fn diagnosis_names_are_unique_and_params_round_trip() {
     assert_eq!(partial.grid.teff_max, 50.0);
     assert_eq!(partial.delta_chi2_min, 250.0);
 }
+
+#[test]
+fn binned_preselection_passes_a_sustained_faint_excess_that_breaks_point_runs() {
+    // High cadence, constant star; then a +2 sigma excess over the last 5 days: single points
+    // are 3 sigma high only 16 % of the time, but 0.1-day bins (~10 points) are ~6 sigma high.
+    let spec = SynthSpec { season_days: 120.0, ..SynthSpec::season(4.0) };
+    let mut lc = generate(&spec, 5);
+    let now = spec.season_start + spec.season_days;
+    let quiet = lc.clone();
+    for i in 0..lc.time.len() {
+        if lc.time[i] > now - 5.0 {
+            let k = spec.true_error_scale[lc.site[i] as usize];
+            lc.flux[i] += 2.0 * k * lc.err[i];
+        }
+    }
+    let off = AlertParams::high_cadence();
+    let on = AlertParams { bin_days: 0.1, ..off.clone() };
+    let mut scratch = Scratch::default();
+    let r_off = scan_star(&lc.view(), now, now - 1.0, &off, &mut scratch);
+    let r_on = scan_star(&lc.view(), now, now - 1.0, &on, &mut scratch);
+    assert!(!r_off.preselection.passed && r_off.preselection.longest_run < 10, "{:?}", r_off.preselection);
+    assert_eq!(r_off.preselection.longest_bin_run, 0, "bins off");
+    assert!(r_on.preselection.passed && r_on.preselection.longest_bin_run >= 10, "{:?}", r_on.preselection);
+    assert_eq!(r_on.preselection.longest_run, r_off.preselection.longest_run, "the point runs do not change");
+    // The constant star passes neither way.
+    for seed in 0..5 {
+        let q = generate(&spec, 100 + seed);
+        assert!(!scan_star(&q.view(), now, now - 1.0, &on, &mut scratch).preselection.passed);
+    }
+    assert!(!scan_star(&quiet.view(), now, now - 1.0, &on, &mut scratch).preselection.passed);
+}
+
+/// Recall of clear simulated events by timescale and by how long after the season start they
+/// peak, at a few days before the peak and at the peak, with the reasons of the misses.
+/// `cargo test --release -p lensnet-stages --lib alertfinder::tests::recall_by_timescale -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn recall_by_timescale() {
+    use crate::photometry::{Band, Field};
+    use crate::simulate::{Class, ClassMix, Label, Season, SimConfig};
+    let mix = ClassMix { microlensing: 1.0, constant: 0.0, variable: 0.0, cataclysmic: 0.0, flare: 0.0, asteroid: 0.0, artefact: 0.0 };
+    let thresholds = stage::FieldThresholds::default();
+    for field in [Field(14), Field(2)] {
+        let mut params = thresholds.for_field(field).clone();
+        if let Some(b) = std::env::var("RECALL_BIN_DAYS").ok().and_then(|v| v.parse().ok()) {
+            params.bin_days = b;
+        }
+        let cfg = SimConfig { fields: vec![field], stars: 300, seed: 21, mix: mix.clone(), ..Default::default() };
+        let season = Season::new(&cfg).unwrap();
+        let stars = season.field(field).unwrap();
+        let start = stars.iter().flat_map(|s| s.curves.curves.iter().flat_map(|c| c.hjd.iter().copied())).fold(f64::INFINITY, f64::min);
+        let end = stars.iter().flat_map(|s| s.curves.curves.iter().flat_map(|c| c.hjd.iter().copied())).fold(f64::NEG_INFINITY, f64::max);
+        let mut rows: Vec<(f64, f64, [bool; 2], String)> = Vec::new();
+        let mut scratch = Scratch::default();
+        let mut daily: Vec<f64> = Vec::new();
+        for s in &stars {
+            let t = &s.truth;
+            if !(t.class == Class::Microlensing && t.label == Label::Yes && t.t0 > start && t.t0 < end) {
+                continue;
+            }
+            let lc = MergedCurve::from_star(&s.curves, Band::I);
+            let mut hit = [false; 2];
+            let mut why = String::new();
+            for (k, dt) in [3.0, 0.0].into_iter().enumerate() {
+                let now = (t.t0 - dt).floor() + 0.99;
+                let r = scan_star(&lc.view(), now, now - 1.0, &params, &mut scratch);
+                hit[k] = r.status == Status::Candidate;
+                if k == 1 && !hit[k] {
+                    why = format!(
+                        "{:?} run {} n_high {} bl {:.0} base_n {:?} med {:?}",
+                        r.status,
+                        r.preselection.longest_run,
+                        r.preselection.n_high,
+                        r.broken_line.map_or(f64::NAN, |b| b.delta_chi2),
+                        r.baseline.map(|b| b.n),
+                        r.baseline.map(|b| (b.median * 10.0).round() / 10.0)
+                    );
+                }
+            }
+            // Daily steps as a replay takes them: the first flag before the peak.
+            let mut first = None;
+            let mut best = (0u32, 0.0f64, 0u32);
+            let mut day = (t.t0 - 2.0 * t.te - 5.0).max(start + 1.0).floor();
+            while day + 0.99 <= t.t0 {
+                let now = day + 0.99;
+                let r = scan_star(&lc.view(), now, now - 1.0, &params, &mut scratch);
+                best.0 = best.0.max(r.preselection.longest_run);
+                best.1 = best.1.max(r.broken_line.map_or(0.0, |b| b.delta_chi2));
+                best.2 = best.2.max(r.preselection.longest_bin_run);
+                if r.status == Status::Candidate {
+                    first = Some(t.t0 - now);
+                    break;
+                }
+                day += 1.0;
+            }
+            if first.is_some() {
+                daily.push(first.unwrap());
+            } else {
+                eprintln!(
+                    "  never before peak: tE {:.1} peak +{:.0} d {} {} u0 {:.2} fs {:.0} fb {:.0}: best run {} bins {} best bl {:.0}",
+                    t.te,
+                    t.t0 - start,
+                    t.star_id.0,
+                    t.subtype,
+                    t.u0,
+                    t.fs,
+                    t.fb,
+                    best.0,
+                    best.2,
+                    best.1
+                );
+            }
+            rows.push((t.te, t.t0 - start, hit, format!("{} {} u0 {:.2} fs {:.0} fb {:.0}: {why}", t.star_id.0, t.subtype, t.u0, t.fs, t.fb)));
+        }
+        daily.sort_by(f64::total_cmp);
+        eprintln!(
+            "{field}: {} clear events; flagged on a daily step before the peak: {} (median {:.1} d before)",
+            rows.len(),
+            daily.len(),
+            daily.get(daily.len() / 2).copied().unwrap_or(f64::NAN)
+        );
+        for (lo, hi) in [(0.0, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, 80.0), (80.0, 1e9)] {
+            let b: Vec<_> = rows.iter().filter(|r| r.0 >= lo && r.0 < hi).collect();
+            let n3 = b.iter().filter(|r| r.2[0]).count();
+            let n0 = b.iter().filter(|r| r.2[1]).count();
+            eprintln!("  tE {lo:>3}-{hi:<3}: {:>3} events, flagged 3 d before peak {n3:>3}, at peak {n0:>3}", b.len());
+        }
+        for (lo, hi) in [(0.0, 20.0), (20.0, 40.0), (40.0, 1e9)] {
+            let b: Vec<_> = rows.iter().filter(|r| r.1 >= lo && r.1 < hi).collect();
+            let n0 = b.iter().filter(|r| r.2[1]).count();
+            eprintln!("  peak {lo:>3}-{hi:<3} d after season start: {:>3} events, at peak {n0:>3}", b.len());
+        }
+        if std::env::var_os("RECALL_VERBOSE").is_some() {
+            for r in rows.iter().filter(|r| !r.2[1]) {
+                eprintln!("  missed at peak: tE {:.1} peak +{:.0} d: {}", r.0, r.1, r.3);
+            }
+        }
+    }
+}
+
+/// How many stars of each other class become candidates on some daily step of a season.
+/// `cargo test --release -p lensnet-stages --lib alertfinder::tests::false_candidates_by_class -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn false_candidates_by_class() {
+    use crate::photometry::{Band, Field};
+    use crate::simulate::{Class, Season, SimConfig};
+    use std::collections::BTreeMap;
+    let thresholds = stage::FieldThresholds::default();
+    for field in [Field(14), Field(2)] {
+        let mut params = thresholds.for_field(field).clone();
+        if let Some(b) = std::env::var("RECALL_BIN_DAYS").ok().and_then(|v| v.parse().ok()) {
+            params.bin_days = b;
+        }
+        let cfg = SimConfig { fields: vec![field], stars: 400, seed: 23, ..Default::default() };
+        let season = Season::new(&cfg).unwrap();
+        let stars = season.field(field).unwrap();
+        let start = stars.iter().flat_map(|s| s.curves.curves.iter().flat_map(|c| c.hjd.iter().copied())).fold(f64::INFINITY, f64::min);
+        let end = stars.iter().flat_map(|s| s.curves.curves.iter().flat_map(|c| c.hjd.iter().copied())).fold(f64::NEG_INFINITY, f64::max);
+        let lcs: Vec<_> = stars.iter().filter(|s| s.truth.class != Class::Microlensing).map(|s| (s.truth.class, MergedCurve::from_star(&s.curves, Band::I))).collect();
+        let mut by: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for (class, lc) in &lcs {
+            let mut day = start.floor() + 1.0;
+            let mut hit = false;
+            let views = [lc.view()];
+            while day + 0.99 <= end + 1.0 && !hit {
+                let now = day + 0.99;
+                hit = scan_batch(&views, now, now - 1.0, &params)[0].status == Status::Candidate;
+                day += 1.0;
+            }
+            let e = by.entry(format!("{class:?}")).or_default();
+            e.0 += 1;
+            e.1 += hit as usize;
+        }
+        eprintln!("{field}: stars flagged on some day / stars, by class: {by:?}");
+    }
+}

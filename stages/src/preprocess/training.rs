@@ -31,9 +31,8 @@ use sha2::{Digest, Sha256};
 
 use super::parquet::{io, TensorWriter};
 use super::{prepare, Candidate, PreprocessError, PreprocessStats};
-use crate::alertfinder::{diagnosis_vector, scan_star, AlertParams, Scratch, Status, N_DIAGNOSIS};
+use crate::alertfinder::{diagnosis_vector, scan_star, Scratch, Status, N_DIAGNOSIS};
 use crate::photometry::{Band, Field, MergedCurve, SiteCurve, StarCurves};
-use crate::simulate::cadence::cadence_per_hour;
 use crate::simulate::{rng_for, ClassMix, Season, SimConfig, Truth};
 
 /// What to export.
@@ -48,8 +47,10 @@ pub struct ExportOptions {
     pub seed: u64,
     /// Seasons drawn from.
     pub seasons: Vec<i32>,
-    /// Fields drawn from (their cadence picks the AlertFinder thresholds).
+    /// Fields drawn from.
     pub fields: Vec<Field>,
+    /// AlertFinder parameters by field (the pipeline passes its configured ones).
+    pub thresholds: crate::alertfinder::stage::FieldThresholds,
     /// Stars per simulated chunk (one season, field and simulator seed).
     pub chunk_stars: u64,
     /// Real-time cut-offs per star.
@@ -79,6 +80,7 @@ impl Default for ExportOptions {
             seasons: (2016..=2025).collect(),
             // Prime, sub-prime, low and wide cadences, weighted towards the faster ones.
             fields: vec![Field(2), Field(4), Field(14), Field(14), Field(18), Field(9), Field(12), Field(38)],
+            thresholds: Default::default(),
             chunk_stars: 250,
             nows_per_star: 4,
             // Events and their confusers are enriched: most constant stars never become
@@ -250,7 +252,7 @@ fn simulate_chunk(opts: &ExportOptions, k: u64, stars: u64) -> Result<(Vec<Kept>
     let sim = Season::new(&config)?;
     let (_, ctx) = sim.schedule(field)?;
     let (lo, hi) = ctx.season;
-    let params = if cadence_per_hour(field) >= 4.0 { AlertParams::high_cadence() } else { AlertParams::low_cadence() };
+    let params = opts.thresholds.for_field(field).clone();
     let results: Vec<(Vec<Kept>, u64)> = (0..stars)
         .into_par_iter()
         .map_init(Scratch::default, |scratch, i| -> Result<(Vec<Kept>, u64), PreprocessError> {
