@@ -148,7 +148,7 @@ async fn ingest(scale: f64) -> anyhow::Result<ExitCode> {
     let store = PhotometryStore::new(Arc::new(InMemory::new()), object_store::path::Path::from("bench"));
     let write = bench_write(&store, &text, 3).await.context("writing")?;
     println!(
-        "  parse + write (zstd Parquet)      {:>8.1} MB/s  {:>7.2} M rows/s  ({:.2} MB Parquet)",
+        "  parse + write (staged part)       {:>8.1} MB/s  {:>7.2} M rows/s  ({:.2} MB Parquet)",
         write.mb_per_s(),
         write.rows_per_s() / 1e6,
         write.output_bytes as f64 / 1e6

@@ -96,7 +96,7 @@ pub fn bench_parse_files(files: &[Vec<u8>], iterations: usize) -> Result<Through
     Ok(Throughput { bytes, rows, seconds, output_bytes: 0 })
 }
 
-/// Parses `text` once, then times building the Arrow batch and writing it as a zstd Parquet part
+/// Parses `text` once, then times building the Arrow batch and writing it as a staged (Snappy) part
 /// to `out` (the object store the pipeline is configured with, or `InMemory`).
 pub async fn bench_write(out: &PhotometryStore, text: &[u8], iterations: usize) -> Result<Throughput, IngestError> {
     let path = "bench/BENCH0001/KMTC14_I.pysis";

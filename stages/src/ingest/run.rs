@@ -284,12 +284,68 @@ impl Staged {
     /// Step 3: list the parts in their manifests (each partition swapped atomically). Returns the
     /// ledger row to record.
     pub async fn commit(self, out: &PhotometryStore) -> Result<(LedgerEntry, FileOutcome), IngestError> {
-        let mut rows = 0;
         for (pk, info) in &self.parts {
             out.commit_parts(pk, std::slice::from_ref(info)).await?;
-            rows += info.rows;
         }
-        Ok((self.entry, FileOutcome::Ingested { rows, skipped: self.skipped, deferred_line: self.deferred_line }))
+        let outcome = self.outcome();
+        Ok((self.entry, outcome))
+    }
+
+    /// What the file's report says once its parts are committed.
+    pub fn outcome(&self) -> FileOutcome {
+        FileOutcome::Ingested { rows: self.parts.iter().map(|p| p.1.rows).sum(), skipped: self.skipped, deferred_line: self.deferred_line }
+    }
+}
+
+/// Files whose parts [`ingest_location`] commits together: one manifest swap per partition for
+/// the whole group instead of one per file. Per-file commits made a first bulk ingest quadratic
+/// (every file rewrote a manifest listing all the files before it).
+pub const COMMIT_GROUP_FILES: usize = 512;
+
+/// Commit a group of staged files (index into the report, staged parts) and record their ledger
+/// rows in order; a file whose partition commit or ledger row fails is reported `Failed` and
+/// retried by the next run (its part names are deterministic, so a retry lists nothing twice).
+async fn commit_group(
+    group: Vec<(usize, Staged)>,
+    out: &PhotometryStore,
+    ledger: &dyn FileLedger,
+    report: &mut IngestReport,
+    touched: &mut Vec<PartitionKey>,
+) {
+    let mut by_partition: BTreeMap<PartitionKey, (Vec<PartInfo>, Vec<usize>)> = BTreeMap::new();
+    for (g, (_, staged)) in group.iter().enumerate() {
+        for (pk, info) in &staged.parts {
+            let e = by_partition.entry(pk.clone()).or_default();
+            e.0.push(info.clone());
+            e.1.push(g);
+        }
+    }
+    // Per file of the group: the first commit failure of one of its partitions.
+    let mut failed: Vec<Option<FileOutcome>> = vec![None; group.len()];
+    for (pk, (infos, members)) in by_partition {
+        match out.commit_parts(&pk, &infos).await {
+            Ok(_) => touched.push(pk),
+            Err(e) => {
+                tracing::error!(partition = %out.partition_dir(&pk), error = %e, files = members.len(), "manifest commit failed");
+                let outcome = FileOutcome::Failed { error: format!("commit of {}: {e}", out.partition_dir(&pk)), retryable: e.is_retryable() };
+                for g in members {
+                    failed[g].get_or_insert_with(|| outcome.clone());
+                }
+            }
+        }
+    }
+    for ((idx, staged), fail) in group.into_iter().zip(failed) {
+        report.files[idx].outcome = match fail {
+            Some(f) => f,
+            None => match ledger.record(&staged.entry).await {
+                Ok(()) => staged.outcome(),
+                Err(e) => {
+                    let e = IngestError::from(e);
+                    tracing::error!(file = %report.files[idx].path, error = %e, retryable = e.is_retryable(), "ingest of file failed");
+                    FileOutcome::Failed { error: e.to_string(), retryable: e.is_retryable() }
+                }
+            },
+        };
     }
 }
 
@@ -393,9 +449,13 @@ pub async fn ingest_location(
         inputs.push((path, key, sidecar_path));
     }
     // In batches: read each file and its ledger row, parse the batch in parallel (the CPU-bound
-    // part), then stage, commit and record the files one after the other, in name order, so that
-    // manifests and the ledger see exactly the sequence of a serial run.
+    // part), then stage the files' parts one after the other in name order. Every
+    // COMMIT_GROUP_FILES files (and at the end) the staged parts are listed in their manifests,
+    // one swap per partition, and then the files' ledger rows are recorded in name order: a crash
+    // before a ledger row leaves its file to the next run, which stages the same part names and
+    // lists nothing twice.
     let batch_len = 4 * rayon::current_num_threads().max(1);
+    let mut group: Vec<(usize, Staged)> = Vec::new();
     for batch in inputs.chunks(batch_len) {
         let mut fetched = Vec::with_capacity(batch.len());
         for (path, key, sidecar_path) in batch {
@@ -423,7 +483,17 @@ pub async fn ingest_location(
                 .collect()
         };
         for ((_, key, _), p) in batch.iter().zip(plans) {
+            // Files to write are staged now and committed with their group; the others are
+            // done at once (quarantine and its ledger row touch no manifest).
             let result = match p {
+                Ok(Plan::Write(prepared)) => match prepared.stage(out).await {
+                    Ok(staged) => {
+                        group.push((report.files.len(), staged));
+                        report.files.push(FileReport { path: key.clone(), outcome: FileOutcome::Unchanged });
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
                 Ok(p) => execute(key, p, out, ledger).await,
                 Err(e) => Err(e),
             };
@@ -439,7 +509,11 @@ pub async fn ingest_location(
             };
             report.files.push(FileReport { path: key.clone(), outcome });
         }
+        if group.len() >= COMMIT_GROUP_FILES {
+            commit_group(std::mem::take(&mut group), out, ledger, &mut report, &mut touched).await;
+        }
     }
+    commit_group(group, out, ledger, &mut report, &mut touched).await;
     if let Some(policy) = &opts.compaction {
         touched.sort();
         touched.dedup();
@@ -571,7 +645,7 @@ mod tests {
         assert_eq!(b.schema().fields(), crate::ingest::store::photometry_schema().fields());
         assert_eq!(b.schema().metadata().get("lensnet.format").map(String::as_str), Some("lensnet-photometry/1"));
         let rg = md.row_group(0);
-        assert!(matches!(rg.column(2).compression(), parquet::basic::Compression::ZSTD(_)));
+        assert!(matches!(rg.column(2).compression(), parquet::basic::Compression::SNAPPY), "a staged part is Snappy");
         assert_eq!(rg.sorting_columns().map(|s| s.len()), Some(3));
         let batches: Vec<_> = b.build().unwrap().collect::<Result<_, _>>().unwrap();
         assert_eq!(total_rows(&batches), 1220);
@@ -703,6 +777,9 @@ mod tests {
         let after = out.read_manifest(&pk).await.unwrap();
         assert_eq!(after.files.len(), 1);
         assert_eq!(after.retired.len(), 5);
+        let merged = out.store.get(&out.partition_dir(&pk).join(after.files[0].name.as_str())).await.unwrap().bytes().await.unwrap();
+        let md = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(merged).unwrap().metadata().clone();
+        assert!(matches!(md.row_group(0).column(2).compression(), parquet::basic::Compression::ZSTD(_)), "a compacted part is zstd");
         let batches = out.read_partition(&pk).await.unwrap();
         assert_eq!(total_rows(&batches), 889);
         assert_unique(&row_keys(&batches).unwrap());

@@ -1,4 +1,4 @@
-//! The `photometry` dataset on an object store: Hive-partitioned, zstd Parquet part files made
+//! The `photometry` dataset on an object store: Hive-partitioned Parquet part files (Snappy as staged, zstd once compacted) made
 //! visible only through a per-partition `_manifest.json`, plus the reader and the compaction.
 //!
 //! # Layout
@@ -154,9 +154,22 @@ pub struct PhotometryStore {
     pub root: Path,
 }
 
-fn writer_props() -> Result<WriterProperties, IngestError> {
+/// How a part is compressed: the small parts that each file's commit adds use Snappy, because
+/// parquet's zstd codec builds a new compression (and, to read, decompression) context per
+/// column chunk, which was a quarter of a bulk ingest's CPU; compaction writes zstd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartCodec {
+    Snappy,
+    Zstd,
+}
+
+fn writer_props(codec: PartCodec) -> Result<WriterProperties, IngestError> {
+    let compression = match codec {
+        PartCodec::Snappy => Compression::SNAPPY,
+        PartCodec::Zstd => Compression::ZSTD(ZstdLevel::try_new(3)?),
+    };
     Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_compression(compression)
         .set_sorting_columns(Some(vec![
             SortingColumn { column_idx: 0, descending: false, nulls_first: false },
             SortingColumn { column_idx: 2, descending: false, nulls_first: false },
@@ -247,9 +260,14 @@ impl PhotometryStore {
     /// Writes a part file (not yet visible: no manifest lists it). Rewriting the same `name`
     /// replaces the object with identical content.
     pub async fn stage_part(&self, key: &PartitionKey, name: &str, batch: &RecordBatch) -> Result<PartInfo, IngestError> {
+        self.stage_part_with(key, name, batch, PartCodec::Snappy).await
+    }
+
+    /// [`Self::stage_part`] with a chosen codec.
+    pub async fn stage_part_with(&self, key: &PartitionKey, name: &str, batch: &RecordBatch, codec: PartCodec) -> Result<PartInfo, IngestError> {
         let path = self.partition_dir(key).join(name);
         let writer = object_store::buffered::BufWriter::new(self.store.clone(), path.clone());
-        let mut w = AsyncArrowWriter::try_new(writer, batch.schema(), Some(writer_props()?))?;
+        let mut w = AsyncArrowWriter::try_new(writer, batch.schema(), Some(writer_props(codec)?))?;
         w.write(batch).await?;
         w.close().await?;
         let bytes = self.store.head(&path).await?.size;
@@ -376,7 +394,7 @@ impl PhotometryStore {
             seed.push(b'\n');
         }
         let name = part_name(&seed);
-        let info = self.stage_part(key, &name, &sorted).await?;
+        let info = self.stage_part_with(key, &name, &sorted, PartCodec::Zstd).await?;
         let old: Vec<String> = m.files.iter().map(|f| f.name.clone()).collect();
         let mut next = m.clone();
         next.generation += 1;
