@@ -757,6 +757,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_run_commits_its_files_together_and_records_each() {
+        // The season folder: KMTC and KMTS hold two files each (I and V), KMTA one.
+        let dir = tempfile::tempdir().unwrap();
+        let out = local_store(dir.path());
+        let ledger = MemoryLedger::new();
+        let r = ingest_location(&format!("{DATA}/BLG14-2018-season"), &out, &ledger, &IngestOptions::default()).await.unwrap();
+        assert_eq!(r.files.len(), 5);
+        assert!(r.files.iter().all(|f| matches!(f.outcome, FileOutcome::Ingested { rows, .. } if rows > 0)), "{r:?}");
+        assert!(r.files.windows(2).all(|w| w[0].path < w[1].path), "reported in name order");
+        for site in ["KMTA", "KMTC", "KMTS"] {
+            let m = out.read_manifest(&PartitionKey { season: 2018, field: Field(14), site: site.into() }).await.unwrap();
+            assert_eq!(m.generation, 1, "{site}: one manifest swap for the whole run");
+            assert_eq!(m.files.len(), if site == "KMTA" { 1 } else { 2 });
+        }
+        for f in &r.files {
+            assert_eq!(ledger.lookup(&f.path).await.unwrap().unwrap().status, FileStatus::Ingested);
+        }
+        let again = ingest_location(&format!("{DATA}/BLG14-2018-season"), &out, &ledger, &IngestOptions::default()).await.unwrap();
+        assert_eq!(again.count(|o| *o == FileOutcome::Unchanged), 5);
+    }
+
+    #[tokio::test]
     async fn compaction_merges_sorted_and_retires_old_parts() {
         let text = std::fs::read_to_string(format!("{DATA}/BLG14-2018-season/KMTA14_I.pysis")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
