@@ -779,6 +779,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn compaction_is_tiered_and_leaves_full_parts_alone() {
+        let text = std::fs::read_to_string(format!("{DATA}/BLG14-2018-season/KMTA14_I.pysis")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let key = "/in/BLG14-2018-season/KMTA14_I.pysis";
+        let out = mem_store();
+        let ledger = MemoryLedger::new();
+        for end in [100, 300, 500, 700, lines.len()] {
+            let v = lines[..end].join("\n") + "\n";
+            ingest_bytes(key, v.as_bytes(), None, &out, &ledger, &IngestOptions::default()).await.unwrap();
+        }
+        let pk = PartitionKey { season: 2018, field: Field(14), site: "KMTA".into() };
+        let before = out.read_manifest(&pk).await.unwrap();
+        let rows: Vec<u64> = before.files.iter().map(|f| f.rows).collect();
+        assert_eq!(rows.iter().sum::<u64>(), 889);
+        // Merged runs of at most 450 rows, in manifest order; a part alone in its run stays.
+        let policy = CompactionPolicy { max_parts: 4, small_part_bytes: 1 << 30, target_part_rows: 450 };
+        let c = out.compact(&pk, &policy).await.unwrap().unwrap();
+        let after = out.read_manifest(&pk).await.unwrap();
+        let mut want = Vec::new();
+        let (mut run, mut n) = (0u64, 0);
+        for &r in &rows {
+            if n > 0 && run + r > 450 {
+                want.push(run);
+                (run, n) = (0, 0);
+            }
+            run += r;
+            n += 1;
+        }
+        want.push(run);
+        assert!(want.len() >= 2, "the fixture makes more than one run: {rows:?}");
+        assert_eq!(after.files.iter().map(|f| f.rows).collect::<Vec<_>>(), want, "parts of {rows:?}");
+        assert!(after.files.iter().all(|f| f.rows <= 450 || before.files.iter().any(|b| b.name == f.name)));
+        assert_eq!(c.new_parts.len(), after.files.iter().filter(|f| !before.files.iter().any(|b| b.name == f.name)).count());
+        let batches = out.read_partition(&pk).await.unwrap();
+        assert_eq!(total_rows(&batches), 889);
+        assert_unique(&row_keys(&batches).unwrap());
+        // Nothing left to merge: the open parts cannot pair within the target.
+        let again = out.compact(&pk, &CompactionPolicy { max_parts: 1, ..policy }).await.unwrap();
+        assert!(again.is_none(), "{again:?}");
+        // Full parts are never rewritten.
+        let full = CompactionPolicy { max_parts: 1, small_part_bytes: 1 << 30, target_part_rows: 1 };
+        assert!(out.compact(&pk, &full).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
     async fn compaction_merges_sorted_and_retires_old_parts() {
         let text = std::fs::read_to_string(format!("{DATA}/BLG14-2018-season/KMTA14_I.pysis")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -793,7 +838,7 @@ mod tests {
         let pk = PartitionKey { season: 2018, field: Field(14), site: "KMTA".into() };
         let before = out.read_manifest(&pk).await.unwrap();
         assert_eq!(before.files.len(), 5);
-        let policy = CompactionPolicy { max_parts: 4, small_part_bytes: 0 };
+        let policy = CompactionPolicy { max_parts: 4, small_part_bytes: 0, ..Default::default() };
         let c = out.compact(&pk, &policy).await.unwrap().unwrap();
         assert_eq!((c.merged_parts, c.rows, c.deleted), (5, 889, 5));
         let after = out.read_manifest(&pk).await.unwrap();

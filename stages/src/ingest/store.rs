@@ -122,18 +122,24 @@ pub struct Manifest {
     pub retired: Vec<String>,
 }
 
-/// When a partition is compacted.
+/// When and how far a partition is compacted. Compaction is tiered: parts of
+/// `target_part_rows` rows or more are full and never rewritten; the others are merged, in
+/// manifest order, into parts of at most about `target_part_rows` rows. So a nightly ingest
+/// rewrites about the night's data, not the season's, and a merge holds at most one target
+/// part in memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CompactionPolicy {
     /// Compact when a partition lists more than this many parts …
     pub max_parts: usize,
     /// … or at least two parts of which one is smaller than this many bytes.
     pub small_part_bytes: u64,
+    /// Rows of a full part.
+    pub target_part_rows: u64,
 }
 
 impl Default for CompactionPolicy {
     fn default() -> Self {
-        CompactionPolicy { max_parts: 8, small_part_bytes: 1 << 20 }
+        CompactionPolicy { max_parts: 8, small_part_bytes: 1 << 20, target_part_rows: 2_000_000 }
     }
 }
 
@@ -141,9 +147,11 @@ impl Default for CompactionPolicy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Compacted {
     pub key: PartitionKey,
+    /// Parts merged (now retired).
     pub merged_parts: usize,
+    /// Rows in the new parts.
     pub rows: u64,
-    pub new_part: String,
+    pub new_parts: Vec<String>,
     pub deleted: usize,
 }
 
@@ -375,38 +383,78 @@ impl PhotometryStore {
             .collect())
     }
 
-    /// Merges a partition's parts into one sorted part when `policy` says so: write the merged
-    /// part, swap the manifest (old names move to `retired`), then delete the old objects. A
-    /// crash before the swap leaves an unlisted merged part; after it, unlisted old parts; both
-    /// are invisible to manifest readers and removed by [`PhotometryStore::vacuum`].
+    /// Merges a partition's parts that are not full into sorted parts of about
+    /// `policy.target_part_rows` rows when `policy` says so (see [`CompactionPolicy`]): write
+    /// the merged parts, swap the manifest (merged names move to `retired`), then delete the old
+    /// objects. A crash before the swap leaves unlisted merged parts; after it, unlisted old
+    /// parts; both are invisible to manifest readers and removed by [`PhotometryStore::vacuum`].
     pub async fn compact(&self, key: &PartitionKey, policy: &CompactionPolicy) -> Result<Option<Compacted>, IngestError> {
         let m = self.read_manifest(key).await?;
-        let small = m.files.iter().any(|f| f.bytes < policy.small_part_bytes);
-        if !(m.files.len() > policy.max_parts || (m.files.len() >= 2 && small)) {
+        let target = policy.target_part_rows.max(1);
+        let open: Vec<usize> = (0..m.files.len()).filter(|&i| m.files[i].rows < target).collect();
+        let small = open.iter().any(|&i| m.files[i].bytes < policy.small_part_bytes);
+        if !(open.len() >= 2 && (small || m.files.len() > policy.max_parts)) {
             return Ok(None);
         }
-        let batches = self.read_partition(key).await?;
-        let merged = concat_batches(&photometry_schema(), &batches)?;
-        let sorted = sort_batch(&merged)?;
-        let mut seed = Vec::new();
-        for f in &m.files {
-            seed.extend_from_slice(f.name.as_bytes());
-            seed.push(b'\n');
+        // Runs of open parts, in manifest order, of at most `target` rows (a part alone in its
+        // run stays as it is).
+        let mut chunks: Vec<Vec<usize>> = vec![vec![]];
+        let mut rows = 0u64;
+        for &i in &open {
+            let r = m.files[i].rows;
+            if !chunks.last().expect("one chunk").is_empty() && rows + r > target {
+                chunks.push(vec![]);
+                rows = 0;
+            }
+            chunks.last_mut().expect("one chunk").push(i);
+            rows += r;
         }
-        let name = part_name(&seed);
-        let info = self.stage_part_with(key, &name, &sorted, PartCodec::Zstd).await?;
-        let old: Vec<String> = m.files.iter().map(|f| f.name.clone()).collect();
+        chunks.retain(|c| c.len() >= 2);
+        if chunks.is_empty() {
+            return Ok(None);
+        }
+        let mut merged_into: std::collections::HashMap<usize, PartInfo> = std::collections::HashMap::new();
+        let mut retired = std::collections::HashSet::new();
+        let mut new_parts = Vec::new();
+        let mut total_rows = 0;
+        for chunk in &chunks {
+            let reads = chunk.iter().map(|&i| self.read_part(key, &m.files[i].name));
+            let batches: Vec<RecordBatch> = futures::future::try_join_all(reads).await?.into_iter().flatten().collect();
+            let merged = concat_batches(&photometry_schema(), &batches)?;
+            drop(batches);
+            let sorted = sort_batch(&merged)?;
+            drop(merged);
+            let mut seed = Vec::new();
+            for &i in chunk {
+                seed.extend_from_slice(m.files[i].name.as_bytes());
+                seed.push(b'\n');
+            }
+            let name = part_name(&seed);
+            let info = self.stage_part_with(key, &name, &sorted, PartCodec::Zstd).await?;
+            total_rows += info.rows;
+            new_parts.push(name);
+            merged_into.insert(chunk[0], info);
+            retired.extend(chunk.iter().copied());
+        }
         let mut next = m.clone();
         next.generation += 1;
-        next.files = vec![info];
-        for n in &old {
+        next.files = Vec::with_capacity(m.files.len());
+        for (i, f) in m.files.iter().enumerate() {
+            if let Some(info) = merged_into.remove(&i) {
+                next.files.push(info);
+            } else if !retired.contains(&i) {
+                next.files.push(f.clone());
+            }
+        }
+        for &i in chunks.iter().flatten() {
+            let n = &m.files[i].name;
             if !next.retired.contains(n) {
                 next.retired.push(n.clone());
             }
         }
         self.write_manifest(key, &next).await?;
         let deleted = self.vacuum(key).await?;
-        Ok(Some(Compacted { key: key.clone(), merged_parts: old.len(), rows: sorted.num_rows() as u64, new_part: name, deleted }))
+        Ok(Some(Compacted { key: key.clone(), merged_parts: retired.len(), rows: total_rows, new_parts, deleted }))
     }
 
     /// Deletes part objects of a partition that its manifest does not list. Only safe with one
