@@ -778,8 +778,8 @@ mod tests {
         assert_eq!(again.count(|o| *o == FileOutcome::Unchanged), 5);
     }
 
-    #[tokio::test]
-    async fn compaction_is_tiered_and_leaves_full_parts_alone() {
+    /// KMTA14_I.pysis ingested as it grew over five nights: five parts in one partition.
+    async fn five_nights_of_kmta() -> (PhotometryStore, PartitionKey) {
         let text = std::fs::read_to_string(format!("{DATA}/BLG14-2018-season/KMTA14_I.pysis")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         let key = "/in/BLG14-2018-season/KMTA14_I.pysis";
@@ -789,7 +789,12 @@ mod tests {
             let v = lines[..end].join("\n") + "\n";
             ingest_bytes(key, v.as_bytes(), None, &out, &ledger, &IngestOptions::default()).await.unwrap();
         }
-        let pk = PartitionKey { season: 2018, field: Field(14), site: "KMTA".into() };
+        (out, PartitionKey { season: 2018, field: Field(14), site: "KMTA".into() })
+    }
+
+    #[tokio::test]
+    async fn compaction_is_tiered_and_leaves_full_parts_alone() {
+        let (out, pk) = five_nights_of_kmta().await;
         let before = out.read_manifest(&pk).await.unwrap();
         let rows: Vec<u64> = before.files.iter().map(|f| f.rows).collect();
         assert_eq!(rows.iter().sum::<u64>(), 889);
@@ -825,17 +830,7 @@ mod tests {
 
     #[tokio::test]
     async fn compaction_merges_sorted_and_retires_old_parts() {
-        let text = std::fs::read_to_string(format!("{DATA}/BLG14-2018-season/KMTA14_I.pysis")).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        let key = "/in/BLG14-2018-season/KMTA14_I.pysis";
-        let out = mem_store();
-        let ledger = MemoryLedger::new();
-        let opts = IngestOptions::default();
-        for end in [100, 300, 500, 700, lines.len()] {
-            let v = lines[..end].join("\n") + "\n";
-            ingest_bytes(key, v.as_bytes(), None, &out, &ledger, &opts).await.unwrap();
-        }
-        let pk = PartitionKey { season: 2018, field: Field(14), site: "KMTA".into() };
+        let (out, pk) = five_nights_of_kmta().await;
         let before = out.read_manifest(&pk).await.unwrap();
         assert_eq!(before.files.len(), 5);
         let policy = CompactionPolicy { max_parts: 4, small_part_bytes: 0, ..Default::default() };
