@@ -537,23 +537,22 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
 }
 
 /// The AlertFinder's parameters by field from `[alertfinder]`.
-fn alert_thresholds(raw: &RawAlertFinder, bad: &mut impl FnMut(&str, String)) -> lensnet_stages::alertfinder::stage::FieldThresholds {
+fn alert_thresholds(a: &RawAlertFinder, bad: &mut impl FnMut(&str, String)) -> lensnet_stages::alertfinder::stage::FieldThresholds {
     use lensnet_stages::alertfinder::{stage::FieldThresholds, AlertParams};
     let mut t = FieldThresholds::default();
-    let check = |key: &str, ok: bool, what: &str, bad: &mut dyn FnMut(&str, String)| {
+    for (key, ok, what) in [
+        ("alertfinder.high_n_high", a.high_n_high >= 1, "must be at least 1"),
+        ("alertfinder.low_n_high", a.low_n_high >= 1, "must be at least 1"),
+        ("alertfinder.high_delta_chi2", a.high_delta_chi2.is_finite() && a.high_delta_chi2 >= 0.0, "must be a finite number >= 0"),
+        ("alertfinder.low_delta_chi2", a.low_delta_chi2.is_finite() && a.low_delta_chi2 >= 0.0, "must be a finite number >= 0"),
+        ("alertfinder.window_days", a.window_days.is_finite() && a.window_days > 0.0, "must be a positive number of days"),
+        ("alertfinder.high_sigma", a.high_sigma.is_finite() && a.high_sigma > 0.0, "must be positive"),
+        ("alertfinder.bin_days", a.bin_days.is_finite() && a.bin_days >= 0.0, "must be 0 (off) or a positive number of days"),
+    ] {
         if !ok {
             bad(key, what.into());
         }
-    };
-    let a = raw;
-    check("alertfinder.high_n_high", a.high_n_high >= 1, "must be at least 1", bad);
-    check("alertfinder.low_n_high", a.low_n_high >= 1, "must be at least 1", bad);
-    for (key, v) in [("alertfinder.high_delta_chi2", a.high_delta_chi2), ("alertfinder.low_delta_chi2", a.low_delta_chi2)] {
-        check(key, v.is_finite() && v >= 0.0, "must be a finite number >= 0", bad);
     }
-    check("alertfinder.window_days", a.window_days.is_finite() && a.window_days > 0.0, "must be a positive number of days", bad);
-    check("alertfinder.high_sigma", a.high_sigma.is_finite() && a.high_sigma > 0.0, "must be positive", bad);
-    check("alertfinder.bin_days", a.bin_days.is_finite() && a.bin_days >= 0.0, "must be 0 (off) or a positive number of days", bad);
     let common = |base: AlertParams| AlertParams { window_days: a.window_days, high_sigma: a.high_sigma, bin_days: a.bin_days, ..base };
     t.high = common(AlertParams { n_high: a.high_n_high, delta_chi2_min: a.high_delta_chi2, ..AlertParams::high_cadence() });
     t.low = common(AlertParams { n_high: a.low_n_high, delta_chi2_min: a.low_delta_chi2, ..AlertParams::low_cadence() });

@@ -13,7 +13,7 @@
 //! `t_eff` runs geometrically from `teff_min` by `teff_ratio` up to `teff_max`; `t0` runs in
 //! steps of `t0_step * t_eff` from `now - t0_lookback_days` to `now + t0_lookahead * t_eff`
 //! (a real-time search: the event is in progress). Each window is found with pointers that only
-//! move forward as `t0` grows (by binary search), so a `(t_eff, t0)` model costs its window's
+//! move forward as `t0` grows (by galloping search), so a `(t_eff, t0)` model costs its window's
 //! points only. The window sums are the hot loop; [`Kernel`] picks AVX-512 or AVX2 code for
 //! them at run time (see there), with a portable exact one as reference and fallback.
 
@@ -172,33 +172,27 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs (detected at run time; std caches the detection).
-    pub fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Kernel::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                return Kernel::Avx2;
-            }
+    /// Whether this CPU runs the kernel (detected at run time; std caches the detection).
+    pub fn runs(self) -> bool {
+        match self {
+            Kernel::Exact => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
         }
-        Kernel::Exact
+    }
+
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Kernel {
+        [Kernel::Avx512, Kernel::Avx2].into_iter().find(|k| k.runs()).unwrap_or(Kernel::Exact)
     }
 
     /// Every kernel this CPU runs, the exact one first.
     pub fn available() -> Vec<Kernel> {
-        let mut v = vec![Kernel::Exact];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                v.push(Kernel::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                v.push(Kernel::Avx512);
-            }
-        }
-        v
+        [Kernel::Exact, Kernel::Avx2, Kernel::Avx512].into_iter().filter(|k| k.runs()).collect()
     }
 
     /// Sums of a window for both templates. A kernel this CPU lacks falls back to `Exact`.
@@ -209,12 +203,12 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             match self {
-                Kernel::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
+                Kernel::Avx512 if self.runs() => {
                     // SAFETY: the CPU has the feature the function is compiled for; the slices
                     // have equal lengths.
                     return unsafe { simd::window_sums_avx512(t, y, w, t0, inv_teff) };
                 }
-                Kernel::Avx2 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") => {
+                Kernel::Avx2 if self.runs() => {
                     // SAFETY: as above.
                     return unsafe { simd::window_sums_avx2(t, y, w, t0, inv_teff) };
                 }

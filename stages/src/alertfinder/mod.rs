@@ -364,7 +364,6 @@ fn window_and_preselect(
     // The open bin: start time, sum of y / sigma^2, sum of 1 / sigma^2; and the run of bins.
     let (mut bin_t, mut bin_wy, mut bin_w) = (f64::NAN, 0.0f64, 0.0f64);
     let mut bin_run = 0u32;
-    let bin_days = if p.bin_days > 0.0 { p.bin_days } else { f64::INFINITY };
     let mut close_bin = |bin_wy: f64, bin_w: f64, pre: &mut Preselection| {
         if bin_w > 0.0 {
             if bin_wy / bin_w.sqrt() >= p.high_sigma {
@@ -389,7 +388,7 @@ fn window_and_preselect(
         }
         let w = 1.0 / (sigma * sigma);
         if p.bin_days > 0.0 {
-            if !(t < bin_t + bin_days) {
+            if !(t < bin_t + p.bin_days) {
                 close_bin(bin_wy, bin_w, &mut pre);
                 (bin_t, bin_wy, bin_w) = (t, 0.0, 0.0);
             }

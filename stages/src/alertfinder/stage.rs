@@ -64,10 +64,7 @@ impl Default for FieldThresholds {
 
 impl FieldThresholds {
     pub fn for_field(&self, field: Field) -> &AlertParams {
-        if let Some(p) = self.per_field.get(&field) {
-            return p;
-        }
-        if self.high_cadence_fields.contains(&field) { &self.high } else { &self.low }
+        self.per_field.get(&field).unwrap_or_else(|| self.by_cadence(field))
     }
 
     /// The parameters `field` would use without a `per_field` entry (the base of one).

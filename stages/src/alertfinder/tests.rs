@@ -298,6 +298,20 @@ fn binned_preselection_passes_a_sustained_faint_excess_that_breaks_point_runs() 
     assert!(!scan_star(&quiet.view(), now, now - 1.0, &on, &mut scratch).preselection.passed);
 }
 
+/// For the diagnostics below: the field's AlertFinder parameters (`RECALL_BIN_DAYS` sets
+/// `bin_days`), its simulated stars, and the first and last epoch of the season.
+fn simulated_field(cfg: crate::simulate::SimConfig) -> (AlertParams, Vec<crate::simulate::SimStar>, f64, f64) {
+    let field = cfg.fields[0];
+    let mut params = stage::FieldThresholds::default().for_field(field).clone();
+    if let Some(b) = std::env::var("RECALL_BIN_DAYS").ok().and_then(|v| v.parse().ok()) {
+        params.bin_days = b;
+    }
+    let stars = crate::simulate::Season::new(&cfg).unwrap().field(field).unwrap();
+    let times = || stars.iter().flat_map(|s| s.curves.curves.iter().flat_map(|c| c.hjd.iter().copied()));
+    let (start, end) = (times().fold(f64::INFINITY, f64::min), times().fold(f64::NEG_INFINITY, f64::max));
+    (params, stars, start, end)
+}
+
 /// Recall of clear simulated events by timescale and by how long after the season start they
 /// peak, at a few days before the peak and at the peak, with the reasons of the misses.
 /// `cargo test --release -p lensnet-stages --lib alertfinder::tests::recall_by_timescale -- --ignored --nocapture`
@@ -305,19 +319,10 @@ fn binned_preselection_passes_a_sustained_faint_excess_that_breaks_point_runs() 
 #[ignore]
 fn recall_by_timescale() {
     use crate::photometry::{Band, Field};
-    use crate::simulate::{Class, ClassMix, Label, Season, SimConfig};
+    use crate::simulate::{Class, ClassMix, Label, SimConfig};
     let mix = ClassMix { microlensing: 1.0, constant: 0.0, variable: 0.0, cataclysmic: 0.0, flare: 0.0, asteroid: 0.0, artefact: 0.0 };
-    let thresholds = stage::FieldThresholds::default();
     for field in [Field(14), Field(2)] {
-        let mut params = thresholds.for_field(field).clone();
-        if let Some(b) = std::env::var("RECALL_BIN_DAYS").ok().and_then(|v| v.parse().ok()) {
-            params.bin_days = b;
-        }
-        let cfg = SimConfig { fields: vec![field], stars: 300, seed: 21, mix: mix.clone(), ..Default::default() };
-        let season = Season::new(&cfg).unwrap();
-        let stars = season.field(field).unwrap();
-        let start = stars.iter().flat_map(|s| s.curves.curves.iter().flat_map(|c| c.hjd.iter().copied())).fold(f64::INFINITY, f64::min);
-        let end = stars.iter().flat_map(|s| s.curves.curves.iter().flat_map(|c| c.hjd.iter().copied())).fold(f64::NEG_INFINITY, f64::max);
+        let (params, stars, start, end) = simulated_field(SimConfig { fields: vec![field], stars: 300, seed: 21, mix: mix.clone(), ..Default::default() });
         let mut rows: Vec<(f64, f64, [bool; 2], String)> = Vec::new();
         let mut scratch = Scratch::default();
         let mut daily: Vec<f64> = Vec::new();
@@ -412,19 +417,10 @@ fn recall_by_timescale() {
 #[ignore]
 fn false_candidates_by_class() {
     use crate::photometry::{Band, Field};
-    use crate::simulate::{Class, Season, SimConfig};
+    use crate::simulate::{Class, SimConfig};
     use std::collections::BTreeMap;
-    let thresholds = stage::FieldThresholds::default();
     for field in [Field(14), Field(2)] {
-        let mut params = thresholds.for_field(field).clone();
-        if let Some(b) = std::env::var("RECALL_BIN_DAYS").ok().and_then(|v| v.parse().ok()) {
-            params.bin_days = b;
-        }
-        let cfg = SimConfig { fields: vec![field], stars: 400, seed: 23, ..Default::default() };
-        let season = Season::new(&cfg).unwrap();
-        let stars = season.field(field).unwrap();
-        let start = stars.iter().flat_map(|s| s.curves.curves.iter().flat_map(|c| c.hjd.iter().copied())).fold(f64::INFINITY, f64::min);
-        let end = stars.iter().flat_map(|s| s.curves.curves.iter().flat_map(|c| c.hjd.iter().copied())).fold(f64::NEG_INFINITY, f64::max);
+        let (params, stars, start, end) = simulated_field(SimConfig { fields: vec![field], stars: 400, seed: 23, ..Default::default() });
         let lcs: Vec<_> = stars.iter().filter(|s| s.truth.class != Class::Microlensing).map(|s| (s.truth.class, MergedCurve::from_star(&s.curves, Band::I))).collect();
         let mut by: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for (class, lc) in &lcs {

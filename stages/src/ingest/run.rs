@@ -297,6 +297,12 @@ impl Staged {
     }
 }
 
+/// A file's store or ledger failure, logged; the next run retries the file.
+fn failed_file(key: &str, e: &IngestError) -> FileOutcome {
+    tracing::error!(file = %key, error = %e, retryable = e.is_retryable(), "ingest of file failed");
+    FileOutcome::Failed { error: e.to_string(), retryable: e.is_retryable() }
+}
+
 /// Files whose parts [`ingest_location`] commits together: one manifest swap per partition for
 /// the whole group instead of one per file. Per-file commits made a first bulk ingest quadratic
 /// (every file rewrote a manifest listing all the files before it).
@@ -339,11 +345,7 @@ async fn commit_group(
             Some(f) => f,
             None => match ledger.record(&staged.entry).await {
                 Ok(()) => staged.outcome(),
-                Err(e) => {
-                    let e = IngestError::from(e);
-                    tracing::error!(file = %report.files[idx].path, error = %e, retryable = e.is_retryable(), "ingest of file failed");
-                    FileOutcome::Failed { error: e.to_string(), retryable: e.is_retryable() }
-                }
+                Err(e) => failed_file(&report.files[idx].path, &IngestError::from(e)),
             },
         };
     }
@@ -502,10 +504,7 @@ pub async fn ingest_location(
                     touched.extend(keys);
                     o
                 }
-                Err(e) => {
-                    tracing::error!(file = %key, error = %e, retryable = e.is_retryable(), "ingest of file failed");
-                    FileOutcome::Failed { error: e.to_string(), retryable: e.is_retryable() }
-                }
+                Err(e) => failed_file(key, &e),
             };
             report.files.push(FileReport { path: key.clone(), outcome });
         }
