@@ -125,6 +125,31 @@ def fixture_inputs(lengths: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return seq, diag
 
 
+def interface_props(names: list[str], kind: str) -> dict[str, str]:
+    """The metadata keys that the Rust scorer checks its inputs against (stand-in and trained)."""
+    return {
+        "lensnet.class_order": ",".join(CLASSES),
+        "lensnet.seq_len": str(SEQ_LEN),
+        "lensnet.channels": ",".join(CHANNELS),
+        "lensnet.sites": ",".join(SITES),
+        "lensnet.diag_names": ",".join(names),
+        "lensnet.kind": kind,
+    }
+
+
+def write_onnx(m, props: dict[str, str], producer: str, doc: str, path: Path) -> None:
+    """Replace the model's metadata with `props`, check it and write it to `path`."""
+    import onnx
+
+    del m.metadata_props[:]
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    m.producer_name = producer
+    m.doc_string = doc
+    onnx.checker.check_model(m)
+    path.write_bytes(m.SerializeToString())
+
+
 def export(model: StandIn, names: list[str]) -> None:
     import onnx
 
@@ -142,22 +167,9 @@ def export(model: StandIn, names: list[str]) -> None:
     )
     m = onnx.load(str(tmp))
     tmp.unlink()
-    props = {
-        "lensnet.class_order": ",".join(CLASSES),
-        "lensnet.seq_len": str(SEQ_LEN),
-        "lensnet.channels": ",".join(CHANNELS),
-        "lensnet.sites": ",".join(SITES),
-        "lensnet.diag_names": ",".join(names),
-        "lensnet.kind": "standin",
-        "lensnet.seed": str(SEED),
-    }
-    del m.metadata_props[:]
-    for k, v in props.items():
-        m.metadata_props.add(key=k, value=v)
-    m.producer_name = "lensnet models/train/standin.py"
-    m.doc_string = "lensnet stand-in: randomly initialised multi-branch GRU (not trained)"
-    onnx.checker.check_model(m)
-    MODEL_PATH.write_bytes(m.SerializeToString())
+    props = {**interface_props(names, "standin"), "lensnet.seed": str(SEED)}
+    write_onnx(m, props, "lensnet models/train/standin.py",
+               "lensnet stand-in: randomly initialised multi-branch GRU (not trained)", MODEL_PATH)
 
 
 def main() -> None:

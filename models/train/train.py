@@ -41,7 +41,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from standin import CHANNELS, CLASSES, SEQ_LEN, SITES, diagnosis_names  # noqa: E402
+from standin import CHANNELS, CLASSES, SEQ_LEN, SITES, diagnosis_names, interface_props, write_onnx  # noqa: E402
 
 STATS_KEY = "lensnet.preprocess_stats"
 OPSET = 17
@@ -280,12 +280,7 @@ def export(model, args, data, names, history, train_seconds, n_train, n_val, che
     y = check["y"]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     props = {
-        "lensnet.class_order": ",".join(CLASSES),
-        "lensnet.seq_len": str(SEQ_LEN),
-        "lensnet.channels": ",".join(CHANNELS),
-        "lensnet.sites": ",".join(SITES),
-        "lensnet.diag_names": ",".join(names),
-        "lensnet.kind": "trained",
+        **interface_props(names, "trained"),
         "lensnet.inputs": "seq: float32 [batch, 3, 128, 7]; diag: float32 [batch, 47]",
         "lensnet.outputs": "probs: float32 [batch, 3] (softmax yes, maybe, no); binary: float32 [batch, 1] (P(yes or maybe))",
         STATS_KEY: data["stats"],
@@ -301,13 +296,8 @@ def export(model, args, data, names, history, train_seconds, n_train, n_val, che
         "lensnet.check_acc3": f"{float((o_p.argmax(1) == y).mean()):.4f}",
         "lensnet.check_acc2": f"{float(((o_b[:, 0] >= 0.5) == (y < 2)).mean()):.4f}",
     }
-    del m.metadata_props[:]
-    for k, v in props.items():
-        m.metadata_props.add(key=k, value=v)
-    m.producer_name = "lensnet models/train/train.py"
-    m.doc_string = "lensnet v1: multi-branch GRU vetting model trained on simulated KMTNet-like candidates"
-    onnx.checker.check_model(m)
-    out.write_bytes(m.SerializeToString())
+    write_onnx(m, props, "lensnet models/train/train.py",
+               "lensnet v1: multi-branch GRU vetting model trained on simulated KMTNet-like candidates", out)
     card = {k: v for k, v in props.items() if k not in ("lensnet.train_history",)}
     card.update({"model": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
                  "model_sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size,
