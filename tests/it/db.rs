@@ -1,6 +1,6 @@
 //! Schema and roles: migrations apply once and only once; the reader role reads but never writes.
 
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{Connection, Row};
 
 use crate::harness::TestDb;
 
@@ -62,15 +62,7 @@ async fn reader_role_can_select_but_not_insert() {
         .await
         .unwrap();
 
-    // Logged in as lensnet_reader itself (trust auth on the local socket), or, on an external
-    // server, through SET ROLE, which checks the same privileges.
-    let mut conn = if crate::harness::server().local.is_some() {
-        db.opts.clone().username(lensnet::db::READER_ROLE).connect().await.expect("reader logs in")
-    } else {
-        let mut c = db.opts.clone().connect().await.unwrap();
-        sqlx::query("SET ROLE lensnet_reader").execute(&mut c).await.unwrap();
-        c
-    };
+    let mut conn = db.reader().await;
     let who: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut conn).await.unwrap();
     assert_eq!(who, "lensnet_reader");
     for t in TABLES {

@@ -93,4 +93,20 @@ impl TestDb {
     pub fn url(&self) -> Option<String> {
         server().local.as_ref().map(|pg| pg.url(&self.name))
     }
+
+    /// A connection as `lensnet_reader`: logged in with its own password on the local cluster,
+    /// or, on an external server, through SET ROLE, which checks the same privileges.
+    pub async fn reader(&self) -> sqlx::PgConnection {
+        match &server().local {
+            Some(pg) => {
+                let password = pg.reader_password().expect("the local cluster has a reader secret");
+                self.opts.clone().username(lensnet::db::READER_ROLE).password(&password).connect().await.expect("reader logs in")
+            }
+            None => {
+                let mut c = self.opts.clone().connect().await.expect("connection");
+                sqlx::query("SET ROLE lensnet_reader").execute(&mut c).await.expect("set role");
+                c
+            }
+        }
+    }
 }

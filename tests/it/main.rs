@@ -11,3 +11,4 @@ mod publish;
 mod alertfinder;
 mod orchestration;
 mod model;
+mod security;

@@ -383,14 +383,7 @@ async fn runs_and_stage_attempts_are_recorded_idempotently() {
 }
 
 async fn reader(db: &TestDb) -> PgConnection {
-    // As in db.rs: log in as lensnet_reader on the local cluster, else SET ROLE on a server.
-    if crate::harness::server().local.is_some() {
-        db.opts.clone().username(lensnet::db::READER_ROLE).connect().await.expect("reader logs in")
-    } else {
-        let mut c = db.opts.clone().connect().await.unwrap();
-        sqlx::query("SET ROLE lensnet_reader").execute(&mut c).await.unwrap();
-        c
-    }
+    db.reader().await
 }
 
 #[tokio::test]
