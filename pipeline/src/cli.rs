@@ -41,6 +41,10 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check the photometry store for crash debris (orphan parts, lost parts, uncompacted
+    /// partitions) and repair it.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Print throughput of a hot stage.
     Bench(BenchArgs),
     /// Export a training or test set: simulator -> AlertFinder -> preprocess, exactly as in
@@ -119,7 +123,7 @@ pub struct RunArgs {
     pub field: String,
     /// Treat this time (HJD-2450000) as "now": only data taken before it is used (default: the
     /// clock).
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", value_parser = parse_as_of)]
     pub as_of: Option<f64>,
     /// Observing season (calendar year) of the photometry to search; default: the season of the
     /// as-of time.
@@ -173,6 +177,16 @@ pub enum DbCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// List, per partition, orphan parts, lost parts and partitions that need compaction; exits
+    /// with status 1 when anything is found.
+    Check,
+    /// Under the store's writer lock: delete orphan parts, drop lost parts from their manifests
+    /// (naming the files to ingest again), and compact.
+    Repair,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the configuration and print every problem at once.
     Check,
@@ -188,4 +202,13 @@ pub struct BenchArgs {
     /// Scale factor for the workload (1 = the documented default size).
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
+}
+
+/// An as-of time: a finite HJD - 2450000 between 1968 and 2077 (HJD 2440000 .. 2480000).
+fn parse_as_of(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number (HJD - 2450000, e.g. 10850.5)"))?;
+    if !v.is_finite() || !(-10_000.0..=30_000.0).contains(&v) {
+        return Err(format!("`{s}` is not an as-of time: give HJD - 2450000 between -10000 and 30000 (1968 .. 2077)"));
+    }
+    Ok(v)
 }

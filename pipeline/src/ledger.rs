@@ -2,7 +2,8 @@
 //! path, so that re-ingesting adds nothing and grown files add only their new lines.
 
 use async_trait::async_trait;
-use lensnet_stages::ingest::ledger::{FileLedger, FileStatus, LedgerEntry, LedgerError};
+use lensnet_stages::ingest::ledger::{FileLedger, FileStatus, LedgerEntry, LedgerError, WriterLock};
+use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 
@@ -102,9 +103,9 @@ impl FileLedger for PgLedger {
         .bind(to_i64(&e.path, "ingested_bytes", e.ingested_bytes)?)
         .bind(to_i64(&e.path, "lines", e.lines)?)
         .bind(to_i64(&e.path, "rows", e.rows)?)
-        .bind(&e.last_line)
+        .bind(no_nul(&e.last_line))
         .bind(e.status.as_str())
-        .bind(&e.reason)
+        .bind(e.reason.as_deref().map(no_nul))
         .bind(i16::from(e.flux_sign))
         .bind(&e.time_system)
         .bind(e.baseline_flux)
@@ -118,4 +119,38 @@ impl FileLedger for PgLedger {
         })?;
         Ok(())
     }
+
+    async fn find_content(&self, sha256: &str, len: u64, except: &str) -> Result<Option<String>, LedgerError> {
+        sqlx::query_scalar(
+            "SELECT path FROM ingested_files WHERE sha256 = $1 AND ingested_bytes = $2 AND path <> $3 \
+             AND status = 'ingested' AND rows > 0 ORDER BY path LIMIT 1",
+        )
+        .bind(sha256)
+        .bind(to_i64(except, "ingested_bytes", len)?)
+        .bind(except)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)
+    }
+
+    /// `pg_advisory_lock` on a connection detached from the pool, held by the returned guard:
+    /// it waits while another process (on any host using this database) holds it, and a killed
+    /// writer's session closes and frees it.
+    async fn lock_writer(&self, store: &str) -> Result<WriterLock, LedgerError> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?.detach();
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(writer_lock_key(store)).execute(&mut conn).await.map_err(backend)?;
+        Ok(WriterLock::holding(Box::new(std::sync::Mutex::new(conn))))
+    }
+}
+
+/// PostgreSQL text cannot hold NUL: a file with a NUL byte must still be quarantined (its reason
+/// quotes the line), so NUL is stored as the visible `\0`.
+fn no_nul(s: &str) -> String {
+    s.replace('\0', "\\0")
+}
+
+/// The advisory-lock key of a store's writer lock (stable across processes and hosts).
+pub fn writer_lock_key(store: &str) -> i64 {
+    let h = Sha256::digest(format!("lensnet store writer {store}").as_bytes());
+    i64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
 }

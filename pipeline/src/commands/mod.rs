@@ -9,6 +9,7 @@ mod replay;
 mod run;
 mod serve;
 mod simulate;
+mod store;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Db(cmd) => db::run(load_config(cli.config)?, cmd).await,
+        Command::Store(cmd) => store::run(load_config(cli.config)?, cmd).await,
         Command::Demo(args) => demo::run(load_config(cli.config)?, args).await,
         Command::Simulate(args) => tokio::task::spawn_blocking(move || simulate::run(args)).await?,
         Command::Ingest(args) => ingest::run(load_config(cli.config)?, args).await,

@@ -91,11 +91,35 @@ pub struct LedgerEntry {
     pub mag_zp: Option<f64>,
 }
 
+/// The store's writer lock, released when dropped (for a database lock: its session closes,
+/// so a killed writer's lock goes with it).
+pub struct WriterLock(#[allow(dead_code)] Option<Box<dyn std::any::Any + Send + Sync>>);
+
+impl WriterLock {
+    /// A lock that holds `guard` until dropped.
+    pub fn holding(guard: Box<dyn std::any::Any + Send + Sync>) -> WriterLock {
+        WriterLock(Some(guard))
+    }
+}
+
+impl std::fmt::Debug for WriterLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterLock")
+    }
+}
+
 /// Storage of [`LedgerEntry`] rows. `record` is an upsert keyed by `path`.
 #[async_trait]
 pub trait FileLedger: Send + Sync {
     async fn lookup(&self, path: &str) -> Result<Option<LedgerEntry>, LedgerError>;
     async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError>;
+    /// Waits for, then holds, the exclusive writer lock of the store named `store`: one writer
+    /// at a time across processes and hosts (ingest holds it from its first staged part to its
+    /// last compaction; `store repair` too).
+    async fn lock_writer(&self, store: &str) -> Result<WriterLock, LedgerError>;
+    /// Another input (not `except`) whose ingested text is exactly these bytes (`sha256` over
+    /// `len` bytes): a file moved to another folder, or a `.gz` copy beside the original.
+    async fn find_content(&self, sha256: &str, len: u64, except: &str) -> Result<Option<String>, LedgerError>;
 }
 
 /// A ledger backend failure, shaped so that a database-backed implementation in another crate
@@ -120,6 +144,7 @@ impl LedgerError {
 #[derive(Debug, Default)]
 pub struct MemoryLedger {
     rows: Mutex<HashMap<String, LedgerEntry>>,
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MemoryLedger {
@@ -147,5 +172,21 @@ impl FileLedger for MemoryLedger {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         rows.insert(entry.path.clone(), entry.clone());
         Ok(())
+    }
+
+    async fn find_content(&self, sha256: &str, len: u64, except: &str) -> Result<Option<String>, LedgerError> {
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hits: Vec<&String> = rows
+            .values()
+            .filter(|e| e.path != except && e.status == FileStatus::Ingested && e.rows > 0 && e.sha256 == sha256 && e.ingested_bytes == len)
+            .map(|e| &e.path)
+            .collect();
+        hits.sort();
+        Ok(hits.first().map(|p| p.to_string()))
+    }
+
+    /// One writer at a time among the users of this ledger (one process).
+    async fn lock_writer(&self, _store: &str) -> Result<WriterLock, LedgerError> {
+        Ok(WriterLock::holding(Box::new(self.writer.clone().lock_owned().await)))
     }
 }

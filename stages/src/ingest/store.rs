@@ -41,8 +41,16 @@
 //! Part names are derived from the content they hold (source, byte range, its hash), so a run
 //! that crashed after writing a part rewrites the same object, and committing a name already
 //! listed (or retired by a compaction) is a no-op. A bare glob over the directory can briefly see
-//! an unlisted part after a crash or before a compaction's cleanup; `vacuum` removes those.
-//! One writer per store at a time is assumed (the pipeline's scheduler runs ingest serially).
+//! an unlisted part after a crash or before a compaction's cleanup; `remove_orphans` (run by
+//! every ingest at its end and by `lensnet store repair`) removes those.
+//!
+//! # Concurrent writers
+//! Writers hold the store's writer lock (`FileLedger::lock_writer`: a PostgreSQL advisory lock,
+//! so it holds across processes and hosts) for a whole ingest. On top of it every manifest swap
+//! is a compare-and-swap where the backend has conditional puts (S3, memory: `PutMode::Update`
+//! on the version read; a first manifest with `PutMode::Create`); a lost race re-reads and
+//! re-applies the change. Compaction deletes only the parts it retired itself, and orphans are
+//! removed only under the writer lock, so no part that another writer staged is ever deleted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -52,7 +60,7 @@ use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, Sort
 use arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef};
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -140,6 +148,30 @@ pub struct CompactionPolicy {
 impl Default for CompactionPolicy {
     fn default() -> Self {
         CompactionPolicy { max_parts: 8, small_part_bytes: 1 << 20, target_part_rows: 2_000_000 }
+    }
+}
+
+/// Tries of a manifest compare-and-swap before giving up.
+const MANIFEST_RETRIES: usize = 16;
+
+/// What `lensnet store check` finds in a partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionHealth {
+    pub key: PartitionKey,
+    /// Parts the manifest lists.
+    pub parts: usize,
+    pub rows: u64,
+    /// Part objects that no manifest lists (a glob read would see them twice or wrongly).
+    pub orphans: Vec<String>,
+    /// Listed parts whose object is missing (every read of the partition fails).
+    pub lost: Vec<PartInfo>,
+    /// The partition has small parts that compaction would merge.
+    pub needs_compaction: bool,
+}
+
+impl PartitionHealth {
+    pub fn is_clean(&self) -> bool {
+        self.orphans.is_empty() && self.lost.is_empty() && !self.needs_compaction
     }
 }
 
@@ -256,6 +288,12 @@ impl PhotometryStore {
         PhotometryStore { store, root }
     }
 
+    /// A name of this store that is the same in every process and on every host that opens it
+    /// (the backend with its bucket or folder, and the root): the key of its writer lock.
+    pub fn identity(&self) -> String {
+        format!("{}/{}", self.store, self.root)
+    }
+
     pub fn partition_dir(&self, key: &PartitionKey) -> Path {
         self.root
             .clone()
@@ -289,9 +327,15 @@ impl PhotometryStore {
     }
 
     pub async fn read_manifest(&self, key: &PartitionKey) -> Result<Manifest, IngestError> {
+        Ok(self.read_manifest_versioned(key).await?.0)
+    }
+
+    /// The manifest and the version it was read at (`None` when there is none yet).
+    pub async fn read_manifest_versioned(&self, key: &PartitionKey) -> Result<(Manifest, Option<UpdateVersion>), IngestError> {
         let path = self.partition_dir(key).join(MANIFEST);
         match self.store.get(&path).await {
             Ok(r) => {
+                let version = UpdateVersion { e_tag: r.meta.e_tag.clone(), version: r.meta.version.clone() };
                 let bytes = r.bytes().await?;
                 let m: Manifest = serde_json::from_slice(&bytes)?;
                 if m.format != FORMAT_VERSION {
@@ -300,38 +344,72 @@ impl PhotometryStore {
                         reason: format!("manifest format `{}`, expected `{FORMAT_VERSION}`", m.format),
                     });
                 }
-                Ok(m)
+                Ok((m, Some(version)))
             }
             Err(object_store::Error::NotFound { .. }) => {
-                Ok(Manifest { format: FORMAT_VERSION.to_string(), ..Default::default() })
+                Ok((Manifest { format: FORMAT_VERSION.to_string(), ..Default::default() }, None))
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn write_manifest(&self, key: &PartitionKey, m: &Manifest) -> Result<(), IngestError> {
+    /// Replaces the manifest if it is still at `read_at` (compare-and-swap where the backend
+    /// supports conditional puts; a plain put elsewhere, e.g. a local folder, where the
+    /// writer lock alone serialises writers). `Ok(false)`: another writer got there first.
+    async fn swap_manifest(&self, key: &PartitionKey, m: &Manifest, read_at: Option<UpdateVersion>) -> Result<bool, IngestError> {
         let path = self.partition_dir(key).join(MANIFEST);
         let body = serde_json::to_vec_pretty(m)?;
-        self.store.put(&path, PutPayload::from(body)).await?;
-        Ok(())
+        let mode = match read_at {
+            Some(v) => PutMode::Update(v),
+            None => PutMode::Create,
+        };
+        match self.store.put_opts(&path, PutPayload::from(body.clone()), PutOptions::from(mode)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                self.store.put(&path, PutPayload::from(body)).await?;
+                Ok(true)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Read, change and swap a manifest, again from a fresh read whenever another writer's swap
+    /// came in between. `change` returns false when there is nothing to write.
+    async fn update_manifest(&self, key: &PartitionKey, mut change: impl FnMut(&mut Manifest) -> bool) -> Result<Manifest, IngestError> {
+        for _ in 0..MANIFEST_RETRIES {
+            let (mut m, read_at) = self.read_manifest_versioned(key).await?;
+            if !change(&mut m) {
+                return Ok(m);
+            }
+            m.generation += 1;
+            if self.swap_manifest(key, &m, read_at).await? {
+                return Ok(m);
+            }
+            tracing::info!(partition = %self.partition_dir(key), "manifest changed under us; re-reading");
+        }
+        Err(IngestError::Corrupt {
+            path: self.partition_dir(key).join(MANIFEST).to_string(),
+            reason: format!("the manifest changed under every one of {MANIFEST_RETRIES} attempts to update it"),
+        })
     }
 
     /// Makes staged parts visible: one atomic manifest replacement. Names already listed or
     /// retired are skipped, so committing twice is harmless. Returns how many were added.
     pub async fn commit_parts(&self, key: &PartitionKey, parts: &[PartInfo]) -> Result<usize, IngestError> {
-        let mut m = self.read_manifest(key).await?;
         let mut added = 0;
-        for p in parts {
-            if m.files.iter().any(|f| f.name == p.name) || m.retired.contains(&p.name) {
-                continue;
+        self.update_manifest(key, |m| {
+            added = 0;
+            for p in parts {
+                if m.files.iter().any(|f| f.name == p.name) || m.retired.contains(&p.name) {
+                    continue;
+                }
+                m.files.push(p.clone());
+                added += 1;
             }
-            m.files.push(p.clone());
-            added += 1;
-        }
-        if added > 0 {
-            m.generation += 1;
-            self.write_manifest(key, &m).await?;
-        }
+            added > 0
+        })
+        .await?;
         Ok(added)
     }
 
@@ -387,7 +465,7 @@ impl PhotometryStore {
     /// `policy.target_part_rows` rows when `policy` says so (see [`CompactionPolicy`]): write
     /// the merged parts, swap the manifest (merged names move to `retired`), then delete the old
     /// objects. A crash before the swap leaves unlisted merged parts; after it, unlisted old
-    /// parts; both are invisible to manifest readers and removed by [`PhotometryStore::vacuum`].
+    /// parts; both are invisible to manifest readers and removed by [`PhotometryStore::remove_orphans`].
     pub async fn compact(&self, key: &PartitionKey, policy: &CompactionPolicy) -> Result<Option<Compacted>, IngestError> {
         let m = self.read_manifest(key).await?;
         let target = policy.target_part_rows.max(1);
@@ -436,42 +514,108 @@ impl PhotometryStore {
             merged_into.insert(chunk[0], info);
             retired.extend(chunk.iter().copied());
         }
-        let mut next = m.clone();
-        next.generation += 1;
-        next.files = Vec::with_capacity(m.files.len());
-        for (i, f) in m.files.iter().enumerate() {
-            if let Some(info) = merged_into.remove(&i) {
-                next.files.push(info);
-            } else if !retired.contains(&i) {
-                next.files.push(f.clone());
+        let retired_names: Vec<String> = chunks.iter().flatten().map(|&i| m.files[i].name.clone()).collect();
+        let merged_names: Vec<(String, PartInfo)> = chunks.iter().map(|c| (m.files[c[0]].name.clone(), merged_into[&c[0]].clone())).collect();
+        let mut lost_race = false;
+        self.update_manifest(key, |cur| {
+            // Every merged part must still be listed (another writer may have compacted first).
+            if !retired_names.iter().all(|n| cur.files.iter().any(|f| &f.name == n)) {
+                lost_race = true;
+                return false;
+            }
+            let mut files = Vec::with_capacity(cur.files.len());
+            for f in &cur.files {
+                if let Some((_, info)) = merged_names.iter().find(|(first, _)| first == &f.name) {
+                    files.push(info.clone());
+                } else if !retired_names.contains(&f.name) {
+                    files.push(f.clone());
+                }
+            }
+            cur.files = files;
+            for n in &retired_names {
+                if !cur.retired.contains(n) {
+                    cur.retired.push(n.clone());
+                }
+            }
+            true
+        })
+        .await?;
+        if lost_race {
+            // Our merged parts are listed nowhere; nobody else can reference their names.
+            for name in &new_parts {
+                let _ = self.store.delete(&self.partition_dir(key).join(name.as_str())).await;
+            }
+            return Ok(None);
+        }
+        // Delete exactly the parts this compaction retired (never another writer's).
+        let mut deleted = 0;
+        for name in &retired_names {
+            match self.store.delete(&self.partition_dir(key).join(name.as_str())).await {
+                Ok(()) => deleted += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        for &i in chunks.iter().flatten() {
-            let n = &m.files[i].name;
-            if !next.retired.contains(n) {
-                next.retired.push(n.clone());
-            }
-        }
-        self.write_manifest(key, &next).await?;
-        let deleted = self.vacuum(key).await?;
         Ok(Some(Compacted { key: key.clone(), merged_parts: retired.len(), rows: total_rows, new_parts, deleted }))
     }
 
-    /// Deletes part objects of a partition that its manifest does not list. Only safe with one
-    /// writer (an unlisted part may otherwise be another writer's staged part).
-    pub async fn vacuum(&self, key: &PartitionKey) -> Result<usize, IngestError> {
+    /// What a partition holds on the store beside its manifest.
+    pub async fn inspect(&self, key: &PartitionKey, policy: &CompactionPolicy) -> Result<PartitionHealth, IngestError> {
         let m = self.read_manifest(key).await?;
         let dir = self.partition_dir(key);
         let metas: Vec<_> = self.store.list(Some(&dir)).try_collect().await?;
-        let mut n = 0;
-        for o in metas {
-            let Some(name) = o.location.filename() else { continue };
-            if name.starts_with("part-") && name.ends_with(".parquet") && !m.files.iter().any(|f| f.name == name) {
-                self.store.delete(&o.location).await?;
-                n += 1;
+        let present: std::collections::HashSet<String> = metas.iter().filter_map(|o| o.location.filename().map(str::to_string)).collect();
+        let orphans: Vec<String> = present
+            .iter()
+            .filter(|n| n.starts_with("part-") && n.ends_with(".parquet") && !m.files.iter().any(|f| &f.name == *n))
+            .cloned()
+            .collect();
+        let lost: Vec<PartInfo> = m.files.iter().filter(|f| !present.contains(&f.name)).cloned().collect();
+        let target = policy.target_part_rows.max(1);
+        let open = m.files.iter().filter(|f| f.rows < target).count();
+        let small = m.files.iter().any(|f| f.rows < target && f.bytes < policy.small_part_bytes);
+        let mut orphans = orphans;
+        orphans.sort();
+        Ok(PartitionHealth {
+            key: key.clone(),
+            parts: m.files.len(),
+            rows: m.files.iter().map(|f| f.rows).sum(),
+            orphans,
+            lost,
+            needs_compaction: open >= 2 && (small || m.files.len() > policy.max_parts),
+        })
+    }
+
+    /// Deletes part objects of a partition that its manifest does not list (a crashed writer's
+    /// staged parts, a crashed compaction's leftovers). Only under the store's writer lock: an
+    /// unlisted part may otherwise be another writer's staged part.
+    pub async fn remove_orphans(&self, key: &PartitionKey) -> Result<usize, IngestError> {
+        let h = self.inspect(key, &CompactionPolicy::default()).await?;
+        let dir = self.partition_dir(key);
+        for name in &h.orphans {
+            match self.store.delete(&dir.clone().join(name.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok(n)
+        Ok(h.orphans.len())
+    }
+
+    /// Drops listed parts whose objects are gone from the manifest (their rows are lost: the
+    /// files they came from must be ingested again). Returns the parts dropped.
+    pub async fn drop_lost(&self, key: &PartitionKey) -> Result<Vec<PartInfo>, IngestError> {
+        let h = self.inspect(key, &CompactionPolicy::default()).await?;
+        if h.lost.is_empty() {
+            return Ok(vec![]);
+        }
+        let lost = h.lost.clone();
+        self.update_manifest(key, |m| {
+            let before = m.files.len();
+            m.files.retain(|f| !lost.iter().any(|l| l.name == f.name));
+            m.files.len() != before
+        })
+        .await?;
+        Ok(h.lost)
     }
 
     /// Copies a bad input aside with its reason; returns the copy's path.
