@@ -3,8 +3,9 @@
 //! [`PgAttemptLog`]), and a PostgreSQL advisory lock per field so that two runs of one field
 //! never overlap, even from two `serve` processes on two machines.
 //!
-//! Run ids are deterministic for (kind, field, as_of, replay, model), so running the same field
-//! at the same as-of time again resumes that run: stages whose outputs exist are skipped.
+//! Run ids are deterministic for (kind, field, season, as_of, replay, model, configuration), so
+//! running the same field at the same as-of time again resumes that run: stages whose outputs
+//! exist and whose photometry did not change are skipped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,9 +38,33 @@ pub fn now_hjd() -> f64 {
     secs / 86_400.0 + 2_440_587.5 - 2_450_000.0
 }
 
-/// A deterministic run id: the same (kind, field, as_of, replay, model) is the same run.
-pub fn run_id(kind: &str, field: Field, as_of: f64, replay_id: Option<Uuid>, model_sha256: &str) -> Uuid {
-    uuid_of(&format!("{kind}|{field}|{as_of:.5}|{}|{model_sha256}", replay_id.map(|u| u.to_string()).unwrap_or_default()))
+/// What makes a run the same run: a re-run with the same identity resumes it. The photometry it
+/// reads is not part of the id: it is checked at each stage (`Stage::input_digest`), so a step
+/// whose data grew is recomputed in place and one whose data did not is skipped.
+#[derive(Debug, Clone, Copy)]
+pub struct RunIdentity<'a> {
+    pub kind: &'a str,
+    pub field: Field,
+    pub season: i32,
+    pub as_of: f64,
+    pub replay_id: Option<Uuid>,
+    pub model_sha256: &'a str,
+    /// The configuration's hash (thresholds and everything else that shapes results).
+    pub config_hash: &'a str,
+}
+
+/// A deterministic run id from its [`RunIdentity`].
+pub fn run_id(id: &RunIdentity<'_>) -> Uuid {
+    uuid_of(&format!(
+        "{}|{}|{}|{:.5}|{}|{}|{}",
+        id.kind,
+        id.field,
+        id.season,
+        id.as_of,
+        id.replay_id.map(|u| u.to_string()).unwrap_or_default(),
+        id.model_sha256,
+        id.config_hash
+    ))
 }
 
 /// A well-formed UUID (RFC 4122 variant, version 8: custom) from the sha256 of `key`.
@@ -378,8 +403,19 @@ impl FieldRunner {
             return Err(FieldRunError::Busy(field));
         }
         let result: Result<FieldRun, FieldRunError> = async {
+            // We hold the field's lock: any run of it still marked running belongs to a process
+            // that died (killed, machine lost); say so instead of leaving it running for ever.
+            publish::abandon_running(&self.pool, &field.to_string()).await?;
             let dag = self.dag(plan, cache, replay_id)?;
-            let run_id = run_id(kind, field, as_of, replay_id, self.model_sha256());
+            let run_id = run_id(&RunIdentity {
+                kind,
+                field,
+                season,
+                as_of,
+                replay_id,
+                model_sha256: self.model_sha256(),
+                config_hash: &self.config_hash,
+            });
             let record = RunRecord {
                 run_id,
                 kind: kind.to_string(),

@@ -3,8 +3,9 @@
 //!
 //! Every write is idempotent by key: candidates by `candidate_id` (and `(field, star_id,
 //! as_of_hjd)`), fits by `(candidate_id, kind)`, verdicts by `(candidate_id, model_sha256)`, all
-//! with `ON CONFLICT DO NOTHING`, so re-publishing a run changes nothing and a new model version
-//! adds verdict rows without touching older ones. Transient database failures (lost connection,
+//! with `ON CONFLICT DO UPDATE .. WHERE .. IS DISTINCT FROM ..`: re-publishing a run changes
+//! nothing, a step recomputed because more photometry arrived replaces its stale rows, and a new
+//! model version adds verdict rows without touching older ones. Transient database failures (lost connection,
 //! serialization conflict, admin shutdown) are retried with exponential backoff; the transaction
 //! means a failed attempt leaves no rows behind.
 
@@ -195,14 +196,22 @@ SELECT c.id, c.star, c.field, c.as_of, CASE WHEN c.sites = '' THEN '{}'::text[] 
        c.n_points, c.n_high, c.dchi2, c.t_rise, $10, c.diagnosis::jsonb
 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::float8[], $5::text[], $6::int4[], $7::int4[], $8::float8[], $9::float8[], $11::text[])
      AS c(id, star, field, as_of, sites, n_points, n_high, dchi2, t_rise, diagnosis)
-ON CONFLICT DO NOTHING";
+ON CONFLICT (candidate_id) DO UPDATE SET sites = EXCLUDED.sites, n_points = EXCLUDED.n_points, n_high = EXCLUDED.n_high,
+    dchi2_broken = EXCLUDED.dchi2_broken, t_rise = EXCLUDED.t_rise, diagnosis = EXCLUDED.diagnosis
+WHERE (candidates.sites, candidates.n_points, candidates.n_high, candidates.dchi2_broken, candidates.t_rise, candidates.diagnosis)
+      IS DISTINCT FROM (EXCLUDED.sites, EXCLUDED.n_points, EXCLUDED.n_high, EXCLUDED.dchi2_broken, EXCLUDED.t_rise, EXCLUDED.diagnosis)";
 
 const INSERT_FITS: &str = "\
 INSERT INTO fits (candidate_id, kind, dchi2, t0, teff, regime, t_rise, slope, site_fluxes, params)
 SELECT f.id, f.kind, f.dchi2, f.t0, f.teff, f.regime, f.t_rise, f.slope, f.site_fluxes::jsonb, f.params::jsonb
 FROM UNNEST($1::text[], $2::text[], $3::float8[], $4::float8[], $5::float8[], $6::int2[], $7::float8[], $8::float8[], $9::text[], $10::text[])
      AS f(id, kind, dchi2, t0, teff, regime, t_rise, slope, site_fluxes, params)
-ON CONFLICT (candidate_id, kind) DO NOTHING";
+ON CONFLICT (candidate_id, kind) DO UPDATE SET dchi2 = EXCLUDED.dchi2, t0 = EXCLUDED.t0, teff = EXCLUDED.teff,
+    regime = EXCLUDED.regime, t_rise = EXCLUDED.t_rise, slope = EXCLUDED.slope, site_fluxes = EXCLUDED.site_fluxes,
+    params = EXCLUDED.params
+WHERE (fits.dchi2, fits.t0, fits.teff, fits.regime, fits.t_rise, fits.slope, fits.site_fluxes, fits.params)
+      IS DISTINCT FROM (EXCLUDED.dchi2, EXCLUDED.t0, EXCLUDED.teff, EXCLUDED.regime, EXCLUDED.t_rise, EXCLUDED.slope,
+                        EXCLUDED.site_fluxes, EXCLUDED.params)";
 
 // first_flagged_hjd: the earliest as_of at which this star (field, star_id) got a "yes" from this
 // model, among verdicts already stored and those of this batch, counting only as-of times not
@@ -228,11 +237,18 @@ SELECT vc.id, vc.model, $11, $12, vc.p_yes, vc.p_maybe, vc.p_no, vc.binary_score
         WHERE y.star_id = vc.star_id AND y.field = vc.field AND y.model = vc.model AND y.as_of_hjd <= vc.as_of_hjd),
        vc.evidence::jsonb
 FROM vc
-ON CONFLICT (candidate_id, model_sha256) DO NOTHING";
+ON CONFLICT (candidate_id, model_sha256) DO UPDATE SET run_id = EXCLUDED.run_id, p_yes = EXCLUDED.p_yes,
+    p_maybe = EXCLUDED.p_maybe, p_no = EXCLUDED.p_no, binary_score = EXCLUDED.binary_score, verdict = EXCLUDED.verdict,
+    threshold_purity = EXCLUDED.threshold_purity, threshold_recall = EXCLUDED.threshold_recall,
+    first_flagged_hjd = EXCLUDED.first_flagged_hjd, evidence = EXCLUDED.evidence
+WHERE (verdicts.p_yes, verdicts.p_maybe, verdicts.p_no, verdicts.binary_score, verdicts.verdict, verdicts.threshold_purity,
+       verdicts.threshold_recall, verdicts.first_flagged_hjd, verdicts.evidence)
+      IS DISTINCT FROM (EXCLUDED.p_yes, EXCLUDED.p_maybe, EXCLUDED.p_no, EXCLUDED.binary_score, EXCLUDED.verdict,
+                        EXCLUDED.threshold_purity, EXCLUDED.threshold_recall, EXCLUDED.first_flagged_hjd, EXCLUDED.evidence)";
 
 /// Publish one field run in one transaction (retried on transient failures): candidates, then
 /// fits, then verdicts, each as one bulk `INSERT .. SELECT FROM UNNEST(..) ON CONFLICT DO
-/// NOTHING`. Rows already present are left as they are. The run must exist (see [`begin_run`]).
+/// UPDATE` that only touches rows whose values differ (identical rows are left as they are). The run must exist (see [`begin_run`]).
 pub async fn publish(pool: &PgPool, batch: &PublishBatch, policy: &RetryPolicy) -> Result<PublishOutcome, PublishError> {
     publish_with_hook(pool, batch, policy, |_| async {}).await
 }
@@ -637,4 +653,33 @@ pub mod queries {
     pub const NEWEST_YES_ALERTS_FOR_FIELD: &str = include_str!("../../sql/query_newest_yes_alerts_for_field.sql");
     /// `$1` star_id: the star's verdicts across models and time.
     pub const STAR_HISTORY: &str = include_str!("../../sql/query_star_history.sql");
+}
+
+/// Marks the runs of `field` still `running`, and their attempts, as `abandoned`: called by the
+/// holder of the field's lock, so no live process is running any of them. Returns the runs.
+pub async fn abandon_running(pool: &PgPool, field: &str) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let attempts = sqlx::query(
+        "UPDATE stage_attempts SET status = 'abandoned', finished_at = now(), \
+             error = COALESCE(error, 'the process running this attempt stopped before it ended') \
+         WHERE status = 'running' AND run_id IN (SELECT run_id FROM runs WHERE field = $1 AND status = 'running')",
+    )
+    .bind(field)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let runs = sqlx::query(
+        "UPDATE runs SET status = 'abandoned', finished_at = now(), \
+             error = COALESCE(error, 'the process running this run stopped before it ended') \
+         WHERE field = $1 AND status = 'running'",
+    )
+    .bind(field)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    if runs > 0 {
+        info!(field, runs, attempts, "runs left running by a dead process marked abandoned");
+    }
+    Ok(runs)
 }

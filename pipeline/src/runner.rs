@@ -93,6 +93,21 @@ pub trait AttemptLog: Send + Sync {
     ) -> Result<(), String>;
 }
 
+/// The key of a stage's input digest (`Stage::input_digest`) in its report's `outputs`.
+pub const INPUT_DIGEST: &str = "input_digest";
+
+/// Kept in the report's `outputs` (the audit row stores them when the attempt ends).
+fn record_digest(report: &mut StageReport, digest: &str) {
+    if !report.outputs.is_object() {
+        let previous = std::mem::take(&mut report.outputs);
+        report.outputs = serde_json::json!({});
+        if !previous.is_null() {
+            report.outputs["value"] = previous;
+        }
+    }
+    report.outputs[INPUT_DIGEST] = serde_json::json!(digest);
+}
+
 /// Run every stage of `dag` for `ctx.field`, in order.
 pub async fn run_dag(dag: &Dag, ctx: &RunCtx, log: &dyn AttemptLog, retry: &RetryPolicy) -> RunOutcome {
     let mut outcomes: Vec<(&'static str, StageOutcome)> = Vec::with_capacity(dag.stages().len());
@@ -107,8 +122,20 @@ pub async fn run_dag(dag: &Dag, ctx: &RunCtx, log: &dyn AttemptLog, retry: &Retr
             continue;
         }
         let upstream_ran = dag.upstream(i).iter().any(|u| ran.contains(u));
+        // What the stage reads from outside the run (photometry); a change makes an earlier
+        // success stale. A digest that cannot be computed is left to the stage's run to report.
+        let digest = match stage.input_digest(ctx).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(field = %ctx.field, stage = name, error = %e, "cannot compute the stage's input digest");
+                None
+            }
+        };
         if !upstream_ran {
             match log.succeeded_before(ctx, name).await {
+                Ok(Some(report)) if digest.is_some() && report.outputs.get(INPUT_DIGEST).and_then(|v| v.as_str()) != digest.as_deref() => {
+                    info!(field = %ctx.field, stage = name, "the stage's inputs changed since its last success, running again");
+                }
                 Ok(Some(report)) => match log.outputs_exist(ctx, &report).await {
                     Ok(true) => {
                         info!(field = %ctx.field, stage = name, "stage up to date, skipped");
@@ -132,7 +159,10 @@ pub async fn run_dag(dag: &Dag, ctx: &RunCtx, log: &dyn AttemptLog, retry: &Retr
                 break StageOutcome::Failed { attempts: attempt - first_attempt + 1, error: format!("cannot record the attempt: {e}"), retryable: true };
             }
             let started = Instant::now();
-            let result = stage.run(ctx).await;
+            let mut result = stage.run(ctx).await;
+            if let (Ok(report), Some(d)) = (&mut result, &digest) {
+                record_digest(report, d);
+            }
             let elapsed = started.elapsed();
             if let Err(e) = log.finish(ctx, name, attempt, elapsed, &result).await {
                 warn!(field = %ctx.field, stage = name, error = %e, "cannot record the attempt's end");

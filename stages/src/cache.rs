@@ -22,6 +22,32 @@ impl FieldPhotometry {
         let merged_i = stars.par_iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
         FieldPhotometry { stars, merged_i }
     }
+
+    /// A digest of the photometry visible at `as_of` (epochs at or before it; all of them for
+    /// `None`): per star and curve, how many epochs and the newest one's time and flux. Stored
+    /// photometry only grows (ingest appends and quarantines a rewritten file; it never changes
+    /// a stored row), so this changes exactly when a run at `as_of` would read different data,
+    /// whatever compaction did to the parts. O(stars x curves x log epochs).
+    pub fn digest(&self, as_of: Option<f64>) -> String {
+        use sha2::{Digest, Sha256};
+        let upto = as_of.unwrap_or(f64::INFINITY);
+        let mut h = Sha256::new();
+        h.update((self.stars.len() as u64).to_le_bytes());
+        for s in &self.stars {
+            h.update(s.star.0.as_bytes());
+            h.update([0u8]);
+            for c in &s.curves {
+                let n = c.hjd.partition_point(|&t| t <= upto);
+                h.update([c.site.map_or(0, |x| x as u8 + 1), c.band.map_or(0, |b| b as u8 + 1)]);
+                h.update((n as u64).to_le_bytes());
+                if n > 0 {
+                    h.update(c.hjd[n - 1].to_bits().to_le_bytes());
+                    h.update(c.flux[n - 1].to_bits().to_le_bytes());
+                }
+            }
+        }
+        hex::encode(h.finalize())
+    }
 }
 
 /// Photometry by (season, field), whole histories.

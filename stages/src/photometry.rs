@@ -140,7 +140,8 @@ impl FromStr for Field {
             .or_else(|| t.strip_prefix("blg"))
             .unwrap_or(t);
         match digits.parse::<u8>() {
-            Ok(n) if (1..=99).contains(&n) => Ok(Field(n)),
+            // KMTNet's bulge fields are numbered BLG01 .. BLG43; anything above is a typo or a foreign name.
+            Ok(n) if (1..=43).contains(&n) => Ok(Field(n)),
             _ => Err(format!("invalid field `{s}` (expected a name such as BLG14)")),
         }
     }

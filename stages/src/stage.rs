@@ -131,4 +131,11 @@ pub trait Stage: Send + Sync {
     fn writes(&self) -> &'static [Dataset];
     /// Do the work for `ctx.field`; must be safe to repeat (idempotent outputs).
     async fn run(&self, ctx: &RunCtx) -> Result<StageReport, StageError>;
+    /// A digest of the data this stage would read for `ctx` that does not come from an upstream
+    /// stage of the run (photometry ingested outside it). The runner records it with each
+    /// successful attempt and runs the stage again when it changed, so a step computed on
+    /// incomplete data is recomputed once the rest arrives. `None`: nothing to compare.
+    async fn input_digest(&self, _ctx: &RunCtx) -> Result<Option<String>, StageError> {
+        Ok(None)
+    }
 }

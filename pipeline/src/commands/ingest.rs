@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use lensnet::config::Config;
 use lensnet::ledger::PgLedger;
-use lensnet::{app, db};
+use lensnet::{app, db, publish};
 use lensnet_stages::ingest::{ingest_location, CompactionPolicy, FileOutcome, Format, IngestOptions};
 
 use crate::cli::IngestArgs;
@@ -15,12 +15,68 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let format: Format = args.format.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let (opened, photometry) = app::photometry(&cfg).context("opening the object store")?;
     let pool = db::open(&cfg).await?;
-    let ledger = PgLedger::new(pool);
+    let ledger = PgLedger::new(pool.clone());
     let opts = IngestOptions { format, compaction: Some(CompactionPolicy::default()), ..Default::default() };
-    let report = ingest_location(&args.input, &photometry, &ledger, &opts)
-        .await
-        .with_context(|| format!("ingesting {}", args.input))?;
+    // The audit trail: a standalone ingest is a run of kind `ingest` with one attempt.
+    let run_id = uuid::Uuid::new_v4();
+    let retry = publish::RetryPolicy::default();
+    let record = publish::RunRecord {
+        run_id,
+        kind: "ingest".into(),
+        field: None,
+        as_of_hjd: None,
+        replay_id: None,
+        config_hash: cfg.hash.clone(),
+        model_sha256: None,
+    };
+    publish::begin_run(&pool, &record, &retry).await?;
+    let start = publish::AttemptStart {
+        run_id,
+        stage: "ingest".into(),
+        field: String::new(),
+        attempt: 1,
+        inputs: serde_json::json!({ "input": args.input, "format": args.format }),
+        config_hash: cfg.hash.clone(),
+    };
+    publish::begin_attempt(&pool, &start, &retry).await?;
+    let started = std::time::Instant::now();
+    let result = ingest_location(&args.input, &photometry, &ledger, &opts).await;
+    let end = match &result {
+        Ok(r) => {
+            let mut end = publish::AttemptEnd::from_report(
+                &lensnet_stages::StageReport {
+                    rows_in: r.files.len() as u64,
+                    rows_out: r.rows_added(),
+                    inputs: serde_json::Value::Null,
+                    outputs: serde_json::json!({
+                        "objects": [],
+                        "files": r.files.len(),
+                        "quarantined": r.quarantined(),
+                        "failed": r.failed(),
+                        "skipped_entries": r.skipped_entries,
+                        "compactions": r.compactions.len(),
+                        "orphans_removed": r.orphans_removed,
+                    }),
+                    details: serde_json::Map::new(),
+                },
+                Some(started.elapsed()),
+            );
+            if r.failed() > 0 {
+                end.status = publish::Status::Failed;
+                end.error = Some(format!("{} file(s) failed; the next ingest retries them", r.failed()));
+                end.retryable = Some(true);
+            }
+            end
+        }
+        Err(e) => publish::AttemptEnd::failed(e.to_string(), e.is_retryable(), Some(started.elapsed())),
+    };
+    publish::finish_attempt(&pool, run_id, "ingest", "", 1, &end, &retry).await?;
+    publish::finish_run(&pool, run_id, end.status, end.error.as_deref(), &retry).await?;
+    let report = result.with_context(|| format!("ingesting {}", args.input))?;
 
+    for e in &report.skipped_entries {
+        println!("skipped      {e}");
+    }
     let mut unchanged = 0;
     for f in &report.files {
         match &f.outcome {
@@ -37,13 +93,15 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!(
-        "{} file(s): {} rows added, {} unchanged, {} quarantined, {} failed; {} partition(s) compacted; store {}",
+        "{} file(s): {} rows added, {} unchanged, {} quarantined, {} failed, {} entr(y/ies) skipped; {} partition(s) compacted, {} orphan part(s) removed; store {}",
         report.files.len(),
         report.rows_added(),
         unchanged,
         report.quarantined(),
         report.failed(),
+        report.skipped_entries.len(),
         report.compactions.len(),
+        report.orphans_removed,
         opened.location
     );
     Ok(if report.failed() > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })

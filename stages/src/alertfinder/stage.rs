@@ -93,6 +93,17 @@ impl Stage for AlertFinderStage {
     fn writes(&self) -> &'static [Dataset] {
         &[Dataset::Candidates]
     }
+    /// The photometry of the field-season visible at the as-of time (see
+    /// [`crate::cache::FieldPhotometry::digest`]).
+    async fn input_digest(&self, ctx: &RunCtx) -> Result<Option<String>, StageError> {
+        let Some(cache) = &self.cache else { return Ok(None) };
+        let photometry = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
+        let field = cache.get(&photometry, ctx.season, ctx.field).await.map_err(|e| {
+            if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
+        })?;
+        Ok(Some(field.digest(ctx.as_of)))
+    }
+
     async fn run(&self, ctx: &RunCtx) -> Result<StageReport, StageError> {
         let out = find_candidates_with(ctx, self.thresholds.for_field(ctx.field), self.cache.as_ref()).await?;
         Ok(StageReport {

@@ -21,6 +21,12 @@ pub enum ParseError {
     /// A line that is not valid text (binary garbage, a truncated gzip member).
     #[error("cannot parse line {line} of {file}: {reason}")]
     Invalid { file: String, line: u64, reason: String },
+    /// A value no photometry can hold (an infinite or absurd flux, a negative error).
+    #[error("cannot parse line {line} of {file}: implausible {quantity} {value} ({why})")]
+    Implausible { file: String, line: u64, quantity: &'static str, value: String, why: String },
+    /// An input too large to take whole (a decompression bomb, a runaway file).
+    #[error("{file} is too large: {reason}")]
+    TooLarge { file: String, reason: String },
     /// Times whose range matches none of the known systems.
     #[error("cannot detect the time system of {file}: {reason}")]
     TimeSystem { file: String, reason: String },
@@ -44,7 +50,8 @@ impl ParseError {
             ParseError::ColumnCount { line, .. }
             | ParseError::NotANumber { line, .. }
             | ParseError::MissingTime { line, .. }
-            | ParseError::Invalid { line, .. } => Some(*line),
+            | ParseError::Invalid { line, .. }
+            | ParseError::Implausible { line, .. } => Some(*line),
             _ => None,
         }
     }

@@ -16,6 +16,38 @@ pub const MAG_ZP: f64 = 28.0;
 /// is used. Real files sit near |r| = 0.9 because pySIS computes mag from Δflux.
 pub const SIGN_MIN_ABS_CORR: f64 = 0.3;
 
+/// Largest |difference flux| (and flux error) taken as data, on the zp-28 scale: magnitude 3,
+/// brighter than any star a bulge survey measures unsaturated. A larger value is a corrupt line.
+pub const MAX_ABS_FLUX: f64 = 1e10;
+
+/// Stored times outside HJD 2440000 .. 2480000 (1968 .. 2077) are not survey epochs.
+pub const HJD_RANGE: (f64, f64) = (-10_000.0, 30_000.0);
+
+/// Values no photometry can hold are a malformed line (the file is quarantined, naming it),
+/// never data: an infinite or absurd flux would otherwise become an alert.
+fn check_plausible(hjd: &[f64], flux: &[f64], flux_err: &[f64], line: &[u32], file: &str) -> Result<(), ParseError> {
+    let bad = |i: usize, quantity: &'static str, value: f64, why: &str| ParseError::Implausible {
+        file: file.to_string(),
+        line: line.get(i).copied().map(u64::from).unwrap_or(0),
+        quantity,
+        value: format!("{value:e}"),
+        why: why.to_string(),
+    };
+    for i in 0..hjd.len() {
+        if !(hjd[i] >= HJD_RANGE.0 && hjd[i] <= HJD_RANGE.1) {
+            return Err(bad(i, "time", hjd[i], "outside HJD 2440000 .. 2480000"));
+        }
+        if flux[i].is_infinite() || flux[i].abs() > MAX_ABS_FLUX {
+            return Err(bad(i, "flux", flux[i], "beyond ±1e10 (brighter than magnitude 3)"));
+        }
+        let e = flux_err.get(i).copied().unwrap_or(f64::NAN);
+        if e.is_infinite() || e < 0.0 || e > MAX_ABS_FLUX {
+            return Err(bad(i, "flux error", e, "negative, infinite or beyond 1e10"));
+        }
+    }
+    Ok(())
+}
+
 /// Where a file's rows belong: the star and partition keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceMeta {
@@ -89,9 +121,53 @@ pub struct Observations {
     pub quality: Vec<f64>,
     /// 1-based line in the source file.
     pub line: Vec<u32>,
+    /// Lines dropped because an earlier line of the file has the same epoch: (line, line it
+    /// repeats, whether the values differ).
+    pub repeated: Vec<(u32, u32, bool)>,
 }
 
 impl Observations {
+    /// Keeps the first line of each epoch (same time): an exact repeat is a duplicate; a repeat
+    /// with other values conflicts and is dropped too, noted in `repeated` (and so in the
+    /// ledger) rather than stored as a second measurement at the same instant.
+    fn without_repeated_epochs(mut self) -> Observations {
+        let mut first: std::collections::HashMap<u64, usize> = std::collections::HashMap::with_capacity(self.hjd.len());
+        let mut keep = Vec::with_capacity(self.hjd.len());
+        let bits = |v: f64| v.to_bits();
+        for i in 0..self.hjd.len() {
+            match first.entry(bits(self.hjd[i])) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                    keep.push(i);
+                }
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let j = *e.get();
+                    let same = [&self.flux, &self.flux_err, &self.mag, &self.mag_err, &self.fwhm, &self.sky, &self.airmass]
+                        .iter()
+                        .all(|c| bits(c[i]) == bits(c[j]) || (c[i].is_nan() && c[j].is_nan()));
+                    self.repeated.push((self.line[i], self.line[j], !same));
+                }
+            }
+        }
+        if keep.len() == self.hjd.len() {
+            return self;
+        }
+        let pick = |v: &[f64]| keep.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+        Observations {
+            hjd: pick(&self.hjd),
+            flux: pick(&self.flux),
+            flux_err: pick(&self.flux_err),
+            mag: pick(&self.mag),
+            mag_err: pick(&self.mag_err),
+            fwhm: pick(&self.fwhm),
+            sky: pick(&self.sky),
+            airmass: pick(&self.airmass),
+            quality: pick(&self.quality),
+            line: keep.iter().map(|&i| self.line[i]).collect(),
+            ..self
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.hjd.len()
     }
@@ -259,7 +335,8 @@ pub fn normalize(
             (flux, total_err, 1, SignSource::Derived, baseline, MAG_ZP)
         }
     };
-    Ok(Observations {
+    check_plausible(&hjd, &flux, &flux_err, &t.line, file)?;
+    let obs = Observations {
         meta,
         time_system: ts,
         flux_sign,
@@ -276,7 +353,9 @@ pub fn normalize(
         airmass: t.col_or_nan(Quantity::Airmass),
         quality: t.col_or_nan(Quantity::Quality),
         line: t.line.clone(),
-    })
+        repeated: Vec::new(),
+    };
+    Ok(obs.without_repeated_epochs())
 }
 
 #[cfg(test)]

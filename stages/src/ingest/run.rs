@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use futures::TryStreamExt;
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
@@ -71,6 +71,11 @@ pub struct FileReport {
 pub struct IngestReport {
     pub files: Vec<FileReport>,
     pub compactions: Vec<Compacted>,
+    /// Unlisted part objects removed from the partitions this run wrote.
+    pub orphans_removed: usize,
+    /// Entries of the input that could not be listed (a symlink loop, an unreadable folder),
+    /// with the reason; the other inputs are ingested.
+    pub skipped_entries: Vec<String>,
 }
 
 impl IngestReport {
@@ -113,6 +118,8 @@ pub struct Prepared {
     pub deferred_line: Option<u64>,
     pub skipped: u64,
     pub parts: Vec<(PartitionKey, String, arrow::array::RecordBatch)>,
+    /// The file's text (kept only for a first look, to quarantine it as a copy).
+    pub text: Vec<u8>,
 }
 
 /// Parts written but not yet listed.
@@ -128,13 +135,31 @@ pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
-/// Gunzips `.gz` inputs (by name or magic bytes); other inputs are returned as they are.
+/// A gzip input may expand to at most this many times its size …
+pub const GUNZIP_MAX_RATIO: u64 = 100;
+/// … and never past this many bytes (a prime-field season of one star is a few MB of text).
+pub const GUNZIP_MAX_BYTES: u64 = 512 << 20;
+
+fn gunzip_limit(compressed: usize) -> u64 {
+    (compressed as u64).saturating_mul(GUNZIP_MAX_RATIO).clamp(16 << 20, GUNZIP_MAX_BYTES)
+}
+
+/// Gunzips `.gz` inputs (by name or magic bytes); other inputs are returned as they are, with
+/// the expansion bounded (see [`GUNZIP_MAX_RATIO`]).
 pub fn decode(key: &str, raw: &[u8]) -> Result<Vec<u8>, ParseError> {
     if !(key.ends_with(".gz") || raw.starts_with(&[0x1f, 0x8b])) {
         return Ok(raw.to_vec());
     }
+    let limit = gunzip_limit(raw.len());
     let mut out = Vec::with_capacity(raw.len() * 4);
-    match flate2::read::MultiGzDecoder::new(raw).read_to_end(&mut out) {
+    match flate2::read::MultiGzDecoder::new(raw).take(limit + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() as u64 > limit => Err(ParseError::TooLarge {
+            file: key.rsplit('/').next().unwrap_or(key).to_string(),
+            reason: format!(
+                "it expands past {limit} bytes from {} compressed (at most {GUNZIP_MAX_RATIO}x, {GUNZIP_MAX_BYTES} bytes): not a photometry file, or one to split",
+                raw.len()
+            ),
+        }),
         Ok(_) => Ok(out),
         Err(e) => Err(ParseError::Invalid {
             file: key.rsplit('/').next().unwrap_or(key).to_string(),
@@ -246,11 +271,26 @@ fn prepare(key: &str, mut e: LedgerEntry, text: &[u8], start: usize, scan: &Scan
         parts.push((pk, name, observations_batch(obs, key, &rows)?));
     }
     e.status = FileStatus::Ingested;
-    e.reason = scan.deferred_line.map(|l| format!("line {l} has no line end yet; deferred to the next run"));
+    let mut notes: Vec<String> = Vec::new();
+    if let Some(l) = scan.deferred_line {
+        notes.push(format!("line {l} has no line end yet; deferred to the next run"));
+    }
+    let conflicts: Vec<&(u32, u32, bool)> = obs.repeated.iter().filter(|r| r.2).collect();
+    let duplicates = obs.repeated.len() - conflicts.len();
+    if duplicates > 0 {
+        notes.push(format!("{duplicates} line(s) repeat an earlier epoch exactly and were not stored again"));
+    }
+    if let Some((line, of, _)) = conflicts.first() {
+        notes.push(format!(
+            "{} line(s) give an epoch already given with other values (first: line {line} repeats the time of line {of}); the first value of each epoch is kept",
+            conflicts.len()
+        ));
+    }
+    e.reason = (!notes.is_empty()).then(|| notes.join("; "));
     e.sha256 = sha256_hex(&text[..scan.end]);
     e.ingested_bytes = scan.end as u64;
     e.lines += scan.lines;
-    e.skipped_lines += scan.skipped;
+    e.skipped_lines += scan.skipped + obs.repeated.len() as u64;
     e.rows += obs.len() as u64;
     if let Some(l) = &scan.last_line {
         e.last_line = l.clone();
@@ -266,7 +306,14 @@ fn prepare(key: &str, mut e: LedgerEntry, text: &[u8], start: usize, scan: &Scan
         e.baseline_flux = obs.baseline_flux.is_finite().then_some(obs.baseline_flux);
         e.mag_zp = obs.mag_zp.is_finite().then_some(obs.mag_zp);
     }
-    Ok(Prepared { entry: e, deferred_line: scan.deferred_line, skipped: scan.skipped, parts })
+    let first_look = start == 0;
+    Ok(Prepared {
+        entry: e,
+        deferred_line: scan.deferred_line,
+        skipped: scan.skipped,
+        parts,
+        text: if first_look { text.to_vec() } else { Vec::new() },
+    })
 }
 
 impl Prepared {
@@ -295,6 +342,106 @@ impl Staged {
     pub fn outcome(&self) -> FileOutcome {
         FileOutcome::Ingested { rows: self.parts.iter().map(|p| p.1.rows).sum(), skipped: self.skipped, deferred_line: self.deferred_line }
     }
+}
+
+/// The regular files under `root` (following symlinks to files and folders, each folder once),
+/// as `/`-separated paths relative to it, and the entries that could not be read, with why.
+fn list_local(root: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    let mut files = Vec::new();
+    let mut skipped = Vec::new();
+    let mut seen_dirs = std::collections::HashSet::new();
+    let mut stack: Vec<(std::path::PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        match std::fs::canonicalize(&dir) {
+            Ok(c) => {
+                if !seen_dirs.insert(c) {
+                    skipped.push(format!("{}: a symlink loop or a second link to a folder already read", dir.display()));
+                    continue;
+                }
+            }
+            Err(e) => {
+                skipped.push(format!("{}: {e}", dir.display()));
+                continue;
+            }
+        }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                skipped.push(format!("{}: {e}", dir.display()));
+                continue;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    skipped.push(format!("{}: {e}", dir.display()));
+                    continue;
+                }
+            };
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                skipped.push(format!("{}: the name is not UTF-8", path.display()));
+                continue;
+            };
+            let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => stack.push((path, child)),
+                Ok(m) if m.is_file() => {
+                    if Path::parse(&child).is_ok() {
+                        files.push(child);
+                    } else {
+                        skipped.push(format!("{}: not a valid object name", path.display()));
+                    }
+                }
+                // FIFOs, sockets, devices: never read (a FIFO would block the run).
+                Ok(_) => skipped.push(format!("{}: not a regular file", path.display())),
+                Err(e) => skipped.push(format!("{}: {e}", path.display())),
+            }
+        }
+    }
+    files.sort();
+    skipped.sort();
+    (files, skipped)
+}
+
+fn no_nul(s: &str) -> String {
+    s.replace('\0', "\\0")
+}
+
+/// A file seen for the first time whose text is exactly that of a file already ingested (or
+/// planned earlier in this run) under another name, a moved file or a `.gz` copy beside the
+/// original, is quarantined as a copy instead of storing every epoch twice.
+async fn copy_of_ingested(
+    key: &str,
+    prepared: Prepared,
+    ledger: &dyn FileLedger,
+    contents: &mut std::collections::HashMap<(String, u64), String>,
+) -> Result<Plan, IngestError> {
+    let e = &prepared.entry;
+    // Only a first look (nothing of this file stored before) with data can be a copy.
+    if e.rows == 0 || prepared.text.is_empty() {
+        return Ok(Plan::Write(prepared));
+    }
+    let id = (e.sha256.clone(), e.ingested_bytes);
+    let other = match contents.get(&id) {
+        Some(k) if k != key => Some(k.clone()),
+        _ => ledger.find_content(&id.0, id.1, key).await?,
+    };
+    let Some(other) = other else {
+        contents.insert(id, key.to_string());
+        return Ok(Plan::Write(prepared));
+    };
+    let mut entry = prepared.entry;
+    let reason = format!("the same text as {other}, which is ingested: a copy (moved, or compressed beside it) is not stored twice");
+    entry.status = FileStatus::Quarantined;
+    entry.reason = Some(reason);
+    entry.rows = 0;
+    entry.lines = 0;
+    entry.ingested_bytes = 0;
+    entry.sha256 = sha256_hex(b"");
+    entry.skipped_lines = 0;
+    Ok(Plan::Quarantine { entry, text: prepared.text })
 }
 
 /// A file's store or ledger failure, logged; the next run retries the file.
@@ -419,11 +566,34 @@ pub async fn ingest_location(
     };
     let opened = crate::store::open_store(&root, false)
         .map_err(|e| IngestError::StoreUrl { location: input.to_string(), reason: e.to_string() })?;
-    let metas: Vec<_> = opened.store.list(Some(&opened.prefix)).try_collect().await?;
-    let mut names: Vec<Path> = metas.into_iter().map(|m| m.location).collect();
+    // One writer per store, across processes and hosts, from the first staged part to the last
+    // compaction: a second ingest waits here.
+    let _writer = ledger.lock_writer(&out.identity()).await?;
+    // One bad entry (a symlink loop, a file we may not read) is reported and skipped; it never
+    // hides the other inputs.
+    let mut report = IngestReport::default();
+    let mut names: Vec<Path> = if input.contains("://") && !input.starts_with("file://") {
+        let listed: Vec<object_store::Result<object_store::ObjectMeta>> = opened.store.list(Some(&opened.prefix)).collect().await;
+        let mut names = Vec::with_capacity(listed.len());
+        for m in listed {
+            match m {
+                Ok(m) => names.push(m.location),
+                Err(e) => report.skipped_entries.push(no_nul(&e.to_string())),
+            }
+        }
+        names
+    } else {
+        // Our own walk of a local folder: object_store's stops at the first entry it cannot
+        // read (a symlink loop anywhere made ingest take no file at all).
+        let (rel, skipped) = list_local(std::path::Path::new(&opened.location));
+        report.skipped_entries.extend(skipped);
+        rel.iter().filter_map(|r| Path::parse(r).ok()).collect()
+    };
+    for e in &report.skipped_entries {
+        tracing::warn!(input = %input, entry = %e, "input entry skipped");
+    }
     names.sort();
     let all: std::collections::HashSet<String> = names.iter().map(|p| p.to_string()).collect();
-    let mut report = IngestReport::default();
     let mut touched: Vec<PartitionKey> = Vec::new();
     // The inputs, in name order: (object path, ledger key, sidecar path).
     let mut inputs: Vec<(Path, String, Option<String>)> = Vec::new();
@@ -457,6 +627,8 @@ pub async fn ingest_location(
     // before a ledger row leaves its file to the next run, which stages the same part names and
     // lists nothing twice.
     let batch_len = 4 * rayon::current_num_threads().max(1);
+    // Content of the files this run writes from their first byte: (sha256, length) -> key.
+    let mut contents: std::collections::HashMap<(String, u64), String> = std::collections::HashMap::new();
     let mut group: Vec<(usize, Staged)> = Vec::new();
     for batch in inputs.chunks(batch_len) {
         let mut fetched = Vec::with_capacity(batch.len());
@@ -485,6 +657,10 @@ pub async fn ingest_location(
                 .collect()
         };
         for ((_, key, _), p) in batch.iter().zip(plans) {
+            let p = match p {
+                Ok(Plan::Write(prepared)) => copy_of_ingested(key, prepared, ledger, &mut contents).await,
+                other => other,
+            };
             // Files to write are staged now and committed with their group; the others are
             // done at once (quarantine and its ledger row touch no manifest).
             let result = match p {
@@ -513,10 +689,20 @@ pub async fn ingest_location(
         }
     }
     commit_group(group, out, ledger, &mut report, &mut touched).await;
+    touched.sort();
+    touched.dedup();
+    // Under the writer lock every unlisted part of a partition we wrote is debris (a crashed
+    // run's staged part, a crashed compaction's leftover): remove it so that glob readers see
+    // each row once.
+    for k in &touched {
+        report.orphans_removed += out.remove_orphans(k).await?;
+    }
     if let Some(policy) = &opts.compaction {
-        touched.sort();
-        touched.dedup();
-        for k in touched {
+        // Every partition of the fields in scope, not only those written now: a run killed
+        // between its commits and its compaction leaves small parts that the next run merges.
+        let mut keys = out.partitions().await?;
+        keys.retain(|k| opts.only_field.is_none_or(|f| f == k.field));
+        for k in keys {
             if let Some(c) = out.compact(&k, policy).await? {
                 report.compactions.push(c);
             }
@@ -715,9 +901,11 @@ mod tests {
         // Unchanged bad files are not copied again; a fixed file is ingested.
         let r2 = ingest_location(input.to_str().unwrap(), &out, &ledger, &IngestOptions::default()).await.unwrap();
         assert_eq!(r2.count(|o| *o == FileOutcome::Unchanged), 3);
-        std::fs::write(inbox.join("KMTA14_I.pysis"), &good).unwrap();
+        // (KMTA's own file: KMTC's text under KMTA's name would be a copy of an ingested file.)
+        let fixed = std::fs::read_to_string(format!("{DATA}/KB180003/KMTA14_I.pysis")).unwrap();
+        std::fs::write(inbox.join("KMTA14_I.pysis"), &fixed).unwrap();
         let r3 = ingest_location(input.to_str().unwrap(), &out, &ledger, &IngestOptions::default()).await.unwrap();
-        assert_eq!(r3.rows_added(), 169);
+        assert_eq!(r3.rows_added(), data_lines(&fixed));
         // A rewritten (not appended) file is a conflict: nothing written.
         std::fs::write(inbox.join("KMTC14_I.pysis"), good.replacen("8168.83125", "8168.83126", 1)).unwrap();
         let r4 = ingest_location(input.to_str().unwrap(), &out, &ledger, &IngestOptions::default()).await.unwrap();
@@ -898,5 +1086,161 @@ mod tests {
         assert_eq!(stars[0].star.0, "MB19001");
         assert_eq!(stars[0].curves[0].site, None);
         assert_eq!(stars[0].curves[0].flux, vec![0.0, 80.0, 0.0]);
+    }
+
+    // ---- hostile inputs and concurrent writers (issue 13) ----
+
+    fn kb_text(name: &str) -> String {
+        std::fs::read_to_string(format!("{DATA}/KB180003/{name}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_symlink_loop_or_a_fifo_skips_that_entry_and_the_rest_is_ingested() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        std::fs::create_dir_all(inbox.join("KB180003")).unwrap();
+        std::fs::create_dir_all(inbox.join("zz")).unwrap();
+        std::fs::write(inbox.join("KB180003/KMTC14_I.pysis"), kb_text("KMTC14_I.pysis")).unwrap();
+        std::os::unix::fs::symlink("loop", inbox.join("aa-loop")).unwrap();
+        std::fs::rename(inbox.join("aa-loop"), inbox.join("loop")).unwrap();
+        std::os::unix::fs::symlink(&inbox, inbox.join("zz/up")).unwrap();
+        let fifo = inbox.join("KB180003/KMTS14_I.pysis");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let out = mem_store();
+        let r = ingest_location(inbox.to_str().unwrap(), &out, &MemoryLedger::new(), &IngestOptions::default()).await.unwrap();
+        assert_eq!(r.rows_added(), 169, "{r:?}");
+        assert_eq!(r.files.len(), 1, "{r:?}");
+        let skipped = r.skipped_entries.join("\n");
+        assert!(skipped.contains("loop"), "{skipped}");
+        assert!(skipped.contains("KMTS14_I.pysis: not a regular file"), "{skipped}");
+        assert!(skipped.contains("zz/up"), "{skipped}");
+    }
+
+    #[tokio::test]
+    async fn absurd_values_and_nul_bytes_are_quarantined_with_file_and_line() {
+        let good = kb_text("KMTC14_I.pysis");
+        let lines: Vec<&str> = good.lines().collect();
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("huge flux", { let mut l = lines.clone(); let f: Vec<&str> = l[5].split_whitespace().collect(); let bad = format!("{} 1e308 {}", f[0], f[2..].join(" ")); l[5] = Box::leak(bad.into_boxed_str()); l.join("\n") + "\n" }, "line 6"),
+            // (`inf`, `nan` and negative errors are the pipelines' "not measured": missing values.)
+            ("huge error", { let mut l = lines.clone(); let f: Vec<&str> = l[3].split_whitespace().collect(); let bad = format!("{} {} 1e300 {}", f[0], f[1], f[3..].join(" ")); l[3] = Box::leak(bad.into_boxed_str()); l.join("\n") + "\n" }, "line 4"),
+            ("nul byte", { let mut t = good.clone(); t.insert(t.find('\n').unwrap() + 3, '\0'); t }, "line 2"),
+        ];
+        for (what, text, line) in cases {
+            let out = mem_store();
+            let (o, _) = ingest_bytes("/in/KB180003/KMTC14_I.pysis", text.as_bytes(), None, &out, &MemoryLedger::new(), &IngestOptions::default()).await.unwrap();
+            let FileOutcome::Quarantined { reason, .. } = &o else { panic!("{what}: {o:?}") };
+            assert!(reason.contains(line) && reason.contains("KMTC14_I.pysis"), "{what}: {reason}");
+            assert_eq!(total_rows(&all_batches(&out).await), 0, "{what}: nothing stored");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gzip_bomb_is_refused_before_it_is_inflated() {
+        use std::io::Write;
+        let line = "8168.83125 -18.79 6.56 19.96 0.011 4.91 1030.6 1.25\n";
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(b"# hjd dflux err mag merr fwhm sky secz\n").unwrap();
+        for _ in 0..(40 << 20) / line.len() {
+            gz.write_all(line.as_bytes()).unwrap();
+        }
+        let gz = gz.finish().unwrap();
+        assert!(gz.len() < 1 << 20, "{}", gz.len());
+        let (o, _) = ingest_bytes("/in/KB180003/KMTC14_I.pysis.gz", &gz, None, &mem_store(), &MemoryLedger::new(), &IngestOptions::default()).await.unwrap();
+        assert!(matches!(&o, FileOutcome::Quarantined { reason, .. } if reason.contains("too large") && reason.contains("expands past")), "{o:?}");
+    }
+
+    #[tokio::test]
+    async fn repeated_epochs_are_stored_once_and_noted() {
+        let good = kb_text("KMTC14_I.pysis");
+        let mut lines: Vec<String> = good.lines().map(str::to_string).collect();
+        let dup = lines[4].clone();
+        let f: Vec<String> = lines[7].split_whitespace().map(str::to_string).collect();
+        let conflicting = format!("{} 12345.0 {}", f[0], f[2..].join(" "));
+        lines.insert(20, dup);
+        lines.insert(30, conflicting);
+        let text = lines.join("\n") + "\n";
+        let ledger = MemoryLedger::new();
+        let out = mem_store();
+        let (o, _) = ingest_bytes("/in/KB180003/KMTC14_I.pysis", text.as_bytes(), None, &out, &ledger, &IngestOptions::default()).await.unwrap();
+        assert!(matches!(o, FileOutcome::Ingested { rows: 169, .. }), "{o:?}");
+        let batches = all_batches(&out).await;
+        assert_unique(&row_keys(&batches).unwrap());
+        let e = ledger.lookup("/in/KB180003/KMTC14_I.pysis").await.unwrap().unwrap();
+        let reason = e.reason.unwrap();
+        assert!(reason.contains("1 line(s) repeat an earlier epoch exactly"), "{reason}");
+        assert!(reason.contains("first: line 31 repeats the time of line 8"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_moved_copy_or_a_gz_beside_the_original_is_not_stored_twice() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let text = kb_text("KMTC14_I.pysis");
+        let a = dir.path().join("night1/KB180003");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::write(a.join("KMTC14_I.pysis"), &text).unwrap();
+        let out = mem_store();
+        let ledger = MemoryLedger::new();
+        let r = ingest_location(dir.path().to_str().unwrap(), &out, &ledger, &IngestOptions::default()).await.unwrap();
+        assert_eq!(r.rows_added(), 169);
+        // Moved to another folder, and a .gz copy beside it.
+        let b = dir.path().join("archive/KB180003");
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::rename(a.join("KMTC14_I.pysis"), b.join("KMTC14_I.pysis")).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        std::fs::write(b.join("KMTC14_I.pysis.gz"), gz.finish().unwrap()).unwrap();
+        let r = ingest_location(dir.path().to_str().unwrap(), &out, &ledger, &IngestOptions::default()).await.unwrap();
+        assert_eq!(r.rows_added(), 0, "{r:?}");
+        assert_eq!(r.quarantined(), 2, "{r:?}");
+        assert!(r.files.iter().all(|f| matches!(&f.outcome, FileOutcome::Quarantined { reason, .. } if reason.contains("the same text as"))), "{r:?}");
+        assert_eq!(total_rows(&all_batches(&out).await), 169);
+    }
+
+    #[tokio::test]
+    async fn concurrent_manifest_swaps_lose_no_part() {
+        // No writer lock here: the compare-and-swap alone (InMemory has conditional puts).
+        let out = mem_store();
+        let pk = PartitionKey { season: 2018, field: Field(14), site: "KMTC".into() };
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let out = out.clone();
+            let pk = pk.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    let info = PartInfo { name: format!("part-{w:02}{i:014}.parquet"), rows: 1, bytes: 1, min_hjd: 0.0, max_hjd: 0.0 };
+                    out.commit_parts(&pk, &[info]).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let m = out.read_manifest(&pk).await.unwrap();
+        assert_eq!(m.files.len(), 80, "every writer's parts are listed");
+    }
+
+    #[tokio::test]
+    async fn compaction_deletes_only_what_it_merged_and_orphans_go_under_the_lock() {
+        let (out, pk) = five_nights_of_kmta().await;
+        // Another writer's staged, not yet committed part.
+        let text = std::fs::read_to_string(format!("{DATA}/BLG14-2018-season/KMTA14_I.pysis")).unwrap();
+        let Plan::Write(p) = plan("/other/KMTA14_I.pysis", text.as_bytes(), None, &MemoryLedger::new(), &IngestOptions::default()).await.unwrap() else { panic!() };
+        let staged = p.stage(&out).await.unwrap();
+        let name = staged.parts[0].1.name.clone();
+        let policy = CompactionPolicy { max_parts: 1, small_part_bytes: 1 << 30, target_part_rows: 1_000_000 };
+        out.compact(&pk, &policy).await.unwrap().unwrap();
+        let h = out.inspect(&pk, &policy).await.unwrap();
+        assert_eq!(h.orphans, vec![name.clone()], "the other writer's part survives compaction");
+        assert!(h.lost.is_empty());
+        assert_eq!(out.remove_orphans(&pk).await.unwrap(), 1);
+        assert!(out.inspect(&pk, &policy).await.unwrap().is_clean());
+        // A listed part deleted behind our back is found and dropped by repair.
+        let listed = out.read_manifest(&pk).await.unwrap().files[0].name.clone();
+        out.store.delete(&out.partition_dir(&pk).join(listed.as_str())).await.unwrap();
+        assert_eq!(out.inspect(&pk, &policy).await.unwrap().lost.len(), 1);
+        assert_eq!(out.drop_lost(&pk).await.unwrap().len(), 1);
+        assert!(out.read_partition(&pk).await.unwrap().is_empty());
     }
 }
