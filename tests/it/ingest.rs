@@ -179,3 +179,76 @@ async fn lensnet_ingest_command_reports_and_is_idempotent() {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ingested_files").fetch_one(&db.pool).await.unwrap();
     assert_eq!(n, 6);
 }
+
+/// Every stored row as (star, band, hjd bits, flux bits), sorted: the store's content.
+async fn store_rows(store: &PhotometryStore) -> Vec<(String, String, u64)> {
+    let mut keys = all_keys(store).await;
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ingests_at_once_into_one_store_lose_and_duplicate_nothing() {
+    use lensnet_stages::simulate::{write_season, SimConfig};
+    let season = tempfile::tempdir().unwrap();
+    let cfg = SimConfig { fields: vec![Field(14)], stars: 40, seed: 3, ..Default::default() };
+    write_season(&cfg, season.path()).unwrap();
+    // Two halves of the season, by star, into the same partitions.
+    let halves = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut stars: Vec<PathBuf> = std::fs::read_dir(season.path().join("BLG14")).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    stars.sort();
+    assert_eq!(stars.len(), 40);
+    for (i, p) in stars.iter().enumerate() {
+        copy_dir(p, &halves[i % 2].path().join("BLG14").join(p.file_name().unwrap()));
+    }
+    // Reference: the two halves one after the other.
+    let ref_db = TestDb::new().await;
+    let ref_lake = tempfile::tempdir().unwrap();
+    let reference = local_store(ref_lake.path());
+    let ledger = PgLedger::new(ref_db.pool.clone());
+    for h in &halves {
+        ingest_location(h.path().to_str().unwrap(), &reference, &ledger, &IngestOptions::default()).await.unwrap();
+    }
+    let expected = store_rows(&reference).await;
+    assert!(expected.len() > 10_000, "{}", expected.len());
+
+    for trial in 0..3 {
+        let db = TestDb::new().await;
+        let Some(url) = db.url() else { return };
+        let work = tempfile::tempdir().unwrap();
+        let spawn = |h: &tempfile::TempDir| {
+            Command::new(env!("CARGO_BIN_EXE_lensnet"))
+                .args(["ingest", "--input", h.path().to_str().unwrap()])
+                .current_dir(work.path())
+                .env("DATABASE_URL", &url)
+                .env("LENSNET_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let a = spawn(&halves[0]);
+        std::thread::sleep(std::time::Duration::from_millis(100 * trial));
+        let b = spawn(&halves[1]);
+        for c in [a, b] {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success(), "trial {trial}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        }
+        let store = local_store(&work.path().join(".lensnet/store"));
+        assert_eq!(store_rows(&store).await, expected, "trial {trial}: the same rows as one ingest after the other");
+        let files: i64 = sqlx::query_scalar("SELECT count(*) FROM ingested_files WHERE status = 'ingested'").fetch_one(&db.pool).await.unwrap();
+        let ref_files: i64 = sqlx::query_scalar("SELECT count(*) FROM ingested_files WHERE status = 'ingested'").fetch_one(&ref_db.pool).await.unwrap();
+        assert_eq!(files, ref_files);
+        let check = Command::new(env!("CARGO_BIN_EXE_lensnet"))
+            .args(["store", "check"])
+            .current_dir(work.path())
+            .env("DATABASE_URL", &url)
+            .env("LENSNET_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "trial {trial}: {}", String::from_utf8_lossy(&check.stdout));
+        // Both were audited as ingest runs.
+        let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE kind = 'ingest' AND status = 'succeeded'").fetch_one(&db.pool).await.unwrap();
+        assert_eq!(runs, 2);
+    }
+}

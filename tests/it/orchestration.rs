@@ -355,3 +355,80 @@ fn serve_runs_on_its_schedule_and_stops_cleanly_on_sigterm() {
     assert_eq!(running, 0, "no run left marked running:\n{log}");
 }
 
+
+/// Moves every other star folder of `from` into `to`, taking every other one of `first` (star ids)
+/// first, so that both halves hold some of them.
+fn split_stars(from: &Path, to: &Path, first: &[String]) {
+    let mut stars: Vec<_> = std::fs::read_dir(from).unwrap().flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect();
+    stars.sort_by_key(|p| (!first.iter().any(|f| p.file_name().unwrap().to_str() == Some(f)), p.clone()));
+    for (i, p) in stars.iter().enumerate() {
+        if i % 2 == 1 {
+            std::fs::rename(p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+async fn ingest_dir(s: &Setup, dir: &Path) {
+    let photometry = lensnet_stages::ingest::PhotometryStore::new(s.runner.store.clone(), s.runner.root.clone());
+    let r = lensnet_stages::ingest::ingest_location(dir.to_str().unwrap(), &photometry, s.runner.ledger.as_ref(), &ingest_options(Format::Auto))
+        .await
+        .unwrap();
+    assert_eq!(r.failed() + r.quarantined(), 0, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_over_incomplete_data_is_recomputed_when_the_rest_arrives() {
+    let all = tempfile::tempdir().unwrap();
+    let cfg = SimConfig { fields: vec![Field(14)], stars: 24, seed: 21, mix: event_rich(), ..Default::default() };
+    write_season(&cfg, all.path()).unwrap();
+    let opts = ReplayOptions { season: 2025, fields: vec![Field(14)], step_days: 3.0, kind: "replay" };
+
+    // Reference: everything ingested, then one replay.
+    let ref_db = TestDb::new().await;
+    let reference = runner(&ref_db.pool, all.path());
+    ingest_dir(&reference, all.path()).await;
+    replay(&reference.runner, &opts, &|_, _, _| {}).await.unwrap();
+    let expected = tables(&ref_db.pool).await;
+    let ref_stars = count(&ref_db.pool, "SELECT count(DISTINCT star_id) FROM candidates").await;
+    let candidates: Vec<String> = sqlx::query_scalar("SELECT DISTINCT star_id FROM candidates").fetch_all(&ref_db.pool).await.unwrap();
+    assert!(candidates.len() >= 2, "{candidates:?}");
+    let second_half = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(second_half.path().join("BLG14")).unwrap();
+    split_stars(&all.path().join("BLG14"), &second_half.path().join("BLG14"), &candidates);
+
+    // Half the stars, a replay, then the rest and the same replay again.
+    let db = TestDb::new().await;
+    let s = runner(&db.pool, all.path());
+    ingest_dir(&s, all.path()).await;
+    replay(&s.runner, &opts, &|_, _, _| {}).await.unwrap();
+    let half_stars = count(&db.pool, "SELECT count(DISTINCT star_id) FROM candidates").await;
+    assert!(half_stars < ref_stars, "half the stars give fewer candidates ({half_stars} vs {ref_stars})");
+    ingest_dir(&s, second_half.path()).await;
+    replay(&s.runner, &opts, &|_, _, _| {}).await.unwrap();
+    assert_eq!(tables(&db.pool).await, expected, "the steps whose photometry grew were recomputed");
+
+    // Nothing new: a third replay skips every step's stages.
+    let attempts = count(&db.pool, "SELECT count(*) FROM stage_attempts").await;
+    replay(&s.runner, &opts, &|_, _, _| {}).await.unwrap();
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM stage_attempts").await, attempts, "no stage ran again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_left_running_by_a_dead_process_is_marked_abandoned() {
+    let db = TestDb::new().await;
+    let inbox = tempfile::tempdir().unwrap();
+    let s = runner(&db.pool, inbox.path());
+    let dead = uuid::Uuid::new_v4();
+    sqlx::query("INSERT INTO runs (run_id, kind, field, config_hash) VALUES ($1, 'run', 'BLG14', 'h')").bind(dead).execute(&db.pool).await.unwrap();
+    sqlx::query("INSERT INTO stage_attempts (run_id, stage, field, attempt, config_hash) VALUES ($1, 'alertfinder', 'BLG14', 1, 'h')")
+        .bind(dead)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let r = s.runner.run("run", Plan::Live, Field(14), 2025, 10_800.0, None, &PhotometryCache::new()).await.unwrap();
+    assert!(r.outcome.succeeded());
+    let run: String = sqlx::query_scalar("SELECT status FROM runs WHERE run_id = $1").bind(dead).fetch_one(&db.pool).await.unwrap();
+    let attempt: String = sqlx::query_scalar("SELECT status FROM stage_attempts WHERE run_id = $1").bind(dead).fetch_one(&db.pool).await.unwrap();
+    assert_eq!((run.as_str(), attempt.as_str()), ("abandoned", "abandoned"));
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM stage_attempts WHERE status = 'running'").await, 0);
+}
