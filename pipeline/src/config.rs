@@ -367,11 +367,39 @@ fn overlay(merged: &mut Table, reference: &Table, over: &Table, prefix: &str, so
                 key,
                 message: "expected a section (table)".into(),
             }),
-            (Some(_), v) => {
-                merged.insert(k.clone(), v.clone());
-            }
+            (Some(r), v) => match type_mismatch(r, v) {
+                // Reported here, with its source, so that every type error shows at once (the
+                // typed deserialisation after the merge would stop at the first).
+                Some(message) => problems.push(ConfigProblem { source: source.into(), key, message }),
+                None => {
+                    merged.insert(k.clone(), v.clone());
+                }
+            },
         }
     }
+}
+
+/// Why `v` cannot replace the default `like`: a different TOML type (an integer where a float
+/// is expected is fine).
+fn type_mismatch(like: &Value, v: &Value) -> Option<String> {
+    let name = |v: &Value| match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a number",
+        Value::Boolean(_) => "true or false",
+        Value::Datetime(_) => "a date",
+        Value::Array(_) => "a list",
+        Value::Table(_) => "a section",
+    };
+    let ok = match (like, v) {
+        (Value::Float(_), Value::Integer(_)) => true,
+        (Value::Array(a), Value::Array(b)) => match a.first() {
+            Some(first) => b.iter().all(|x| type_mismatch(first, x).is_none()),
+            None => true,
+        },
+        (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+    };
+    (!ok).then(|| format!("expected {}, found {} ({v})", name(like), name(v)))
 }
 
 /// An environment value typed like the default it overrides.
@@ -647,6 +675,20 @@ mod tests {
         for needle in ["`BLG04=7` is not FIELD=N_HIGH,DELTA_CHI2", "BLGX", "`BLG05=0,250`: N_HIGH must be at least 1", "BLG06 has two entries", "`alertfinder.window_days`", "`alertfinder.high_cadence_fields`"] {
             assert!(err.contains(needle), "missing {needle:?} in {err}");
         }
+    }
+
+    #[test]
+    fn type_errors_are_reported_together_with_their_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lensnet.toml");
+        std::fs::write(&file, "[score]\nbatch_size = \"big\"\n[schedule]\nfields = \"BLG02\"\nmax_parallel = 1.5\n[alertfinder]\nwindow_days = 30\n").unwrap();
+        let err = Config::load(&Sources { file: Some(file.clone()), env: vec![("LENSNET__SCORE__THRESHOLD_PURITY".into(), "high".into())] })
+            .unwrap_err()
+            .to_string();
+        for needle in ["`score.batch_size`", "`schedule.fields`", "`schedule.max_parallel`", "`score.threshold_purity`", "expected an integer, found a string"] {
+            assert!(err.contains(needle), "missing {needle:?} in {err}");
+        }
+        assert!(!err.contains("window_days"), "an integer where a number is expected is fine: {err}");
     }
 
     #[test]

@@ -22,8 +22,8 @@ pub enum DbError {
     LocalPg(#[from] LocalPgError),
     #[error("invalid database URL (value not shown): {0}")]
     BadUrl(String),
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[source] sqlx::Error),
+    #[error("cannot connect to the database at {target}: {source}")]
+    Connect { target: String, source: sqlx::Error },
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -35,7 +35,7 @@ impl DbError {
     pub fn is_retryable(&self) -> bool {
         match self {
             DbError::LocalPg(e) => e.is_retryable(),
-            DbError::Connect(_) => true,
+            DbError::Connect { .. } => true,
             DbError::Sqlx(e) => is_transient(e),
             DbError::BadUrl(_) | DbError::Migrate(_) => false,
         }
@@ -79,12 +79,17 @@ pub fn ensure_url(cfg: &Config) -> Result<String, DbError> {
 /// Connect a pool to `url`.
 pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<PgPool, DbError> {
     let opts = PgConnectOptions::from_str(url).map_err(|e| DbError::BadUrl(redact(&e.to_string())))?;
+    // Where we tried, without the password: the socket file or host:port.
+    let target = match opts.get_socket() {
+        Some(dir) => format!("{}/.s.PGSQL.{}", dir.display(), opts.get_port()),
+        None => format!("{}:{}", opts.get_host(), opts.get_port()),
+    };
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(timeout)
         .connect_with(opts)
         .await
-        .map_err(DbError::Connect)
+        .map_err(|source| DbError::Connect { target, source })
 }
 
 /// Start (if local), connect and migrate: what every command that writes does first.

@@ -152,7 +152,7 @@ pub fn parse(
     let site = overrides.site.clone().or_else(|| spec.site.clone()).unwrap_or_else(|| "EXT".to_string());
     let ts = match &spec.time_system {
         Some(s) => Some(s.parse::<TimeSystem>().map_err(|reason| ParseError::Mapping { file: file.to_string(), reason })?),
-        None => None,
+        None => crate::ingest::time::declared_time_system(text),
     };
     // Skip the non-`#` header lines on the first read only; a grown file resumes past them.
     let (mut start, mut first_line) = (start, first_line);

@@ -28,7 +28,7 @@ pub fn parse(
     let file = path.rsplit('/').next().unwrap_or(path);
     let meta = kmtnet_meta(path, overrides)?;
     let s = scan(text, start, first_line, &layout(), file, accept_tail)?;
-    let obs = normalize(&s, ValueKind::DeltaFlux { default_sign: DIAPL_DEFAULT_SIGN }, meta, prior, None, overrides.flux_sign, file)?;
+    let obs = normalize(&s, ValueKind::DeltaFlux { default_sign: DIAPL_DEFAULT_SIGN }, meta, prior, crate::ingest::time::declared_time_system(text), overrides.flux_sign, file)?;
     Ok((s, obs))
 }
 

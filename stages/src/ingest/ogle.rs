@@ -42,7 +42,7 @@ pub fn parse(
         band: overrides.band.unwrap_or(Band::I),
     };
     let s = scan(text, start, first_line, &layout(), file, accept_tail)?;
-    let obs = normalize(&s, ValueKind::Mag, meta, prior, None, None, file)?;
+    let obs = normalize(&s, ValueKind::Mag, meta, prior, crate::ingest::time::declared_time_system(text), None, file)?;
     Ok((s, obs))
 }
 

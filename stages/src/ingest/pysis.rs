@@ -95,14 +95,41 @@ pub fn kmtnet_name(stem: &str) -> Option<(Site, Field, Band)> {
     Some((site, field, band))
 }
 
+/// Which part of a KMTNet-like name (`KMTC14_I`) cannot be read, and why.
+fn name_problem(stem: &str) -> (Option<&'static str>, String) {
+    let s = stem.to_ascii_uppercase();
+    let Some(rest) = s.strip_prefix("KMT") else {
+        return (None, String::new());
+    };
+    let Some(site) = rest.get(..1) else { return (Some("site"), format!("`{stem}` has no site letter after KMT")) };
+    if site.parse::<Site>().is_err() {
+        return (Some("site"), format!("`{site}` in `{stem}` is not a KMTNet site (A, C or S)"));
+    }
+    let rest = rest[1..].trim_start_matches(['_', '-']);
+    let rest = rest.strip_prefix("BLG").unwrap_or(rest);
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    if digits.parse::<Field>().is_err() {
+        return (Some("field"), format!("`{digits}` in `{stem}` is not a KMTNet field (BLG01 .. BLG43)"));
+    }
+    let rest = rest[digits.len()..].trim_start_matches(['_', '-', '.']);
+    match rest.get(..1).map(|b| b.parse::<Band>()) {
+        Some(Ok(_)) if rest.len() == 1 => (None, String::new()),
+        _ => (Some("band"), format!("`{rest}` in `{stem}` is not a band (I or V)")),
+    }
+}
+
 /// Star, field, site and band of a KMTNet file (pySIS or DIAPL), overrides first.
 pub fn kmtnet_meta(path: &str, o: &SourceOverrides) -> Result<SourceMeta, ParseError> {
     let file = path.rsplit('/').next().unwrap_or(path);
     let parsed = kmtnet_name(stem(path));
-    let meta_err = |what: &'static str| ParseError::Metadata {
-        file: file.to_string(),
-        what,
-        reason: "the file name is not like KMTC14_I.pysis and no override was given".into(),
+    let (bad_part, why) = name_problem(stem(path));
+    let meta_err = |what: &'static str| {
+        // Name the part of the name that is wrong when it is not the one asked for first.
+        let (what, reason) = match bad_part {
+            Some(part) => (part, format!("{why}, and no override was given")),
+            None => (what, "the file name is not like KMTC14_I.pysis and no override was given".to_string()),
+        };
+        ParseError::Metadata { file: file.to_string(), what, reason }
     };
     let site = match (&o.site, parsed) {
         (Some(s), _) => s.clone(),
@@ -145,7 +172,7 @@ pub fn parse(
         ValueKind::DeltaFlux { default_sign: PYSIS_DEFAULT_SIGN },
         meta,
         prior,
-        None,
+        crate::ingest::time::declared_time_system(text),
         overrides.flux_sign,
         file,
     )?;
@@ -156,6 +183,29 @@ pub fn parse(
 pub(crate) mod tests {
     use super::*;
     use crate::ingest::normalize::SignSource;
+
+    #[test]
+    fn a_bad_file_name_names_the_part_that_is_wrong() {
+        let o = SourceOverrides::default();
+        for (name, what, needle) in [
+            ("S/KMTC99_I.pysis", "field", "`99` in `KMTC99_I` is not a KMTNet field"),
+            ("S/KMTX14_I.pysis", "site", "`X` in `KMTX14_I` is not a KMTNet site"),
+            ("S/KMTC14_R.pysis", "band", "`R` in `KMTC14_R` is not a band"),
+        ] {
+            let e = kmtnet_meta(name, &o).unwrap_err();
+            let ParseError::Metadata { what: w, reason, .. } = &e else { panic!("{e}") };
+            assert_eq!(*w, what, "{e}");
+            assert!(reason.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_mjd_header_is_respected() {
+        let text = b"# MJD dflux err mag merr fwhm sky secz\n58300.25 -10 5 19 0.1 4 1000 1.2\n58301.25 -12 5 19 0.1 4 1000 1.2\n";
+        let (_, obs) = parse(text, 0, 1, "S/KMTC14_I.pysis", &SourceOverrides::default(), None, true).unwrap();
+        assert_eq!(obs.time_system, crate::ingest::time::TimeSystem::Mjd);
+        assert!((obs.hjd[0] - (58300.25 - 49_999.5)).abs() < 1e-9, "{}", obs.hjd[0]);
+    }
 
     pub(crate) const DATA: &str = "/work/shared/data/kmtnet";
 

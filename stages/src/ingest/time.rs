@@ -80,6 +80,43 @@ impl TimeSystem {
     }
 }
 
+/// The time system a file declares in its leading header or comment lines (before its first data
+/// line), when it names one unambiguously: `MJD`, `HJD-2450000`, `HJD-2400000`, `RJD`. A bare
+/// `HJD` or `JD` is not a declaration (pySIS writes `HJD` over HJD - 2450000 values): detection
+/// from the values decides then.
+pub fn declared_time_system(text: &[u8]) -> Option<TimeSystem> {
+    for line in text.split(|&b| b == b'\n').take(20) {
+        let l = String::from_utf8_lossy(line);
+        let t = l.trim();
+        if t.is_empty() {
+            continue;
+        }
+        let is_header = t.starts_with('#') || !t.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+' || c == '.');
+        if !is_header {
+            return None;
+        }
+        let norm = t.to_ascii_lowercase().replace(['\u{2212}', ' '], "").replace('_', "-");
+        for (needle, ts) in [
+            ("hjd-2450000", TimeSystem::Hjd2450000),
+            ("jd-2450000", TimeSystem::Hjd2450000),
+            ("hjd-2400000", TimeSystem::Hjd2400000),
+            ("jd-2400000", TimeSystem::Hjd2400000),
+        ] {
+            if norm.contains(needle) {
+                return Some(ts);
+            }
+        }
+        let words: Vec<String> = t.to_ascii_lowercase().split(|c: char| !c.is_ascii_alphanumeric()).map(str::to_string).collect();
+        if words.iter().any(|w| w == "mjd") {
+            return Some(TimeSystem::Mjd);
+        }
+        if words.iter().any(|w| w == "rjd") {
+            return Some(TimeSystem::Hjd2400000);
+        }
+    }
+    None
+}
+
 impl fmt::Display for TimeSystem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -159,5 +196,15 @@ mod tests {
         assert_eq!(season_of(8119.49), 2017);
         assert_eq!(season_of(8119.51), 2018);
         assert_eq!(season_of(10_700.0), 2025);
+    }
+
+    #[test]
+    fn a_header_that_names_its_system_is_believed() {
+        assert_eq!(declared_time_system(b"# MJD flux err\n58000.1 1 2\n"), Some(TimeSystem::Mjd));
+        assert_eq!(declared_time_system(b"#HJD-2450000 dflux\n8000.1 1 2\n"), Some(TimeSystem::Hjd2450000));
+        assert_eq!(declared_time_system(b"time(HJD - 2400000),mag\n58000.1,1\n"), Some(TimeSystem::Hjd2400000));
+        // pySIS writes a bare HJD over HJD - 2450000: not a declaration.
+        assert_eq!(declared_time_system(b"# HJD  \\Delta_flux flux_err\n8168.8 1 2\n"), None);
+        assert_eq!(declared_time_system(b"8168.8 1 2\n# MJD later\n"), None, "only lines before the data count");
     }
 }
