@@ -252,3 +252,102 @@ async fn two_ingests_at_once_into_one_store_lose_and_duplicate_nothing() {
         assert_eq!(runs, 2);
     }
 }
+
+/// What each input of `tests/fixtures/bad` must be quarantined for: (ledger path suffix, words
+/// the reason must hold).
+const BAD: &[(&str, &[&str])] = &[
+    ("truncated_gzip/KMTC14_I.pysis.gz", &["KMTC14_I.pysis.gz", "gzip"]),
+    ("binary/KMTC14_I.pysis", &["KMTC14_I.pysis"]),
+    ("nul_byte/KMTC14_I.pysis", &["KMTC14_I.pysis", "line 4"]),
+    ("huge_line/KMTC14_I.pysis", &["KMTC14_I.pysis", "line 11"]),
+    ("absurd_flux/KMTC14_I.pysis", &["line 7", "implausible flux"]),
+    ("absurd_error/KMTC14_I.pysis", &["line 9", "implausible flux error"]),
+    ("absurd_time/KMTC14_I.pysis", &["KMTC14_I.pysis", "outside every known system"]),
+    ("mixed_times/KMTC14_I.pysis", &["KMTC14_I.pysis", "mix"]),
+    ("short_line/KMTC14_I.pysis", &["line 13", "columns"]),
+    ("not_a_number/KMTC14_I.pysis", &["line 13", "not a number", "12.3.4"]),
+    ("bad_names/KMTC99_I.pysis", &["field", "`99`"]),
+    ("bad_names/KMTX14_I.pysis", &["site", "`X`"]),
+    ("bad_names/KMTC14_R.pysis", &["band", "`R`"]),
+    ("bomb/KMTC14_I.pysis.gz", &["too large", "expands past"]),
+    ("ogle_no_field/OGLE-2019-BLG-0001/phot.dat", &["phot.dat", "field"]),
+    ("broken_sidecar/EXT0001/lc.txt", &["lc.columns.toml"]),
+];
+
+#[tokio::test]
+async fn an_adversarial_corpus_is_quarantined_and_the_good_files_are_stored() {
+    let db = TestDb::new().await;
+    let Some(url) = db.url() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let inbox = work.path().join("inbox");
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/bad"), &inbox);
+    std::fs::remove_file(inbox.join("README.md")).unwrap();
+    std::fs::remove_file(inbox.join("make.py")).unwrap();
+    // Good files beside them, one set in a folder whose name has quotes and URL characters.
+    copy_dir(&shared_data().join("KB180003"), &inbox.join("KB180003"));
+    let odd = inbox.join("KB it's #1 %41 & co");
+    std::fs::create_dir_all(&odd).unwrap();
+    std::fs::copy(shared_data().join("BLG14-2018-season/KMTA14_I.pysis"), odd.join("KMTA14_I.pysis")).unwrap();
+    let good_rows: u64 = walk(&inbox.join("KB180003")).iter().chain(walk(&odd).iter()).map(|p| data_lines(p)).sum();
+    // What git cannot hold: a FIFO (would block a reader), a symlink loop, a link to the inbox.
+    assert!(Command::new("mkfifo").arg(inbox.join("KB180003/KMTS99_I.pysis")).status().unwrap().success());
+    std::os::unix::fs::symlink("self-loop", inbox.join("self-loop")).unwrap();
+    std::os::unix::fs::symlink(&inbox, inbox.join("KB180003/back")).unwrap();
+
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_lensnet"))
+            .args(["ingest", "--input", inbox.to_str().unwrap()])
+            .current_dir(work.path())
+            .env("DATABASE_URL", &url)
+            .env("LENSNET_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let out = format!("{}{}", String::from_utf8_lossy(&first.stdout), String::from_utf8_lossy(&first.stderr));
+    assert!(first.status.success(), "one bad entry must not fail the ingest:\n{out}");
+    assert!(!out.contains("panicked"), "{out}");
+    for needle in ["skipped      ", "self-loop", "KMTS99_I.pysis: not a regular file", "back"] {
+        assert!(out.contains(needle), "missing {needle:?}:\n{out}");
+    }
+    let rows = sqlx::query("SELECT path, status, reason, rows FROM ingested_files").fetch_all(&db.pool).await.unwrap();
+    let find = |suffix: &str| rows.iter().find(|r| r.get::<String, _>("path").ends_with(suffix));
+    for (suffix, words) in BAD {
+        let r = find(suffix).unwrap_or_else(|| panic!("{suffix} has no ledger row:\n{out}"));
+        let (status, reason): (String, Option<String>) = (r.get("status"), r.get("reason"));
+        let reason = reason.unwrap_or_default();
+        assert_eq!(status, "quarantined", "{suffix}: {reason}");
+        for w in *words {
+            assert!(reason.contains(w), "{suffix}: {w:?} not in {reason:?}");
+        }
+        assert!(reason.len() < 600, "{suffix}: a reason stays short ({} bytes)", reason.len());
+    }
+    let empty = find("empty/KMTC14_I.pysis").expect("the empty file is recorded");
+    assert_eq!(empty.get::<i64, _>("rows"), 0);
+    let stored: i64 = rows.iter().filter(|r| r.get::<String, _>("status") == "ingested").map(|r| r.get::<i64, _>("rows")).sum();
+    assert_eq!(stored as u64, good_rows, "every good row is stored:\n{out}");
+    let store = local_store(&work.path().join(".lensnet/store"));
+    assert_eq!(all_keys(&store).await.len() as u64, good_rows);
+    // Each quarantined input has its copy and reason on the store.
+    let quarantined = walk_all(&work.path().join(".lensnet/store/quarantine")).into_iter().filter(|p| p.to_string_lossy().ends_with(".reason.txt")).count();
+    assert_eq!(quarantined, BAD.len());
+
+    // Again: nothing new, nothing failed, nothing copied twice.
+    let second = run();
+    let out2 = String::from_utf8_lossy(&second.stdout).to_string();
+    assert!(second.status.success(), "{out2}");
+    assert!(out2.contains("0 rows added") && out2.contains("0 quarantined, 0 failed"), "{out2}");
+}
+
+fn data_lines(p: &Path) -> u64 {
+    std::fs::read_to_string(p).unwrap().lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).count() as u64
+}
+
+fn walk_all(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk_all(&p)) } else { out.push(p) }
+    }
+    out
+}

@@ -194,6 +194,22 @@ fn fresh_entry(key: &str, format: Format) -> LedgerEntry {
     }
 }
 
+/// Quarantines `raw` (the file `key`) for `reason` found before parsing (its sidecar), unless
+/// the same bytes were already looked at.
+fn quarantine_plan(key: &str, raw: &[u8], prior: Option<LedgerEntry>, opts: &IngestOptions, reason: String) -> Plan {
+    // Seen under this reason: once the sidecar is mended the file's own bytes are new again.
+    let seen = sha256_hex(&[raw, b"\0", reason.as_bytes()].concat());
+    if prior.as_ref().is_some_and(|p| p.seen_sha256 == seen && p.status == FileStatus::Quarantined) {
+        return Plan::Unchanged;
+    }
+    let mut e = prior.unwrap_or_else(|| fresh_entry(key, opts.format.resolve(key, true)));
+    e.seen_sha256 = seen;
+    e.size_bytes = raw.len() as u64;
+    e.status = FileStatus::Quarantined;
+    e.reason = Some(reason);
+    Plan::Quarantine { entry: e, text: raw.to_vec() }
+}
+
 /// Step 1: decide what to do with the bytes `raw` of the input `key`.
 pub async fn plan(
     key: &str,
@@ -633,13 +649,18 @@ pub async fn ingest_location(
     for batch in inputs.chunks(batch_len) {
         let mut fetched = Vec::with_capacity(batch.len());
         for (path, key, sidecar_path) in batch {
-            let r: Result<(bytes::Bytes, Option<ColumnsSpec>, Option<LedgerEntry>), IngestError> = async {
+            let r: Result<(bytes::Bytes, Result<Option<ColumnsSpec>, ParseError>, Option<LedgerEntry>), IngestError> = async {
                 let sidecar = match sidecar_path {
                     Some(p) => {
                         let b = opened.store.get(&Path::from(p.as_str())).await?.bytes().await?;
-                        Some(ColumnsSpec::from_toml(&String::from_utf8_lossy(&b))?)
+                        // A broken sidecar is a property of the bytes: the file is quarantined
+                        // with the reason (not failed, which would be retried for ever).
+                        ColumnsSpec::from_toml(&String::from_utf8_lossy(&b)).map(Some).map_err(|e| ParseError::Mapping {
+                            file: p.rsplit('/').next().unwrap_or(p).to_string(),
+                            reason: e.to_string().trim().replace('\n', " "),
+                        })
                     }
-                    None => None,
+                    None => Ok(None),
                 };
                 let raw = opened.store.get(path).await?.bytes().await?;
                 let prior = ledger.lookup(key).await?;
@@ -653,7 +674,12 @@ pub async fn ingest_location(
             batch
                 .par_iter()
                 .zip(fetched.into_par_iter())
-                .map(|((_, key, _), f)| f.and_then(|(raw, sidecar, prior)| plan_with_prior(key, &raw, sidecar.as_ref(), prior, opts)))
+                .map(|((_, key, _), f)| {
+                    f.and_then(|(raw, sidecar, prior)| match sidecar {
+                        Ok(sidecar) => plan_with_prior(key, &raw, sidecar.as_ref(), prior, opts),
+                        Err(e) => Ok(quarantine_plan(key, &raw, prior, opts, e.to_string())),
+                    })
+                })
                 .collect()
         };
         for ((_, key, _), p) in batch.iter().zip(plans) {
@@ -1242,5 +1268,85 @@ mod tests {
         assert_eq!(out.inspect(&pk, &policy).await.unwrap().lost.len(), 1);
         assert_eq!(out.drop_lost(&pk).await.unwrap().len(), 1);
         assert!(out.read_partition(&pk).await.unwrap().is_empty());
+    }
+
+    mod properties {
+        use super::*;
+        use crate::ingest::normalize::{HJD_RANGE, MAX_ABS_FLUX};
+        use proptest::prelude::*;
+
+        fn real() -> &'static [u8] {
+            static T: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            T.get_or_init(|| std::fs::read(format!("{DATA}/KB180003/KMTC14_I.pysis")).unwrap())
+        }
+
+        /// Every name a parser is chosen by: pySIS, DIAPL, OGLE, generic columns (sidecar), `.gz`.
+        const KEYS: [&str; 5] = ["/i/KB1/KMTC14_I.pysis", "/i/KB1/KMTC14_I.diapl", "/i/OB1/phot.dat", "/i/EX1/lc.txt", "/i/KB1/KMTA14_I.pysis.gz"];
+
+        fn check(key: &str, bytes: &[u8]) -> Result<(), TestCaseError> {
+            let sidecar = ColumnsSpec::from_toml("time = 1\nvalue = 2\nkind = \"flux\"\nerror = 3\nfield = \"BLG02\"\nsite = \"MOA\"\n").unwrap();
+            let opts = IngestOptions { overrides: SourceOverrides { field: key.contains("phot.dat").then_some(Field(14)), ..Default::default() }, ..Default::default() };
+            let side = key.ends_with("lc.txt").then_some(&sidecar);
+            let first = plan_with_prior(key, bytes, side, None, &opts);
+            let again = plan_with_prior(key, bytes, side, None, &opts);
+            match (&first, &again) {
+                (Ok(Plan::Write(p)), Ok(Plan::Write(q))) => {
+                    let names: Vec<&String> = p.parts.iter().map(|x| &x.1).collect();
+                    prop_assert_eq!(names, q.parts.iter().map(|x| &x.1).collect::<Vec<_>>(), "deterministic part names");
+                    let mut rows = 0u64;
+                    for (_, _, b) in &p.parts {
+                        rows += b.num_rows() as u64;
+                        let hjd = b.column_by_name("hjd").unwrap().as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+                        let flux = b.column_by_name("flux").unwrap().as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+                        prop_assert!(hjd.values().windows(2).all(|w| w[0] < w[1]), "sorted, one row per epoch");
+                        prop_assert!(hjd.values().iter().all(|&t| (HJD_RANGE.0..=HJD_RANGE.1).contains(&t)));
+                        prop_assert!(flux.values().iter().all(|&f| f.is_nan() || f.abs() <= MAX_ABS_FLUX));
+                    }
+                    prop_assert_eq!(rows, p.entry.rows);
+                }
+                (Ok(Plan::Quarantine { entry, .. }), Ok(Plan::Quarantine { .. })) => {
+                    let reason = entry.reason.clone().unwrap_or_default();
+                    prop_assert!(!reason.is_empty() && reason.len() < 2000, "a short reason: {}", reason.len());
+                }
+                (Ok(Plan::Unchanged), _) => prop_assert!(false, "no prior: never unchanged"),
+                (Err(e), _) => prop_assert!(false, "a parse never fails the batch: {e}"),
+                _ => prop_assert!(false, "planning is deterministic"),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_bytes_under_any_parser_plan_without_panic(k in 0usize..5, bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                check(KEYS[k], &bytes)?;
+            }
+
+            #[test]
+            fn a_real_file_with_random_edits_plans_without_panic(
+                k in 0usize..4,
+                edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..12),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut t = real().to_vec();
+                for (at, b) in &edits {
+                    let i = at.index(t.len());
+                    t[i] = *b;
+                }
+                t.truncate(cut.index(t.len() + 1));
+                check(KEYS[k], &t)?;
+            }
+
+            #[test]
+            fn real_lines_with_absurd_numbers_are_never_stored(line in 1usize..100, col in 0usize..5, v in prop_oneof![Just(1e308), Just(-1e300), Just(1e11), Just(-2e10), Just(5e10)]) {
+                let text = String::from_utf8_lossy(real()).to_string();
+                let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+                let mut f: Vec<String> = lines[line].split_whitespace().map(str::to_string).collect();
+                f[col] = format!("{v:e}");
+                lines[line] = f.join(" ");
+                check(KEYS[0], (lines.join("\n") + "\n").as_bytes())?;
+            }
+        }
     }
 }
