@@ -683,3 +683,27 @@ pub async fn abandon_running(pool: &PgPool, field: &str) -> Result<u64, sqlx::Er
     }
     Ok(runs)
 }
+
+/// Marks standalone ingest runs (kind `ingest`) still `running`, and their attempts, as
+/// `abandoned`: called by the holder of the store's writer lock, which every standalone ingest
+/// takes before it records its run, so none of them is alive.
+pub async fn abandon_running_ingests(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE stage_attempts SET status = 'abandoned', finished_at = now(), \
+             error = COALESCE(error, 'the process running this attempt stopped before it ended') \
+         WHERE status = 'running' AND run_id IN (SELECT run_id FROM runs WHERE kind = 'ingest' AND status = 'running')",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let runs = sqlx::query(
+        "UPDATE runs SET status = 'abandoned', finished_at = now(), \
+             error = COALESCE(error, 'the process running this ingest stopped before it ended') \
+         WHERE kind = 'ingest' AND status = 'running'",
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(runs)
+}

@@ -70,6 +70,17 @@ fn bad_arguments_are_named_and_fail() {
     let out = lensnet(dir.path(), &["run", "--field", "nope"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("--field"), "{}", text(&out));
+    // Fields that KMTNet does not have, and as-of times that are not times, are refused before
+    // anything runs (they panicked, or were recorded as succeeded runs).
+    let out = lensnet(dir.path(), &["run", "--field", "BLG99"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("invalid field `BLG99`"), "{}", text(&out));
+    for t in ["inf", "-inf", "NaN", "1e300", "-1e300", "soon"] {
+        let out = lensnet(dir.path(), &["run", "--field", "BLG14", "--as-of", t]);
+        assert_eq!(out.status.code(), Some(2), "--as-of {t}: {}", text(&out));
+        assert!(text(&out).contains("--as-of") && text(&out).contains(t), "--as-of {t}: {}", text(&out));
+        assert!(!text(&out).contains("panicked"), "{}", text(&out));
+    }
 }
 
 #[test]

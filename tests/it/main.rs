@@ -12,3 +12,4 @@ mod alertfinder;
 mod orchestration;
 mod model;
 mod security;
+mod crash;

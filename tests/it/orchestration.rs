@@ -36,7 +36,7 @@ fn scorer() -> Arc<Scorer> {
         .clone()
 }
 
-fn event_rich() -> ClassMix {
+pub(crate) fn event_rich() -> ClassMix {
     ClassMix { microlensing: 0.6, constant: 0.2, variable: 0.1, cataclysmic: 0.05, flare: 0.0, asteroid: 0.05, artefact: 0.0 }
 }
 
@@ -81,7 +81,7 @@ fn core_candidates(season: &Season, field: Field, stars: u64, as_of: f64) -> Vec
 
 /// An as-of time (whole day) at which AlertFinder flags some clear event of `field`: the run
 /// then has candidates to score and publish.
-fn candidate_time(cfg: &SimConfig, field: Field) -> f64 {
+pub(crate) fn candidate_time(cfg: &SimConfig, field: Field) -> f64 {
     let season = Season::new(cfg).unwrap();
     let p = AlertFinderStage::default().thresholds.for_field(field).clone();
     let mut scratch = Scratch::default();

@@ -7,7 +7,8 @@ use anyhow::Context;
 use lensnet::config::Config;
 use lensnet::ledger::PgLedger;
 use lensnet::{app, db, publish};
-use lensnet_stages::ingest::{ingest_location, CompactionPolicy, FileOutcome, Format, IngestOptions};
+use lensnet_stages::ingest::ledger::FileLedger;
+use lensnet_stages::ingest::{ingest_location_locked, CompactionPolicy, FileOutcome, Format, IngestOptions};
 
 use crate::cli::IngestArgs;
 
@@ -17,6 +18,10 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let pool = db::open(&cfg).await?;
     let ledger = PgLedger::new(pool.clone());
     let opts = IngestOptions { format, compaction: Some(CompactionPolicy::default()), ..Default::default() };
+    // The store's writer lock first: then every other ingest run still marked running belongs
+    // to a process that died, and ours is recorded only once it can go ahead.
+    let writer = ledger.lock_writer(&photometry.identity()).await?;
+    publish::abandon_running_ingests(&pool).await?;
     // The audit trail: a standalone ingest is a run of kind `ingest` with one attempt.
     let run_id = uuid::Uuid::new_v4();
     let retry = publish::RetryPolicy::default();
@@ -40,7 +45,7 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
     };
     publish::begin_attempt(&pool, &start, &retry).await?;
     let started = std::time::Instant::now();
-    let result = ingest_location(&args.input, &photometry, &ledger, &opts).await;
+    let result = ingest_location_locked(&args.input, &photometry, &ledger, &opts, &writer).await;
     let end = match &result {
         Ok(r) => {
             let mut end = publish::AttemptEnd::from_report(
@@ -72,6 +77,7 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
     };
     publish::finish_attempt(&pool, run_id, "ingest", "", 1, &end, &retry).await?;
     publish::finish_run(&pool, run_id, end.status, end.error.as_deref(), &retry).await?;
+    drop(writer);
     let report = result.with_context(|| format!("ingesting {}", args.input))?;
 
     for e in &report.skipped_entries {

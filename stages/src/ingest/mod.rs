@@ -27,7 +27,7 @@ pub use columns::ColumnsSpec;
 pub use error::{IngestError, ParseError};
 pub use ledger::{FileLedger, FileStatus, LedgerEntry, LedgerError, MemoryLedger};
 pub use normalize::{Observations, SourceOverrides, MAG_ZP};
-pub use run::{ingest_bytes, ingest_location, FileOutcome, FileReport, IngestOptions, IngestReport};
+pub use run::{ingest_bytes, ingest_location, ingest_location_locked, FileOutcome, FileReport, IngestOptions, IngestReport};
 pub use store::{photometry_schema, read_photometry, CompactionPolicy, PartitionKey, PhotometryStore};
 pub use time::{season_of, TimeSystem};
 

@@ -573,6 +573,20 @@ pub async fn ingest_location(
     ledger: &dyn FileLedger,
     opts: &IngestOptions,
 ) -> Result<IngestReport, IngestError> {
+    // One writer per store, across processes and hosts, from the first staged part to the last
+    // compaction: a second ingest waits here.
+    let writer = ledger.lock_writer(&out.identity()).await?;
+    ingest_location_locked(input, out, ledger, opts, &writer).await
+}
+
+/// [`ingest_location`] for a caller that already holds the store's writer lock (`_held`).
+pub async fn ingest_location_locked(
+    input: &str,
+    out: &PhotometryStore,
+    ledger: &dyn FileLedger,
+    opts: &IngestOptions,
+    _held: &crate::ingest::ledger::WriterLock,
+) -> Result<IngestReport, IngestError> {
     let local = std::path::Path::new(input);
     let (root, only) = if !input.contains("://") && local.is_file() {
         let parent = local.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
@@ -582,9 +596,6 @@ pub async fn ingest_location(
     };
     let opened = crate::store::open_store(&root, false)
         .map_err(|e| IngestError::StoreUrl { location: input.to_string(), reason: e.to_string() })?;
-    // One writer per store, across processes and hosts, from the first staged part to the last
-    // compaction: a second ingest waits here.
-    let _writer = ledger.lock_writer(&out.identity()).await?;
     // One bad entry (a symlink loop, a file we may not read) is reported and skipped; it never
     // hides the other inputs.
     let mut report = IngestReport::default();
@@ -717,22 +728,22 @@ pub async fn ingest_location(
     commit_group(group, out, ledger, &mut report, &mut touched).await;
     touched.sort();
     touched.dedup();
-    // Under the writer lock every unlisted part of a partition we wrote is debris (a crashed
-    // run's staged part, a crashed compaction's leftover): remove it so that glob readers see
-    // each row once.
-    for k in &touched {
-        report.orphans_removed += out.remove_orphans(k).await?;
-    }
+    // Every partition of the fields in scope, not only those written now: a run killed between
+    // its commits and its compaction, or during a compaction's deletes, leaves debris that no
+    // later write would touch.
+    let mut in_scope = out.partitions().await?;
+    in_scope.retain(|k| opts.only_field.is_none_or(|f| f == k.field) || touched.contains(k));
     if let Some(policy) = &opts.compaction {
-        // Every partition of the fields in scope, not only those written now: a run killed
-        // between its commits and its compaction leaves small parts that the next run merges.
-        let mut keys = out.partitions().await?;
-        keys.retain(|k| opts.only_field.is_none_or(|f| f == k.field));
-        for k in keys {
-            if let Some(c) = out.compact(&k, policy).await? {
+        for k in &in_scope {
+            if let Some(c) = out.compact(k, policy).await? {
                 report.compactions.push(c);
             }
         }
+    }
+    // Under the writer lock every unlisted part is debris (a crashed run's staged part, a
+    // crashed compaction's leftovers): remove it so that glob readers see each row once.
+    for k in &in_scope {
+        report.orphans_removed += out.remove_orphans(k).await?;
     }
     tracing::info!(
         files = report.files.len(),

@@ -1,0 +1,144 @@
+//! Crash safety as a user meets it: `lensnet ingest` and `lensnet run` killed with SIGKILL at
+//! random moments (a fixed seed, a bounded number of kills), then run to the end, must leave the
+//! same tables and the same stored photometry as one uninterrupted ingest and run; the store has
+//! no debris and no run or attempt is left `running`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lensnet_stages::simulate::{write_season, SimConfig};
+use lensnet_stages::Field;
+use sqlx::postgres::PgPool;
+use sqlx::Row;
+
+use crate::harness::TestDb;
+
+/// Kills of each command per trial.
+const KILLS: usize = 8;
+
+fn lensnet(work: &Path, url: &str, inbox: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lensnet"));
+    c.args(args)
+        .current_dir(work)
+        .env("DATABASE_URL", url)
+        .env("LENSNET__INGEST__INBOX", inbox)
+        .env("LENSNET_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Runs to the end; returns the wall time.
+fn complete(mut c: Command) -> Duration {
+    let t = Instant::now();
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    t.elapsed()
+}
+
+/// A small deterministic generator (the test needs no more than repeatable delays).
+struct Lcg(u64);
+impl Lcg {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The result tables and the ledger, without timestamps or run ids.
+async fn tables(pool: &PgPool) -> Vec<String> {
+    let mut out = Vec::new();
+    for q in [
+        "SELECT path || '|' || status || '|' || rows || '|' || sha256 || '|' || ingested_bytes FROM ingested_files ORDER BY 1",
+        "SELECT candidate_id || '|' || star_id || '|' || n_high || '|' || round(dchi2_broken::numeric, 6) FROM candidates ORDER BY 1",
+        "SELECT candidate_id || '|' || kind || '|' || round(dchi2::numeric, 6) FROM fits ORDER BY 1",
+        "SELECT candidate_id || '|' || verdict || '|' || round(binary_score::numeric, 5) || '|' || coalesce(first_flagged_hjd::text, '-') FROM verdicts ORDER BY 1",
+    ] {
+        for r in sqlx::query(q).fetch_all(pool).await.unwrap() {
+            out.push(r.get::<String, _>(0));
+        }
+    }
+    out
+}
+
+async fn store_rows(dir: &Path) -> Vec<(String, String, u64)> {
+    let store = lensnet_stages::ingest::PhotometryStore::new(
+        std::sync::Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap()),
+        "".into(),
+    );
+    let mut keys = Vec::new();
+    for p in store.partitions().await.unwrap() {
+        keys.extend(lensnet_stages::ingest::store::row_keys(&store.read_partition(&p).await.unwrap()).unwrap());
+    }
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_and_runs_killed_at_random_moments_end_like_uninterrupted_ones() {
+    let season = tempfile::tempdir().unwrap();
+    let cfg = SimConfig { fields: vec![Field(14)], stars: 60, seed: 11, mix: crate::orchestration::event_rich(), ..Default::default() };
+    write_season(&cfg, season.path()).unwrap();
+    let inbox = season.path();
+    // A day on which AlertFinder has a clear event to hand to the model.
+    let as_of = format!("{:.1}", crate::orchestration::candidate_time(&cfg, Field(14)));
+    let as_of = as_of.as_str();
+
+    // The uninterrupted reference, timed to spread the kills over each command's duration.
+    let ref_db = TestDb::new().await;
+    let Some(ref_url) = ref_db.url() else { return };
+    let ref_work = tempfile::tempdir().unwrap();
+    let ingest_time = complete(lensnet(ref_work.path(), &ref_url, inbox, &["ingest", "--input", inbox.to_str().unwrap()]));
+    let run_time = complete(lensnet(ref_work.path(), &ref_url, inbox, &["run", "--field", "BLG14", "--as-of", as_of, "--season", "2025"]));
+    let expected = tables(&ref_db.pool).await;
+    assert!(expected.iter().filter(|r| r.starts_with("BLG14") || r.contains("KB") || r.contains('|')).count() > 10);
+    let expected_rows = store_rows(&ref_work.path().join(".lensnet/store")).await;
+    assert!(!expected_rows.is_empty());
+    let verdicts: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts").fetch_one(&ref_db.pool).await.unwrap();
+    assert!(verdicts > 0, "the reference run published verdicts");
+
+    let db = TestDb::new().await;
+    let url = db.url().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut rng = Lcg(2026);
+    let (mut tried, mut hit) = (0, 0);
+    for (args, typical) in [
+        (vec!["ingest", "--input", inbox.to_str().unwrap()], ingest_time),
+        (vec!["run", "--field", "BLG14", "--as-of", as_of, "--season", "2025"], run_time),
+    ] {
+        for _ in 0..KILLS {
+            let delay = typical.mul_f64(0.02 + 0.7 * rng.next_f64());
+            let mut child = lensnet(work.path(), &url, inbox, &args).spawn().unwrap();
+            std::thread::sleep(delay);
+            if child.try_wait().unwrap().is_none() {
+                hit += 1;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            tried += 1;
+        }
+        // A killed run's lock goes with its session; a start may meet it for a moment.
+        let mut done = false;
+        for _ in 0..50 {
+            let o = lensnet(work.path(), &url, inbox, &args).output().unwrap();
+            if o.status.success() {
+                done = true;
+                break;
+            }
+            assert_eq!(o.status.code(), Some(75), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(done, "{args:?} never completed after the kills");
+    }
+    assert_eq!(tried, 2 * KILLS);
+    eprintln!("crash test: {hit} of {tried} SIGKILLs hit a live process (ingest {ingest_time:?}, run {run_time:?} uninterrupted)");
+    assert!(hit >= KILLS, "most kills land while the command runs: {hit} of {tried}");
+    assert_eq!(tables(&db.pool).await, expected, "the same tables as an uninterrupted ingest and run");
+    assert_eq!(store_rows(&work.path().join(".lensnet/store")).await, expected_rows, "the same photometry");
+    let check = lensnet(work.path(), &url, inbox, &["store", "check"]).stdout(Stdio::piped()).output().unwrap();
+    assert!(check.status.success(), "no orphan, lost or uncompacted part is left:\n{}", String::from_utf8_lossy(&check.stdout));
+    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE status = 'running'").fetch_one(&db.pool).await.unwrap();
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM stage_attempts WHERE status = 'running'").fetch_one(&db.pool).await.unwrap();
+    assert_eq!((running, attempts), (0, 0), "nothing is left marked running");
+}
