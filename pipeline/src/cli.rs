@@ -170,8 +170,13 @@ pub enum DbCommand {
     Stop,
     /// Say whether the local cluster exists and runs, and which migrations are applied.
     Status,
-    /// Print the database URL (the local cluster's, or say that DATABASE_URL is in use).
-    Url,
+    /// Print the database URL (the local cluster's, with its password, for the owner of the
+    /// cluster; or say that DATABASE_URL is in use).
+    Url {
+        /// The URL of the read-only role `lensnet_reader` (for follow-up coordinators).
+        #[arg(long)]
+        reader: bool,
+    },
     /// Apply pending schema migrations (starting the local cluster if needed).
     Migrate,
 }

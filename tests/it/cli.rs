@@ -76,7 +76,7 @@ fn bad_arguments_are_named_and_fail() {
     assert!(!out.status.success());
     assert!(text(&out).contains("invalid field `BLG99`"), "{}", text(&out));
     for t in ["inf", "-inf", "NaN", "1e300", "-1e300", "soon"] {
-        let out = lensnet(dir.path(), &["run", "--field", "BLG14", "--as-of", t]);
+        let out = lensnet(dir.path(), &["run", "--field", "BLG14", &format!("--as-of={t}")]);
         assert_eq!(out.status.code(), Some(2), "--as-of {t}: {}", text(&out));
         assert!(text(&out).contains("--as-of") && text(&out).contains(t), "--as-of {t}: {}", text(&out));
         assert!(!text(&out).contains("panicked"), "{}", text(&out));

@@ -88,6 +88,11 @@ fn the_local_cluster_wants_a_password_and_is_closed_to_other_users() {
     let o = psql(&[url.as_str()], "SHOW listen_addresses", false);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "", "no TCP listener");
+    // The coordinators' URL logs in as the read-only role.
+    let reader = ok(d, &["db", "url", "--reader"]).trim().to_string();
+    let o = psql(&[reader.as_str()], "SELECT current_user", false);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "lensnet_reader");
     let hba = std::fs::read_to_string(pg.join("data/pg_hba.conf")).unwrap();
     let live: Vec<&str> = hba.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).collect();
     assert!(!live.is_empty() && live.iter().all(|l| l.ends_with("scram-sha-256")), "{live:?}");

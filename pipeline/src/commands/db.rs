@@ -64,12 +64,20 @@ pub async fn run(cfg: Config, cmd: DbCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        DbCommand::Url => {
+        DbCommand::Url { reader } => {
             match db::local_cluster(&cfg)? {
                 None => {
                     eprintln!("DATABASE_URL is set; lensnet does not print secrets");
                 }
-                Some((pg, name)) => println!("{}", pg.url(&name)),
+                Some((pg, name)) => {
+                    if !pg.secret_file().exists() {
+                        anyhow::bail!("the local cluster {} has not been created yet: run `lensnet db start`", pg.root().display());
+                    }
+                    let password = if reader { pg.reader_password() } else { pg.password() };
+                    let password = password.context("reading the cluster's secret (only its owner can)")?;
+                    let user = if reader { db::READER_ROLE } else { lensnet::localpg::SUPERUSER };
+                    println!("{}", pg.url_with(user, Some(&password), &name));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
