@@ -120,6 +120,9 @@ pub struct Prepared {
     pub parts: Vec<(PartitionKey, String, arrow::array::RecordBatch)>,
     /// The file's text (kept only for a first look, to quarantine it as a copy).
     pub text: Vec<u8>,
+    /// The Δflux sign is the format's default (no magnitudes to measure it from, no earlier
+    /// ingest): [`sign_from_i_band`] may still decide it from the star's I band.
+    pub sign_unmeasured: bool,
 }
 
 /// Parts written but not yet listed.
@@ -329,6 +332,7 @@ fn prepare(key: &str, mut e: LedgerEntry, text: &[u8], start: usize, scan: &Scan
         skipped: scan.skipped,
         parts,
         text: if first_look { text.to_vec() } else { Vec::new() },
+        sign_unmeasured: first_look && obs.sign_source == crate::ingest::normalize::SignSource::FormatDefault && !obs.is_empty(),
     })
 }
 
@@ -423,6 +427,101 @@ fn list_local(root: &std::path::Path) -> (Vec<String>, Vec<String>) {
 
 fn no_nul(s: &str) -> String {
     s.replace('\0', "\\0")
+}
+
+/// (hjd, flux) of every row of a prepared file, sorted by time.
+fn epochs_of(p: &Prepared) -> Vec<(f64, f64)> {
+    let mut v = Vec::new();
+    for (_, _, b) in &p.parts {
+        let col = |n: &str| b.column_by_name(n).and_then(|c| c.as_any().downcast_ref::<arrow::array::Float64Array>().cloned());
+        if let (Some(h), Some(f)) = (col("hjd"), col("flux")) {
+            v.extend(h.values().iter().copied().zip(f.values().iter().copied()));
+        }
+    }
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v
+}
+
+/// Keeps the I band of the star being read (files come in name order, a star's files together),
+/// so memory holds one star's I band, not the run's.
+fn remember_i_band(p: &Prepared, i_band: &mut std::collections::HashMap<(String, String), Vec<(f64, f64)>>) {
+    if i_band.keys().next().is_some_and(|(star, _)| Some(star) != p.entry.star.as_ref()) {
+        i_band.clear();
+    }
+    if p.entry.band.as_deref() == Some("I") && !p.sign_unmeasured {
+        if let (Some(star), Some(site)) = (&p.entry.star, &p.entry.site) {
+            i_band.entry((star.clone(), site.clone())).or_default().extend(epochs_of(p));
+        }
+    }
+}
+
+/// Epochs of the two bands closer than this (days) are compared; KMTNet takes its V frames
+/// between I frames of the same field.
+const BAND_PAIR_DAYS: f64 = 0.05;
+
+/// The sign of a V file without magnitudes, from its star's I band at the same site (planned in
+/// this run, else stored): the two bands of one star brighten together, so a V Δflux that
+/// anti-correlates with the I band (|r| > 0.3 over at least 10 pairs) was written with the other
+/// convention and is negated. Too few pairs, or no clear correlation: the format's default stays.
+async fn sign_from_i_band(
+    p: &mut Prepared,
+    planned: &std::collections::HashMap<(String, String), Vec<(f64, f64)>>,
+    out: &PhotometryStore,
+) -> Result<(), IngestError> {
+    let (Some(star), Some(site)) = (p.entry.star.clone(), p.entry.site.clone()) else { return Ok(()) };
+    let v = epochs_of(p);
+    let mut i = planned.get(&(star.clone(), site.clone())).cloned().unwrap_or_default();
+    if i.is_empty() {
+        for (pk, _, _) in &p.parts {
+            for b in out.read_partition(pk).await? {
+                let stars = b.column_by_name("star").and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>().cloned());
+                let bands = b.column_by_name("band").and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>().cloned());
+                let col = |n: &str| b.column_by_name(n).and_then(|c| c.as_any().downcast_ref::<arrow::array::Float64Array>().cloned());
+                if let (Some(st), Some(bd), Some(h), Some(f)) = (stars, bands, col("hjd"), col("flux")) {
+                    for k in 0..b.num_rows() {
+                        if st.value(k) == star && bd.value(k) == "I" {
+                            i.push((h.value(k), f.value(k)));
+                        }
+                    }
+                }
+            }
+        }
+        i.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let mut j = 0;
+    for &(t, fv) in &v {
+        while j + 1 < i.len() && (i[j + 1].0 - t).abs() <= (i[j].0 - t).abs() {
+            j += 1;
+        }
+        if let Some(&(ti, fi)) = i.get(j) {
+            if (ti - t).abs() <= BAND_PAIR_DAYS && fv.is_finite() && fi.is_finite() {
+                xs.push(fv);
+                ys.push(fi);
+            }
+        }
+    }
+    if xs.len() < 10 {
+        return Ok(());
+    }
+    match crate::ingest::normalize::pearson(&xs, &ys) {
+        Some(r) if r < -crate::ingest::normalize::SIGN_MIN_ABS_CORR => {
+            tracing::info!(star = %star, site = %site, r, pairs = xs.len(), "V-band sign taken from the I band: negated");
+            let mut parts = Vec::with_capacity(p.parts.len());
+            for (pk, name, b) in std::mem::take(&mut p.parts) {
+                let idx = b.schema().index_of("flux").expect("photometry schema has flux");
+                let f = b.column(idx).as_any().downcast_ref::<arrow::array::Float64Array>().expect("flux is Float64");
+                let neg: arrow::array::ArrayRef = std::sync::Arc::new(arrow::array::Float64Array::from_iter_values(f.values().iter().map(|x| -x)));
+                let mut cols = b.columns().to_vec();
+                cols[idx] = neg;
+                parts.push((pk, name, arrow::array::RecordBatch::try_new(b.schema(), cols)?));
+            }
+            p.parts = parts;
+            p.entry.flux_sign = -p.entry.flux_sign;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// A file seen for the first time whose text is exactly that of a file already ingested (or
@@ -654,6 +753,8 @@ pub async fn ingest_location_locked(
     // before a ledger row leaves its file to the next run, which stages the same part names and
     // lists nothing twice.
     let batch_len = 4 * rayon::current_num_threads().max(1);
+    // I-band photometry planned in this run, by (star, site): for V files without magnitudes.
+    let mut i_band: std::collections::HashMap<(String, String), Vec<(f64, f64)>> = std::collections::HashMap::new();
     // Content of the files this run writes from their first byte: (sha256, length) -> key.
     let mut contents: std::collections::HashMap<(String, u64), String> = std::collections::HashMap::new();
     let mut group: Vec<(usize, Staged)> = Vec::new();
@@ -696,6 +797,18 @@ pub async fn ingest_location_locked(
         for ((_, key, _), p) in batch.iter().zip(plans) {
             let p = match p {
                 Ok(Plan::Write(prepared)) => copy_of_ingested(key, prepared, ledger, &mut contents).await,
+                other => other,
+            };
+            let p = match p {
+                Ok(Plan::Write(mut prepared)) => {
+                    remember_i_band(&prepared, &mut i_band);
+                    if prepared.sign_unmeasured && prepared.entry.band.as_deref() == Some("V") {
+                        if let Err(e) = sign_from_i_band(&mut prepared, &i_band, out).await {
+                            tracing::warn!(file = %key, error = %e, "cannot compare with the I band; keeping the format's sign");
+                        }
+                    }
+                    Ok(Plan::Write(prepared))
+                }
                 other => other,
             };
             // Files to write are staged now and committed with their group; the others are
@@ -1279,6 +1392,53 @@ mod tests {
         assert_eq!(out.inspect(&pk, &policy).await.unwrap().lost.len(), 1);
         assert_eq!(out.drop_lost(&pk).await.unwrap().len(), 1);
         assert!(out.read_partition(&pk).await.unwrap().is_empty());
+    }
+
+    /// A V-band file in the 6-column layout (no magnitudes) from an I-band pySIS text: the same
+    /// brightening at 0.6 of the amplitude, 0.01 d later; `flipped` writes it brightening-positive.
+    fn v_from_i(i_text: &str, flipped: bool) -> String {
+        let mut out = String::from("# HJD \\Delta_flux flux_err fwhm sky secz\n");
+        for l in i_text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let f: Vec<f64> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            let d = if flipped { -0.6 * f[1] } else { 0.6 * f[1] };
+            out.push_str(&format!("{:.5} {:.4} {:.4} 4.5 1000.0 1.2\n", f[0] + 0.01, d, f[2] * 0.8));
+        }
+        out
+    }
+
+    async fn v_correlation(out: &PhotometryStore) -> f64 {
+        let stars = read_photometry(out, 2018, Field(14), None).await.unwrap();
+        let c = |b| stars[0].curves.iter().find(|c| c.band == Some(b)).unwrap().clone();
+        let (i, v) = (c(crate::photometry::Band::I), c(crate::photometry::Band::V));
+        let n = i.len().min(v.len());
+        crate::ingest::normalize::pearson(&i.flux[..n], &v.flux[..n]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_v_file_without_magnitudes_takes_its_sign_from_the_i_band() {
+        let i_text = kb_text("KMTC14_I.pysis");
+        for flipped in [false, true] {
+            // Together with its I file, and alone in a later run (the I band read from the store).
+            for later in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let star = dir.path().join("in/KB180003");
+                std::fs::create_dir_all(&star).unwrap();
+                std::fs::write(star.join("KMTC14_I.pysis"), &i_text).unwrap();
+                let out = mem_store();
+                let ledger = MemoryLedger::new();
+                let input = dir.path().join("in");
+                if later {
+                    ingest_location(input.to_str().unwrap(), &out, &ledger, &IngestOptions::default()).await.unwrap();
+                }
+                std::fs::write(star.join("KMTC14_V.pysis"), v_from_i(&i_text, flipped)).unwrap();
+                let r = ingest_location(input.to_str().unwrap(), &out, &ledger, &IngestOptions::default()).await.unwrap();
+                assert_eq!(r.quarantined() + r.failed(), 0, "{r:?}");
+                let rho = v_correlation(&out).await;
+                assert!(rho > 0.9, "flipped {flipped}, later {later}: V brightens with I (r = {rho})");
+                let e = ledger.entries().into_iter().find(|e| e.path.ends_with("_V.pysis")).unwrap();
+                assert_eq!(e.flux_sign, if flipped { 1 } else { -1 }, "flipped {flipped}, later {later}");
+            }
+        }
     }
 
     mod properties {
