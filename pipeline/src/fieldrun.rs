@@ -445,3 +445,27 @@ impl FieldRunner {
 pub fn ingest_options(format: lensnet_stages::ingest::Format) -> IngestOptions {
     IngestOptions { format, compaction: Some(CompactionPolicy::default()), ..Default::default() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_id_changes_with_everything_that_shapes_its_results() {
+        let base = RunIdentity { kind: "replay", field: Field(14), season: 2025, as_of: 10_800.0, replay_id: None, model_sha256: "m", config_hash: "c" };
+        let id = run_id(&base);
+        assert_eq!(id, run_id(&base.clone()), "deterministic");
+        let changed = [
+            RunIdentity { season: 2024, ..base },
+            RunIdentity { config_hash: "thresholds changed", ..base },
+            RunIdentity { model_sha256: "m2", ..base },
+            RunIdentity { as_of: 10_801.0, ..base },
+            RunIdentity { field: Field(2), ..base },
+            RunIdentity { kind: "run", ..base },
+            RunIdentity { replay_id: Some(Uuid::nil()), ..base },
+        ];
+        for c in changed {
+            assert_ne!(run_id(&c), id, "{c:?}");
+        }
+    }
+}

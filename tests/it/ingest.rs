@@ -351,3 +351,35 @@ fn walk_all(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn store_check_finds_debris_and_repair_mends_it() {
+    let db = TestDb::new().await;
+    let Some(url) = db.url() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let cmd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_lensnet")).args(args).current_dir(work.path()).env("DATABASE_URL", &url).env("LENSNET_LOG", "warn").output().unwrap()
+    };
+    let first = cmd(&["ingest", "--input", shared_data().join("BLG14-2018-season").to_str().unwrap()]);
+    assert!(first.status.success());
+    assert!(cmd(&["store", "check"]).status.success(), "a fresh ingest leaves a clean store");
+    // Debris: an unlisted part (a crashed writer's), and a listed part deleted behind our back.
+    let store = local_store(&work.path().join(".lensnet/store"));
+    let kmta = PartitionKey { season: 2018, field: Field(14), site: "KMTA".into() };
+    let kmtc = PartitionKey { season: 2018, field: Field(14), site: "KMTC".into() };
+    let dir = work.path().join(".lensnet/store").join(store.partition_dir(&kmta).as_ref());
+    std::fs::write(dir.join("part-00000000deadbeef.parquet"), b"not parquet").unwrap();
+    let lost = store.read_manifest(&kmtc).await.unwrap().files[0].name.clone();
+    std::fs::remove_file(work.path().join(".lensnet/store").join(store.partition_dir(&kmtc).as_ref()).join(&lost)).unwrap();
+    let check = cmd(&["store", "check"]);
+    let out = String::from_utf8_lossy(&check.stdout).to_string();
+    assert_eq!(check.status.code(), Some(1), "{out}");
+    assert!(out.contains("site=KMTA: 1 orphan part(s)") && out.contains("part-00000000deadbeef.parquet"), "{out}");
+    assert!(out.contains("site=KMTC: 1 listed part(s) missing"), "{out}");
+    let repair = cmd(&["store", "repair"]);
+    let out = String::from_utf8_lossy(&repair.stdout).to_string();
+    assert!(repair.status.success(), "{out}");
+    assert!(out.contains("1 orphan(s) deleted") && out.contains("1 lost part(s) dropped") && out.contains("ingest the files"), "{out}");
+    assert!(cmd(&["store", "check"]).status.success(), "clean after repair");
+    assert!(store.read_partition(&kmtc).await.is_ok(), "the partition reads again");
+}
