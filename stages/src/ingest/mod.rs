@@ -66,7 +66,7 @@ impl Format {
             Format::Columns
         } else if n.ends_with(".diapl") {
             Format::Diapl
-        } else if n.ends_with(".dat") {
+        } else if n.ends_with(".dat") && !n.ends_with(".pysis.dat") {
             Format::Ogle
         } else {
             Format::Pysis

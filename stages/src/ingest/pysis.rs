@@ -1,6 +1,6 @@
-//! KMTNet pySIS light curves (`KMTC14_I.pysis`): columns from the `#` header (8, 6 or 5 of
-//! HJD-2450000, Δflux, flux_err, mag, mag_err, fwhm, sky, secz), site/field/band from the file
-//! name, star from the folder. Δflux is brightening-NEGATIVE in these files; the sign is derived
+//! KMTNet pySIS light curves (`KMTC14_I.pysis`, `KB210006_KMTA01_I.pysis`, `.pysis5`,
+//! `.pysis.dat`): the layout detected from the content (a header, the column count, commas, an
+//! image name first), site/field/band from the file name, star from the folder. Δflux is brightening-NEGATIVE in these files; the sign is derived
 //! from the mag column where there is one, else this convention is assumed.
 
 use crate::ingest::error::ParseError;
@@ -30,43 +30,102 @@ fn quantity_of(name: &str) -> Quantity {
     }
 }
 
-/// The layout of a pySIS text: from its first `#` line when that names a time column, otherwise
-/// from the column count of the first data line (8: full; 6: no mag/mag_err, as in the V-band
-/// files; 5: no fwhm/sky/secz; 3: time, Δflux, error).
+/// The layout of a pySIS text, detected from its content (the file is named when it cannot be):
+/// - a header line (`#` or not) that names a time and a flux column gives the columns, with
+///   commas or blanks between them;
+/// - `.pysis5` (pySIS 5): the image name first, then HJD, Δflux, error, eight more columns, the
+///   magnitude in column 12 and its error in 13 (recognised by a first token that is not a
+///   number);
+/// - otherwise the column count of the first data line: 8 full (HJD, Δflux, flux_err, mag,
+///   mag_err, fwhm, sky, secz); 7 the `.pysis.dat` order (HJD, mag, mag_err, Δflux, flux_err,
+///   fwhm, sky); 6 without mag/mag_err, as in the V-band files; 5 without fwhm/sky/secz; 3 time,
+///   Δflux, error. Commas instead of blanks are recognised too.
 pub fn layout(text: &[u8], file: &str) -> Result<Layout, ParseError> {
+    Ok(layout_and_header(text, file)?.0)
+}
+
+/// [`layout`], and the 0-based index of a header line without `#` (the scan skips it).
+fn layout_and_header(text: &[u8], file: &str) -> Result<(Layout, Option<usize>), ParseError> {
     use Quantity::*;
+    let with = |columns: Vec<Quantity>, comma: bool| Layout { columns, delimiter: comma.then_some(b','), allow_extra: false };
     for (i, raw) in text.split(|&b| b == b'\n').enumerate().take(200) {
         let line = raw.trim_ascii();
         if line.is_empty() {
             continue;
         }
-        if let Some(h) = line.strip_prefix(b"#") {
-            let names: Vec<Quantity> = String::from_utf8_lossy(h).split_whitespace().map(quantity_of).collect();
-            if names.first() == Some(&Time) && names.contains(&Flux) {
-                return Ok(Layout::whitespace(names));
+        let comma = line.contains(&b',');
+        let split = |l: &[u8]| -> Vec<String> {
+            let t = String::from_utf8_lossy(l).to_string();
+            if comma { t.split(',').map(|x| x.trim().to_string()).collect() } else { t.split_whitespace().map(str::to_string).collect() }
+        };
+        let (is_comment, body) = match line.strip_prefix(b"#") {
+            Some(h) => (true, h.trim_ascii()),
+            None => (false, line),
+        };
+        let tokens = split(body);
+        let numeric = |t: &str| crate::ingest::text::parse_number(t.as_bytes()).is_some();
+        // A header: names a time column and a flux column.
+        let names: Vec<Quantity> = tokens.iter().map(|t| quantity_of(t)).collect();
+        if names.first() == Some(&Time) && names.contains(&Flux) && !tokens.iter().any(|t| numeric(t)) {
+            return Ok((with(names, comma), (!is_comment).then_some(i)));
+        }
+        if is_comment || tokens.is_empty() {
+            // A comment, or a commented-out epoch (`#subkmtc...fits 10346.88 ...`): look on.
+            if is_comment && tokens.first().is_some_and(|t| is_image_name(t)) && tokens.len() >= 13 {
+                return Ok((pysis5_layout(tokens.len()), None));
             }
             continue;
         }
-        let n = line.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty()).count();
-        let cols = match n {
+        if is_image_name(&tokens[0]) && tokens.len() >= 13 {
+            return Ok((pysis5_layout(tokens.len()), None));
+        }
+        if !numeric(&tokens[0]) {
+            // A header that names no time and flux column, or text where data should be.
+            return Err(ParseError::Invalid {
+                file: file.to_string(),
+                line: i as u64 + 1,
+                reason: format!(
+                    "cannot tell the layout: `{}` is neither a header naming HJD and Δflux nor a number",
+                    String::from_utf8_lossy(&line[..line.len().min(60)])
+                ),
+            });
+        }
+        let cols = match tokens.len() {
             8 => vec![Time, Flux, FluxErr, Mag, MagErr, Fwhm, Sky, Airmass],
+            7 => vec![Time, Mag, MagErr, Flux, FluxErr, Fwhm, Sky],
             6 => vec![Time, Flux, FluxErr, Fwhm, Sky, Airmass],
             5 => vec![Time, Flux, FluxErr, Mag, MagErr],
             3 => vec![Time, Flux, FluxErr],
-            _ => {
-                return Err(ParseError::ColumnCount { file: file.to_string(), line: i as u64 + 1, expected: 8, found: n })
-            }
+            n => return Err(ParseError::ColumnCount { file: file.to_string(), line: i as u64 + 1, expected: 8, found: n }),
         };
-        return Ok(Layout::whitespace(cols));
+        return Ok((with(cols, comma), None));
     }
     // Header only or empty: any layout works, nothing will be parsed.
-    Ok(Layout::whitespace(vec![Time, Flux, FluxErr, Mag, MagErr, Fwhm, Sky, Airmass]))
+    Ok((Layout::whitespace(vec![Time, Flux, FluxErr, Mag, MagErr, Fwhm, Sky, Airmass]), None))
+}
+
+/// An image file name as pySIS 5 writes it first on each line (`subkmtcBLG19I2024..._T.fits`).
+fn is_image_name(t: &str) -> bool {
+    let t = t.to_ascii_lowercase();
+    t.ends_with(".fits") || t.ends_with(".fit") || t.ends_with(".fits.fz")
+}
+
+/// pySIS 5: image, HJD, Δflux, error, columns 5-11 (not used), mag (12), mag_err (13), and any
+/// later columns ignored.
+fn pysis5_layout(n: usize) -> Layout {
+    use Quantity::*;
+    let mut columns = vec![Ignore, Time, Flux, FluxErr];
+    columns.extend(std::iter::repeat_n(Ignore, 7));
+    columns.extend([Mag, MagErr]);
+    columns.extend(std::iter::repeat_n(Ignore, n.saturating_sub(13)));
+    Layout { columns, delimiter: None, allow_extra: true }
 }
 
 /// The file name without folders and without `.gz` and the format extension.
 pub fn stem(path: &str) -> &str {
     let name = path.rsplit('/').next().unwrap_or(path);
     let name = name.strip_suffix(".gz").unwrap_or(name);
+    let name = name.strip_suffix(".pysis.dat").unwrap_or(name);
     match name.rfind('.') {
         Some(i) if i > 0 => &name[..i],
         _ => name,
@@ -82,7 +141,7 @@ pub fn parent_folder(path: &str) -> Option<&str> {
 
 /// Site, field and band from a KMTNet name such as `KMTC14_I` (also `KMTC_BLG14_I`, `KMTC14-I`).
 pub fn kmtnet_name(stem: &str) -> Option<(Site, Field, Band)> {
-    let s = stem.to_ascii_uppercase();
+    let s = kmt_part(stem);
     let rest = s.strip_prefix("KMT")?;
     let site: Site = rest.get(..1)?.parse().ok()?;
     let rest = rest[1..].trim_start_matches(['_', '-']);
@@ -95,9 +154,19 @@ pub fn kmtnet_name(stem: &str) -> Option<(Site, Field, Band)> {
     Some((site, field, band))
 }
 
+/// The name from its `KMT` on, upper case: files in the wild carry the event's name first
+/// (`KB210006_KMTA01_I`, `KB240697-KMTC19_I`).
+fn kmt_part(stem: &str) -> String {
+    let s = stem.to_ascii_uppercase();
+    match s.find("KMT") {
+        Some(i) if i == 0 || !s.as_bytes()[i - 1].is_ascii_alphanumeric() => s[i..].to_string(),
+        _ => s,
+    }
+}
+
 /// Which part of a KMTNet-like name (`KMTC14_I`) cannot be read, and why.
 fn name_problem(stem: &str) -> (Option<&'static str>, String) {
-    let s = stem.to_ascii_uppercase();
+    let s = kmt_part(stem);
     let Some(rest) = s.strip_prefix("KMT") else {
         return (None, String::new());
     };
@@ -165,8 +234,25 @@ pub fn parse(
 ) -> Result<(Scan, Observations), ParseError> {
     let file = path.rsplit('/').next().unwrap_or(path);
     let meta = kmtnet_meta(path, overrides)?;
-    let layout = layout(text, file)?;
-    let s = scan(text, start, first_line, &layout, file, accept_tail)?;
+    let (layout, bare_header) = layout_and_header(text, file)?;
+    // A header line without `#` (a comma-separated export's): skipped on the first read like a
+    // comment, and counted, so that a grown file's line numbers stay right.
+    let (mut start, mut first_line, mut header_lines) = (start, first_line, 0u64);
+    if let (0, Some(h)) = (start, bare_header) {
+        for _ in 0..=h {
+            match memchr::memchr(b'\n', &text[start..]) {
+                Some(i) => {
+                    start += i + 1;
+                    first_line += 1;
+                    header_lines += 1;
+                }
+                None => break,
+            }
+        }
+    }
+    let mut s = scan(text, start, first_line, &layout, file, accept_tail)?;
+    s.lines += header_lines;
+    s.skipped += header_lines;
     let obs = normalize(
         &s,
         ValueKind::DeltaFlux { default_sign: PYSIS_DEFAULT_SIGN },
@@ -183,6 +269,50 @@ pub fn parse(
 pub(crate) mod tests {
     use super::*;
     use crate::ingest::normalize::SignSource;
+
+    const REAL_DEV: &str = "/work/shared/data/real-dev/inbox";
+
+    /// The (hjd, flux) of a parse, for comparing layouts of the same photometry.
+    fn epochs(text: &[u8], path: &str) -> Vec<(f64, f64, f64)> {
+        let (_, obs) = parse(text, 0, 1, path, &SourceOverrides::default(), None, true).unwrap_or_else(|e| panic!("{path}: {e}"));
+        obs.hjd.iter().zip(&obs.flux).zip(&obs.mag).map(|((t, f), m)| (*t, *f, *m)).collect()
+    }
+
+    #[test]
+    fn the_kmtnet_layouts_found_in_the_wild_read_without_a_sidecar() {
+        let text = std::fs::read_to_string(format!("{REAL_DEV}/KB210006_BLG01/KB210006_KMTC01_I.pysis")).unwrap();
+        let reference = epochs(text.as_bytes(), "KB210006_BLG01/KB210006_KMTC01_I.pysis");
+        assert!(reference.len() > 2000);
+        // The event's name before KMT in the file name; the field from it.
+        let meta = kmtnet_meta("KB210006_BLG01/KB210006_KMTC01_I.pysis", &SourceOverrides::default()).unwrap();
+        assert_eq!((meta.site.as_str(), meta.field, meta.star.0.as_str()), ("KMTC", Field(1), "KB210006_BLG01"));
+        let rows: Vec<Vec<&str>> = text.lines().filter(|l| !l.starts_with('#')).map(|l| l.split_whitespace().collect()).collect();
+        // Comma-separated, with a header without `#`.
+        let csv = "HJD,Delta_flux,flux_err,mag,mag_err,fwhm,sky,secz\n".to_string() + &rows.iter().map(|r| r.join(",")).collect::<Vec<_>>().join("\n") + "\n";
+        assert_eq!(epochs(csv.as_bytes(), "KB210006_BLG01/KB210006_KMTC01_I.pysis"), reference, "comma-separated");
+        // Comma-separated without a header.
+        let bare = rows.iter().map(|r| r.join(", ")).collect::<Vec<_>>().join("\n") + "\n";
+        assert_eq!(epochs(bare.as_bytes(), "KB210006_BLG01/KB210006_KMTC01_I.pysis"), reference, "comma-separated, no header");
+        // Seven columns: HJD mag mag_err Δflux flux_err fwhm sky (`.pysis.dat`).
+        let dat = rows.iter().map(|r| [r[0], r[3], r[4], r[1], r[2], r[5], r[6]].join(" ")).collect::<Vec<_>>().join("\n") + "\n";
+        assert_eq!(epochs(dat.as_bytes(), "KB210006_BLG01/KB210006_KMTC01_I.pysis.dat"), reference, "seven columns");
+        assert_eq!(crate::ingest::Format::Auto.resolve("x/KMTC01_I.pysis.dat", false), crate::ingest::Format::Pysis);
+        // pySIS 5: image name first, magnitude in column 12; a commented-out first epoch.
+        let p5 = std::fs::read(format!("{REAL_DEV}/KB240697_BLG19/KB240697-KMTC19_I.pysis5")).unwrap();
+        let e5 = epochs(&p5, "KB240697_BLG19/KB240697-KMTC19_I.pysis5");
+        let data: Vec<&str> = std::str::from_utf8(&p5).unwrap().lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
+        assert_eq!(e5.len(), data.len());
+        let f: Vec<&str> = data[0].split_whitespace().collect();
+        assert_eq!(e5[0].0, f[1].parse::<f64>().unwrap());
+        assert_eq!(e5[0].2, f[11].parse::<f64>().unwrap(), "the magnitude is column 12");
+        // Brightening is positive once stored: the brightest magnitude has the largest flux.
+        let brightest = e5.iter().filter(|e| e.2.is_finite()).min_by(|a, b| a.2.total_cmp(&b.2)).unwrap();
+        let top = e5.iter().map(|e| e.1).fold(f64::MIN, f64::max);
+        assert!(brightest.1 > 0.5 * top, "{brightest:?} vs {top}");
+        // Text where the data should be names the file and line.
+        let e = layout(b"hello world\n1 2 3\n", "KMTC01_I.pysis").unwrap_err();
+        assert!(e.to_string().contains("line 1 of KMTC01_I.pysis") && e.to_string().contains("cannot tell the layout"), "{e}");
+    }
 
     #[test]
     fn a_bad_file_name_names_the_part_that_is_wrong() {

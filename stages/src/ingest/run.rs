@@ -653,14 +653,15 @@ async fn execute(key: &str, plan: Plan, out: &PhotometryStore, ledger: &dyn File
     }
 }
 
-/// True for names ingest reads (possibly `.gz`): `.pysis`, `.diapl`, OGLE `phot.dat`/`.dat`, and
+/// True for names ingest reads (possibly `.gz`): `.pysis`, `.pysis5`, `.diapl`, OGLE
+/// `phot.dat`/`.dat` (`.pysis.dat` is pySIS), and
 /// anything with a columns mapping.
 pub fn is_input_name(name: &str, has_mapping: bool) -> bool {
     let n = name.strip_suffix(".gz").unwrap_or(name);
     if n.ends_with(".columns.toml") || n.starts_with('.') || n.starts_with('_') {
         return false;
     }
-    n.ends_with(".pysis") || n.ends_with(".diapl") || n.ends_with(".dat") || has_mapping
+    n.ends_with(".pysis") || n.ends_with(".pysis5") || n.ends_with(".diapl") || n.ends_with(".dat") || has_mapping
 }
 
 /// Ingests every input under `input` (a local file or directory, or a store URL) into `out`.
