@@ -32,9 +32,10 @@ fn main() -> ExitCode {
 fn init_tracing(verbose: u8, chatty: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
-        0 if !chatty => "warn,sqlx=warn",
-        0 => "info,sqlx=warn",
-        1 => "debug,sqlx=warn",
+        // ONNX Runtime's own INFO lines (about 200 a run) only with -vv.
+        0 if !chatty => "warn,sqlx=warn,ort=warn",
+        0 => "info,sqlx=warn,ort=warn",
+        1 => "debug,sqlx=warn,ort=warn",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_env("LENSNET_LOG").unwrap_or_else(|_| EnvFilter::new(default));

@@ -14,8 +14,10 @@ use sqlx::Row;
 
 use crate::harness::TestDb;
 
-/// Kills of each command per trial.
-const KILLS: usize = 8;
+/// Kills of each command (more with `LENSNET_CRASH_KILLS=N` for a longer campaign).
+fn kills() -> usize {
+    std::env::var("LENSNET_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(8)
+}
 
 fn lensnet(work: &Path, url: &str, inbox: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lensnet"));
@@ -107,7 +109,7 @@ async fn ingest_and_runs_killed_at_random_moments_end_like_uninterrupted_ones() 
         (vec!["ingest", "--input", inbox.to_str().unwrap()], ingest_time),
         (vec!["run", "--field", "BLG14", "--as-of", as_of, "--season", "2025"], run_time),
     ] {
-        for _ in 0..KILLS {
+        for _ in 0..kills() {
             let delay = typical.mul_f64(0.02 + 0.7 * rng.next_f64());
             let mut child = lensnet(work.path(), &url, inbox, &args).spawn().unwrap();
             std::thread::sleep(delay);
@@ -131,9 +133,9 @@ async fn ingest_and_runs_killed_at_random_moments_end_like_uninterrupted_ones() 
         }
         assert!(done, "{args:?} never completed after the kills");
     }
-    assert_eq!(tried, 2 * KILLS);
+    assert_eq!(tried, 2 * kills());
     eprintln!("crash test: {hit} of {tried} SIGKILLs hit a live process (ingest {ingest_time:?}, run {run_time:?} uninterrupted)");
-    assert!(hit >= KILLS, "most kills land while the command runs: {hit} of {tried}");
+    assert!(hit >= kills(), "most kills land while the command runs: {hit} of {tried}");
     assert_eq!(tables(&db.pool).await, expected, "the same tables as an uninterrupted ingest and run");
     assert_eq!(store_rows(&work.path().join(".lensnet/store")).await, expected_rows, "the same photometry");
     let check = lensnet(work.path(), &url, inbox, &["store", "check"]).stdout(Stdio::piped()).output().unwrap();

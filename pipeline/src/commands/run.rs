@@ -53,4 +53,27 @@ pub fn print_run(run: &FieldRun) {
         };
         println!("  {name:<12} {line}");
     }
+    println!("{}", summary_line(run));
+}
+
+/// One line a person reads: what the run found.
+pub fn summary_line(run: &FieldRun) -> String {
+    let n = |stage: &str, f: &dyn Fn(&lensnet_stages::StageReport) -> u64| run.report(stage).map(f);
+    let stars = n("alertfinder", &|r| r.rows_in);
+    let candidates = n("alertfinder", &|r| r.rows_out);
+    let detail = |k: &str| run.report("score").and_then(|r| r.details.get(k)).and_then(|v| v.as_u64());
+    let ingested = n("ingest", &|r| r.rows_out);
+    let mut parts = Vec::new();
+    if let Some(rows) = ingested {
+        parts.push(format!("{rows} new epochs ingested"));
+    }
+    match (stars, candidates) {
+        (Some(s), Some(c)) => parts.push(format!("{s} stars searched, {c} candidate(s)")),
+        _ => parts.push("search up to date".to_string()),
+    }
+    if let (Some(y), Some(m)) = (detail("yes"), detail("maybe")) {
+        parts.push(format!("{y} yes, {m} maybe"));
+    }
+    let status = if run.outcome.succeeded() { "done" } else { "FAILED" };
+    format!("{status}: {} as of {:.2}: {}", run.field, run.as_of, parts.join("; "))
 }

@@ -131,7 +131,9 @@ fn spawn_run(tasks: &mut JoinSet<()>, runner: Arc<FieldRunner>, field: Field, li
         let season = season_of(as_of);
         info!(field = %field, as_of, "scheduled run starting");
         match runner.run("serve", Plan::Live, field, season, as_of, None, &PhotometryCache::new()).await {
-            Ok(run) if run.outcome.succeeded() => info!(field = %field, run_id = %run.run_id, "scheduled run succeeded"),
+            Ok(run) if run.outcome.succeeded() => {
+                info!(field = %field, run_id = %run.run_id, summary = %super::run::summary_line(&run), "scheduled run succeeded")
+            }
             Ok(run) => warn!(field = %field, run_id = %run.run_id, error = run.outcome.first_error().unwrap_or_default(), "scheduled run failed"),
             Err(FieldRunError::Busy(_)) => info!(field = %field, "another process is running this field; tick skipped"),
             Err(e) => error!(field = %field, error = %e, "scheduled run could not run"),
