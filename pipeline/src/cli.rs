@@ -41,6 +41,9 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check a model on a labelled archive: ingest the folder, replay every (season, field) that
+    /// holds data as if live, and report events found and non-events flagged, by survey and type.
+    Evaluate(EvaluateArgs),
     /// Check the photometry store for crash debris (orphan parts, lost parts, uncompacted
     /// partitions) and repair it.
     #[command(subcommand)]
@@ -179,6 +182,27 @@ pub enum DbCommand {
     },
     /// Apply pending schema migrations (starting the local cluster if needed).
     Migrate,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// The archive: one folder per labelled star with its files (and `.columns.toml` sidecars
+    /// where a layout needs one).
+    #[arg(long, value_name = "DIR")]
+    pub input: PathBuf,
+    /// labels.csv: star, class (event, binary_event, nonevent), type, survey, peak_hjd, ...
+    #[arg(long, value_name = "CSV")]
+    pub labels: PathBuf,
+    /// ONNX model to evaluate (default: the configured one).
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Where the report (report.md, report.json, events.png, nonevents.png) and the evaluation's
+    /// own store go; default: <data_dir>/evaluate/<name of the input folder>.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Days between replay steps.
+    #[arg(long, default_value = "1d")]
+    pub step: String,
 }
 
 #[derive(Debug, Subcommand)]

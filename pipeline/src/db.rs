@@ -103,6 +103,45 @@ pub async fn open(cfg: &Config) -> Result<PgPool, DbError> {
     Ok(pool)
 }
 
+/// Like [`open`], but on database `name` of the same server (created when missing): for work
+/// that must not touch the production tables (`lensnet evaluate`).
+pub async fn open_named(cfg: &Config, name: &str) -> Result<PgPool, DbError> {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.is_empty() {
+        return Err(DbError::BadUrl(format!("database name `{name}`: use letters, digits and _")));
+    }
+    match &cfg.database {
+        DatabaseSource::Local { dir, .. } => {
+            let mut local = cfg.clone();
+            local.database = DatabaseSource::Local { dir: dir.clone(), name: name.to_string() };
+            open(&local).await
+        }
+        DatabaseSource::Url(url) => {
+            let admin = connect(url.expose(), 1, Duration::from_secs(cfg.connect_timeout_s)).await?;
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)").bind(name).fetch_one(&admin).await?;
+            if !exists {
+                let create = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&admin).await;
+                if let Err(e) = create {
+                    // Two evaluations racing: the loser finds it there.
+                    if !e.to_string().contains("already exists") {
+                        return Err(e.into());
+                    }
+                }
+            }
+            admin.close().await;
+            let opts = PgConnectOptions::from_str(url.expose()).map_err(|e| DbError::BadUrl(redact(&e.to_string())))?.database(name);
+            let target = format!("{}:{}/{name}", opts.get_host(), opts.get_port());
+            let pool = PgPoolOptions::new()
+                .max_connections(cfg.max_connections)
+                .acquire_timeout(Duration::from_secs(cfg.connect_timeout_s))
+                .connect_with(opts)
+                .await
+                .map_err(|source| DbError::Connect { target, source })?;
+            migrate(&pool).await?;
+            Ok(pool)
+        }
+    }
+}
+
 /// Apply pending migrations; returns how many were applied now.
 pub async fn migrate(pool: &PgPool) -> Result<usize, DbError> {
     let before = applied_versions(pool).await?;

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod config;
 pub mod dag;
+pub mod evaluate;
 pub mod fieldrun;
 pub mod db;
 pub mod ledger;

@@ -13,3 +13,4 @@ mod orchestration;
 mod model;
 mod security;
 mod crash;
+mod evaluate;

@@ -1,0 +1,109 @@
+//! `lensnet evaluate --input DIR --labels labels.csv [--model FILE] [--out DIR]`: a survey team
+//! checks a model on its own labelled archive. The archive is ingested into the evaluation's own
+//! store (under `--out`) and database (`<name>_evaluate` on the same server), so production
+//! tables are never touched; every (season, field) that holds data is replayed day by day as if
+//! live through the production path (the same field runner as `lensnet run`); the figures are
+//! printed and written as report.md, report.json and two PNG figures.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use lensnet::config::{Config, DatabaseSource};
+use lensnet::evaluate::{evaluate, outcomes, read_labels, to_markdown, write_plots};
+use lensnet::replay::{parse_step, replay, ReplayOptions};
+use lensnet::{app, db};
+use lensnet_stages::ingest::{season_of, PhotometryStore};
+use lensnet_stages::Field;
+
+use super::replay::{ingest_all, progress_printer};
+use crate::cli::EvaluateArgs;
+
+pub async fn run(cfg: Config, args: EvaluateArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let step_days = parse_step(&args.step).map_err(|e| anyhow::anyhow!(e)).context("--step")?;
+    let labels = read_labels(&args.labels)?;
+    anyhow::ensure!(!labels.is_empty(), "{} labels no star", args.labels.display());
+    // Every labelled star must be in the archive (a folder of that name).
+    let mut folders = BTreeSet::new();
+    collect_folders(&args.input, &mut folders).with_context(|| format!("reading {}", args.input.display()))?;
+    let missing: Vec<String> = labels.iter().filter(|l| !folders.contains(&l.star)).map(|l| format!("{} (line {})", l.star, l.line)).collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "{} names {} star(s) that {} does not hold (no folder of that name): {}",
+            args.labels.display(),
+            missing.len(),
+            args.input.display(),
+            missing.iter().take(10).cloned().collect::<Vec<_>>().join(", ") + if missing.len() > 10 { ", ..." } else { "" }
+        );
+    }
+    let name = args.input.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "archive".into());
+    let out = args.out.clone().unwrap_or_else(|| cfg.data_dir.join("evaluate").join(&name));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let out = out.canonicalize()?;
+
+    // Its own store and database: the production tables are never touched.
+    let mut ecfg = cfg.clone();
+    ecfg.store_url = format!("file://{}", out.join("store").display());
+    // One database per --out folder (its ledger belongs to that folder's store): running the
+    // same evaluation again resumes it, another folder starts afresh.
+    let tag = &lensnet::fieldrun::uuid_of(&out.display().to_string()).simple().to_string()[..8];
+    let db_name = match &cfg.database {
+        DatabaseSource::Local { name, .. } => format!("{name}_evaluate_{tag}"),
+        DatabaseSource::Url(_) => format!("lensnet_evaluate_{tag}"),
+    };
+    let pool = db::open_named(&ecfg, &db_name).await?;
+    let scorer = Arc::new(app::scorer(&ecfg, args.model.as_deref()).context("loading the model")?);
+    let m = scorer.model();
+    println!("evaluate   {} labelled stars in {}; model {} (sha256 {})", labels.len(), args.input.display(), m.path.display(), &m.sha256[..12]);
+    println!("           store {}, database {db_name}", out.join("store").display());
+    let runner = app::field_runner(&ecfg, pool, scorer).context("setting up the field runner")?;
+    ingest_all(&runner, &args.input.display().to_string()).await?;
+
+    // Every (season, field) that holds data, replayed as if live.
+    let photometry = PhotometryStore::new(runner.store.clone(), runner.root.clone());
+    let mut pairs: BTreeSet<(i32, Field)> = BTreeSet::new();
+    for k in photometry.partitions().await? {
+        pairs.insert((k.season, k.field));
+    }
+    let seasons: BTreeSet<i32> = pairs.iter().map(|p| p.0).collect();
+    let mut histories = Vec::new();
+    let progress = progress_printer();
+    for (i, &season) in seasons.iter().enumerate() {
+        let fields: Vec<Field> = pairs.iter().filter(|p| p.0 == season).map(|p| p.1).collect();
+        eprintln!("season {season} ({} of {}): {}", i + 1, seasons.len(), fields.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", "));
+        let opts = ReplayOptions { season, fields, step_days, kind: "replay" };
+        let result = replay(&runner, &opts, &progress).await.with_context(|| format!("replaying season {season}"))?;
+        histories.push((season, result.stars));
+    }
+    let flagged = outcomes(&histories);
+    let mut e = evaluate(&labels, &flagged, season_of, runner.model_sha256(), pairs.iter().map(|(s, f)| (*s, f.to_string())).collect());
+    e.step_days = step_days;
+    let md = to_markdown(&e);
+    println!();
+    print!("{md}");
+    std::fs::write(out.join("report.md"), &md)?;
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&e)?)?;
+    let mut written = vec![out.join("report.md"), out.join("report.json")];
+    match write_plots(&e, &out) {
+        Ok(files) => written.extend(files),
+        Err(err) => eprintln!("warning: figures not drawn: {err}"),
+    }
+    println!();
+    println!("wrote {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!("evaluate finished in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The names of every folder under `dir` (star folders may sit at any depth).
+fn collect_folders(dir: &std::path::Path, out: &mut BTreeSet<String>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            out.insert(e.file_name().to_string_lossy().into_owned());
+            collect_folders(&e.path(), out)?;
+        }
+    }
+    Ok(())
+}
