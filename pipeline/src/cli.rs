@@ -203,6 +203,10 @@ pub struct EvaluateArgs {
     /// Days between replay steps.
     #[arg(long, default_value = "1d")]
     pub step: String,
+    /// Only the stars of one fixed half of the archive (by a hash of the star id; see
+    /// `lensnet::evaluate::half_of`): report on `validation`, train and tune on `training`.
+    #[arg(long, value_parser = ["training", "validation"])]
+    pub half: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -85,6 +85,34 @@ pub fn read_labels(path: &Path) -> Result<Vec<Label>, EvalError> {
     Ok(out)
 }
 
+/// The fixed halves of a labelled archive, by star: a model is trained and tuned on the
+/// training half and reported on the validation half, never the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Half {
+    Training,
+    Validation,
+}
+
+impl std::str::FromStr for Half {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Half, String> {
+        match s {
+            "training" => Ok(Half::Training),
+            "validation" => Ok(Half::Validation),
+            o => Err(format!("`{o}` is not a half (training or validation)")),
+        }
+    }
+}
+
+/// The half a star belongs to: the lowest bit of the first byte of sha256("lensnet split " +
+/// star id). Fixed for ever (it depends on the id alone), about half of any set, and the same in
+/// Python (`hashlib.sha256(b"lensnet split " + star.encode()).digest()[0] & 1`).
+pub fn half_of(star: &str) -> Half {
+    use sha2::{Digest, Sha256};
+    if Sha256::digest(format!("lensnet split {star}").as_bytes())[0] & 1 == 0 { Half::Training } else { Half::Validation }
+}
+
 /// What the replays flagged for one star, over all its seasons.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Outcome {
@@ -389,6 +417,20 @@ mod tests {
         let e = labels("star,class\nA,event\nA,nonevent\n").unwrap_err().to_string();
         assert!(e.contains("line 3") && e.contains("twice"), "{e}");
         assert!(labels("name,kind\n").unwrap_err().to_string().contains("no `star` and `class`"));
+    }
+
+    /// The halves of four stars, computed independently with Python's hashlib.
+    const PINNED_HALVES: [Half; 4] = [Half::Validation, Half::Validation, Half::Training, Half::Training];
+
+    #[test]
+    fn the_halves_are_fixed_and_balanced() {
+        let stars: Vec<String> = (0..2000).map(|i| format!("OGLE-BLG-DN-{i:04}")).collect();
+        let v = stars.iter().filter(|s| half_of(s) == Half::Validation).count();
+        assert!((900..1100).contains(&v), "{v} of 2000 in the validation half");
+        // Pinned: the split must never move a star.
+        assert_eq!(half_of("KB210006_BLG01"), half_of("KB210006_BLG01"));
+        let pinned: Vec<Half> = ["KB210006_BLG01", "OGLEII_10.454300", "OGLE-BLG-DN-0004", "ASAS_216354_Mira"].iter().map(|s| half_of(s)).collect();
+        assert_eq!(pinned, PINNED_HALVES.to_vec());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use lensnet::config::{Config, DatabaseSource};
-use lensnet::evaluate::{evaluate, outcomes, read_labels, to_markdown, write_plots};
+use lensnet::evaluate::{evaluate, half_of, outcomes, read_labels, to_markdown, write_plots, Half};
 use lensnet::replay::{parse_step, replay, ReplayOptions};
 use lensnet::{app, db};
 use lensnet_stages::ingest::{season_of, PhotometryStore};
@@ -23,7 +23,11 @@ use crate::cli::EvaluateArgs;
 pub async fn run(cfg: Config, args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let step_days = parse_step(&args.step).map_err(|e| anyhow::anyhow!(e)).context("--step")?;
-    let labels = read_labels(&args.labels)?;
+    let mut labels = read_labels(&args.labels)?;
+    let half: Option<Half> = args.half.as_deref().map(str::parse).transpose().map_err(|e: String| anyhow::anyhow!(e))?;
+    if let Some(h) = half {
+        labels.retain(|l| half_of(&l.star) == h);
+    }
     anyhow::ensure!(!labels.is_empty(), "{} labels no star", args.labels.display());
     // Every labelled star must be in the archive (a folder of that name).
     let mut folders = BTreeSet::new();
@@ -59,7 +63,22 @@ pub async fn run(cfg: Config, args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     println!("evaluate   {} labelled stars in {}; model {} (sha256 {})", labels.len(), args.input.display(), m.path.display(), &m.sha256[..12]);
     println!("           store {}, database {db_name}", out.join("store").display());
     let runner = app::field_runner(&ecfg, pool, scorer).context("setting up the field runner")?;
-    ingest_all(&runner, &args.input.display().to_string()).await?;
+    let input = match half {
+        None => args.input.clone(),
+        Some(h) => {
+            // Only the half's stars: a folder of links to their folders.
+            let links = out.join(format!("input-{}", if h == Half::Validation { "validation" } else { "training" }));
+            let _ = std::fs::remove_dir_all(&links);
+            std::fs::create_dir_all(&links)?;
+            let input = args.input.canonicalize()?;
+            for l in &labels {
+                let target = find_folder(&input, &l.star).with_context(|| format!("finding the folder of {}", l.star))?;
+                std::os::unix::fs::symlink(&target, links.join(&l.star)).with_context(|| format!("linking {}", target.display()))?;
+            }
+            links
+        }
+    };
+    ingest_all(&runner, &input.display().to_string()).await?;
 
     // Every (season, field) that holds data, replayed as if live.
     let photometry = PhotometryStore::new(runner.store.clone(), runner.root.clone());
@@ -94,6 +113,23 @@ pub async fn run(cfg: Config, args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     println!("wrote {}", written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     println!("evaluate finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The folder named `name` under `dir`, at any depth.
+fn find_folder(dir: &std::path::Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let direct = dir.join(name);
+    if direct.is_dir() {
+        return Ok(direct);
+    }
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            if let Ok(p) = find_folder(&e.path(), name) {
+                return Ok(p);
+            }
+        }
+    }
+    anyhow::bail!("no folder {name} under {}", dir.display())
 }
 
 /// The names of every folder under `dir` (star folders may sit at any depth).
