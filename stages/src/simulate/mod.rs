@@ -10,6 +10,7 @@
 
 pub mod astro;
 pub mod cadence;
+pub mod inject;
 pub mod label;
 pub mod lens;
 pub mod model;
