@@ -25,7 +25,7 @@ pub const HJD_RANGE: (f64, f64) = (-10_000.0, 30_000.0);
 
 /// Values no photometry can hold are a malformed line (the file is quarantined, naming it),
 /// never data: an infinite or absurd flux would otherwise become an alert.
-fn check_plausible(hjd: &[f64], flux: &[f64], flux_err: &[f64], line: &[u32], file: &str) -> Result<(), ParseError> {
+fn check_plausible(hjd: &[f64], flux: &[f64], flux_err: &[f64], line: &[u32], file: &str, max_abs: f64) -> Result<(), ParseError> {
     let bad = |i: usize, quantity: &'static str, value: f64, why: &str| ParseError::Implausible {
         file: file.to_string(),
         line: line.get(i).copied().map(u64::from).unwrap_or(0),
@@ -37,11 +37,11 @@ fn check_plausible(hjd: &[f64], flux: &[f64], flux_err: &[f64], line: &[u32], fi
         if !(hjd[i] >= HJD_RANGE.0 && hjd[i] <= HJD_RANGE.1) {
             return Err(bad(i, "time", hjd[i], "outside HJD 2440000 .. 2480000"));
         }
-        if flux[i].is_infinite() || flux[i].abs() > MAX_ABS_FLUX {
+        if flux[i].is_infinite() || flux[i].abs() > max_abs {
             return Err(bad(i, "flux", flux[i], "beyond ±1e10 (brighter than magnitude 3)"));
         }
         let e = flux_err.get(i).copied().unwrap_or(f64::NAN);
-        if e.is_infinite() || e < 0.0 || e > MAX_ABS_FLUX {
+        if e.is_infinite() || e < 0.0 || e > max_abs {
             return Err(bad(i, "flux error", e, "negative, infinite or beyond 1e10"));
         }
     }
@@ -335,7 +335,11 @@ pub fn normalize(
             (flux, total_err, 1, SignSource::Derived, baseline, MAG_ZP)
         }
     };
-    check_plausible(&hjd, &flux, &flux_err, &t.line, file)?;
+    // Difference flux is on the zp-28 scale, so an absolute bound holds; fluxes derived from
+    // magnitudes or total fluxes may be on any instrumental scale (MACHO's magnitudes are near
+    // -8), so only their finiteness is checked.
+    let bound = if matches!(kind, ValueKind::DeltaFlux { .. }) { MAX_ABS_FLUX } else { f64::MAX };
+    check_plausible(&hjd, &flux, &flux_err, &t.line, file, bound)?;
     let obs = Observations {
         meta,
         time_system: ts,
