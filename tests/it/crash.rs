@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use lensnet_stages::simulate::{write_season, SimConfig};
 use lensnet_stages::Field;
 use sqlx::postgres::PgPool;
-use sqlx::Row;
 
 use crate::harness::TestDb;
 
@@ -50,17 +49,11 @@ impl Lcg {
 
 /// The result tables and the ledger, without timestamps or run ids.
 async fn tables(pool: &PgPool) -> Vec<String> {
-    let mut out = Vec::new();
-    for q in [
-        "SELECT path || '|' || status || '|' || rows || '|' || sha256 || '|' || ingested_bytes FROM ingested_files ORDER BY 1",
-        "SELECT candidate_id || '|' || star_id || '|' || n_high || '|' || round(dchi2_broken::numeric, 6) FROM candidates ORDER BY 1",
-        "SELECT candidate_id || '|' || kind || '|' || round(dchi2::numeric, 6) FROM fits ORDER BY 1",
-        "SELECT candidate_id || '|' || verdict || '|' || round(binary_score::numeric, 5) || '|' || coalesce(first_flagged_hjd::text, '-') FROM verdicts ORDER BY 1",
-    ] {
-        for r in sqlx::query(q).fetch_all(pool).await.unwrap() {
-            out.push(r.get::<String, _>(0));
-        }
-    }
+    let mut out: Vec<String> = sqlx::query_scalar("SELECT path || '|' || status || '|' || rows || '|' || sha256 || '|' || ingested_bytes FROM ingested_files ORDER BY 1")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    out.extend(crate::orchestration::tables(pool).await);
     out
 }
 

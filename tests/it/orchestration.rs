@@ -102,7 +102,7 @@ pub(crate) fn candidate_time(cfg: &SimConfig, field: Field) -> f64 {
 }
 
 /// Rows of the result tables, without timestamps, for comparing two databases.
-async fn tables(pool: &PgPool) -> Vec<String> {
+pub(crate) async fn tables(pool: &PgPool) -> Vec<String> {
     let mut out = Vec::new();
     for q in [
         "SELECT candidate_id || '|' || star_id || '|' || n_high || '|' || round(dchi2_broken::numeric, 6) FROM candidates ORDER BY 1",
