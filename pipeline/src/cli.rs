@@ -44,6 +44,9 @@ pub enum Command {
     /// Check a model on a labelled archive: ingest the folder, replay every (season, field) that
     /// holds data as if live, and report events found and non-events flagged, by survey and type.
     Evaluate(EvaluateArgs),
+    /// Draw one star's light curve (per site, with the AlertFinder fits and the as-of line) to a
+    /// PNG or SVG file.
+    Plot(PlotArgs),
     /// Check the photometry store for crash debris (orphan parts, lost parts, uncompacted
     /// partitions) and repair it.
     #[command(subcommand)]
@@ -182,6 +185,26 @@ pub enum DbCommand {
     },
     /// Apply pending schema migrations (starting the local cluster if needed).
     Migrate,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Field of the star, e.g. BLG14.
+    #[arg(long)]
+    pub field: String,
+    /// Star id as stored (the star folder's name).
+    #[arg(long)]
+    pub star: String,
+    /// Draw what the pipeline knew at this time (HJD - 2450000): the newest fits at or before it
+    /// and a line at it (default: the newest fits).
+    #[arg(long, value_name = "TIME", value_parser = parse_as_of)]
+    pub as_of: Option<f64>,
+    /// Season (calendar year); default: the season of --as-of, else the star's newest.
+    #[arg(long)]
+    pub season: Option<i32>,
+    /// Output file: .png or .svg.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

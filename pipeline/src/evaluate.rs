@@ -290,14 +290,14 @@ pub fn to_markdown(e: &Evaluation) -> String {
 }
 
 /// Fonts tried for the figures' text, in order (Debian's fonts-dejavu-core, then others).
-const FONTS: [&str; 3] = [
+pub const FONTS: [&str; 3] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
 ];
 
 /// Registers a sans-serif font with plotters once; false when none is installed.
-fn font_ready() -> bool {
+pub fn font_ready() -> bool {
     static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *READY.get_or_init(|| {
         for f in FONTS {

@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod dag;
 pub mod evaluate;
+pub mod plot;
 pub mod fieldrun;
 pub mod db;
 pub mod ledger;

@@ -383,3 +383,24 @@ async fn store_check_finds_debris_and_repair_mends_it() {
     assert!(cmd(&["store", "check"]).status.success(), "clean after repair");
     assert!(store.read_partition(&kmtc).await.is_ok(), "the partition reads again");
 }
+
+#[tokio::test]
+async fn lensnet_plot_draws_a_stored_star_and_names_a_missing_one() {
+    let db = TestDb::new().await;
+    let Some(url) = db.url() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let cmd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_lensnet")).args(args).current_dir(work.path()).env("DATABASE_URL", &url).env("LENSNET_LOG", "warn").output().unwrap()
+    };
+    assert!(cmd(&["ingest", "--input", shared_data().join("KB180003").to_str().unwrap()]).status.success());
+    for (name, magic) in [("kb.png", &b"\x89PNG"[..]), ("kb.svg", &b"<svg"[..])] {
+        let out = work.path().join(name);
+        let o = cmd(&["plot", "--field", "BLG14", "--star", "KB180003", "--as-of", "8200", "--out", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("season 2018; no candidate: data only"));
+        assert!(std::fs::read(&out).unwrap().starts_with(magic), "{name}");
+    }
+    let o = cmd(&["plot", "--field", "BLG14", "--star", "KB999999", "--out", work.path().join("x.png").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no photometry of star KB999999 in field BLG14"), "{}", String::from_utf8_lossy(&o.stderr));
+}

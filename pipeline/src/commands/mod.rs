@@ -7,6 +7,7 @@ mod evaluate;
 mod export;
 mod ingest;
 mod replay;
+mod plot;
 mod run;
 mod serve;
 mod simulate;
@@ -47,6 +48,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(cmd) => db::run(load_config(cli.config)?, cmd).await,
         Command::Store(cmd) => store::run(load_config(cli.config)?, cmd).await,
         Command::Evaluate(args) => evaluate::run(load_config(cli.config)?, args).await,
+        Command::Plot(args) => plot::run(load_config(cli.config)?, args).await,
         Command::Demo(args) => demo::run(load_config(cli.config)?, args).await,
         Command::Simulate(args) => tokio::task::spawn_blocking(move || simulate::run(args)).await?,
         Command::Ingest(args) => ingest::run(load_config(cli.config)?, args).await,
