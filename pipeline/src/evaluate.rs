@@ -318,7 +318,7 @@ fn bar_chart(path: &Path, title: &str, groups: &[String], series: &[(&str, Vec<f
     if !font_ready() {
         return Err(format!("no font for the figures' text (tried {}): install fonts-dejavu-core", FONTS.join(", ")));
     }
-    let width = (220 + 90 * groups.len() as u32).clamp(640, 2400);
+    let width = (220 + 125 * groups.len() as u32).clamp(640, 3600);
     let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let n = groups.len().max(1);
@@ -342,7 +342,7 @@ fn bar_chart(path: &Path, title: &str, groups: &[String], series: &[(&str, Vec<f
     // The group names under their bars (plotters places axis labels itself, not per group).
     for (i, g) in groups.iter().enumerate() {
         let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
-        let style = TextStyle::from(("sans-serif", 14).into_font()).pos(plotters::style::text_anchor::Pos::new(
+        let style = TextStyle::from(("sans-serif", if groups.len() > 8 { 12 } else { 14 }).into_font()).pos(plotters::style::text_anchor::Pos::new(
             plotters::style::text_anchor::HPos::Center,
             plotters::style::text_anchor::VPos::Top,
         ));
