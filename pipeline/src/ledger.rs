@@ -2,7 +2,7 @@
 //! path, so that re-ingesting adds nothing and grown files add only their new lines.
 
 use async_trait::async_trait;
-use lensnet_stages::ingest::ledger::{FileLedger, FileStatus, LedgerEntry, LedgerError, WriterLock};
+use lensnet_stages::ingest::ledger::{db_text, FileLedger, FileStatus, LedgerEntry, LedgerError, WriterLock};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
@@ -103,9 +103,9 @@ impl FileLedger for PgLedger {
         .bind(to_i64(&e.path, "ingested_bytes", e.ingested_bytes)?)
         .bind(to_i64(&e.path, "lines", e.lines)?)
         .bind(to_i64(&e.path, "rows", e.rows)?)
-        .bind(no_nul(&e.last_line))
+        .bind(db_text(&e.last_line))
         .bind(e.status.as_str())
-        .bind(e.reason.as_deref().map(no_nul))
+        .bind(e.reason.as_deref().map(db_text))
         .bind(i16::from(e.flux_sign))
         .bind(&e.time_system)
         .bind(e.baseline_flux)
@@ -141,12 +141,6 @@ impl FileLedger for PgLedger {
         sqlx::query("SELECT pg_advisory_lock($1)").bind(writer_lock_key(store)).execute(&mut conn).await.map_err(backend)?;
         Ok(WriterLock::holding(Box::new(std::sync::Mutex::new(conn))))
     }
-}
-
-/// PostgreSQL text cannot hold NUL: a file with a NUL byte must still be quarantined (its reason
-/// quotes the line), so NUL is stored as the visible `\0`.
-fn no_nul(s: &str) -> String {
-    s.replace('\0', "\\0")
 }
 
 /// The advisory-lock key of a store's writer lock (stable across processes and hosts).

@@ -91,6 +91,12 @@ pub struct LedgerEntry {
     pub mag_zp: Option<f64>,
 }
 
+/// Text for a ledger or audit row: PostgreSQL's text and jsonb cannot hold NUL, and a file with a
+/// NUL byte must still be quarantined (its reason quotes the line), so NUL becomes a visible `\0`.
+pub fn db_text(s: &str) -> String {
+    s.replace('\0', "\\0")
+}
+
 /// The store's writer lock, released when dropped (for a database lock: its session closes,
 /// so a killed writer's lock goes with it).
 pub struct WriterLock(#[allow(dead_code)] Option<Box<dyn std::any::Any + Send + Sync>>);

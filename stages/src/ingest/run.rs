@@ -285,7 +285,12 @@ pub fn plan_with_prior(
         Ok(v) => v,
         Err(e) => return Ok(quarantine(base, FileStatus::Quarantined, e.to_string(), text)),
     };
-    Ok(Plan::Write(prepare(key, base, &text, start, &scan, &obs)?))
+    let mut prepared = prepare(key, base, &text, start, &scan, &obs)?;
+    if start == 0 {
+        // Kept (moved, not copied) for a first look: a copy of an ingested file is quarantined.
+        prepared.text = text;
+    }
+    Ok(Plan::Write(prepared))
 }
 
 fn prepare(key: &str, mut e: LedgerEntry, text: &[u8], start: usize, scan: &Scan, obs: &Observations) -> Result<Prepared, IngestError> {
@@ -342,7 +347,7 @@ fn prepare(key: &str, mut e: LedgerEntry, text: &[u8], start: usize, scan: &Scan
         deferred_line: scan.deferred_line,
         skipped: scan.skipped,
         parts,
-        text: if first_look { text.to_vec() } else { Vec::new() },
+        text: Vec::new(),
         sign_unmeasured: first_look && obs.sign_source == crate::ingest::normalize::SignSource::FormatDefault && !obs.is_empty(),
     })
 }
@@ -434,10 +439,6 @@ fn list_local(root: &std::path::Path) -> (Vec<String>, Vec<String>) {
     files.sort();
     skipped.sort();
     (files, skipped)
-}
-
-fn no_nul(s: &str) -> String {
-    s.replace('\0', "\\0")
 }
 
 /// (hjd, flux) of every row of a prepared file, sorted by time.
@@ -720,7 +721,7 @@ pub async fn ingest_location_locked(
         for m in listed {
             match m {
                 Ok(m) => names.push(m.location),
-                Err(e) => report.skipped_entries.push(no_nul(&e.to_string())),
+                Err(e) => report.skipped_entries.push(crate::ingest::ledger::db_text(&e.to_string())),
             }
         }
         names
@@ -728,7 +729,7 @@ pub async fn ingest_location_locked(
         // Our own walk of a local folder: object_store's stops at the first entry it cannot
         // read (a symlink loop anywhere made ingest take no file at all).
         let (rel, skipped) = list_local(std::path::Path::new(&opened.location));
-        report.skipped_entries.extend(skipped);
+        report.skipped_entries.extend(skipped.iter().map(|e| crate::ingest::ledger::db_text(e)));
         rel.iter().filter_map(|r| Path::parse(r).ok()).collect()
     };
     for e in &report.skipped_entries {
