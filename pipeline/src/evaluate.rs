@@ -289,35 +289,10 @@ pub fn to_markdown(e: &Evaluation) -> String {
     s
 }
 
-/// Fonts tried for the figures' text, in order (Debian's fonts-dejavu-core, then others).
-pub const FONTS: [&str; 3] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-];
-
-/// Registers a sans-serif font with plotters once; false when none is installed.
-pub fn font_ready() -> bool {
-    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *READY.get_or_init(|| {
-        for f in FONTS {
-            if let Ok(bytes) = std::fs::read(f) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok() {
-                    return true;
-                }
-            }
-        }
-        false
-    })
-}
-
 /// One grouped bar chart (fractions in percent) as PNG: a bar per series and group.
 fn bar_chart(path: &Path, title: &str, groups: &[String], series: &[(&str, Vec<f64>, plotters::style::RGBColor)]) -> Result<(), String> {
     use plotters::prelude::*;
-    if !font_ready() {
-        return Err(format!("no font for the figures' text (tried {}): install fonts-dejavu-core", FONTS.join(", ")));
-    }
+    crate::plot::font_ready()?;
     let width = (220 + 125 * groups.len() as u32).clamp(640, 3600);
     let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;

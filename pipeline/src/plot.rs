@@ -12,6 +12,31 @@ use plotters::prelude::*;
 use lensnet_stages::alertfinder::grid::templates;
 use lensnet_stages::photometry::{Band, Site, StarCurves};
 
+/// Fonts tried for the figures' text, in order (Debian's fonts-dejavu-core, then others).
+pub const FONTS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Registers a sans-serif font with plotters once; an error naming the fonts tried when none is
+/// installed.
+pub fn font_ready() -> Result<(), String> {
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ready = *READY.get_or_init(|| {
+        for f in FONTS {
+            if let Ok(bytes) = std::fs::read(f) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    });
+    if ready { Ok(()) } else { Err(format!("no font for the figures' text (tried {}): install fonts-dejavu-core", FONTS.join(", "))) }
+}
+
 /// The newest fits of a star's candidate (from `fits`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Fits {
@@ -46,9 +71,7 @@ fn site_name(site: Option<Site>) -> String {
 
 /// Draws the figure into `path`: PNG or SVG by its extension.
 pub fn draw(fig: &Figure<'_>, path: &Path) -> Result<(), String> {
-    if !crate::evaluate::font_ready() {
-        return Err(format!("no font for the figure's text (tried {}): install fonts-dejavu-core", crate::evaluate::FONTS.join(", ")));
-    }
+    font_ready()?;
     let size = (1100, 620);
     match path.extension().and_then(|e| e.to_str()) {
         Some("svg") => draw_on(SVGBackend::new(path, size).into_drawing_area(), fig),
