@@ -63,6 +63,7 @@ pub fn field_runner(
         config_hash: cfg.hash.clone(),
         retry: crate::runner::RetryPolicy::default(),
         ingest_lock: Default::default(),
+        lock_sessions: Default::default(),
         score_stats,
         alert_thresholds: cfg.alert_thresholds.clone(),
     })

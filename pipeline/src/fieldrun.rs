@@ -310,6 +310,9 @@ pub struct FieldRunner {
     pub retry: RetryPolicy,
     /// Serialises the ingest of concurrent field runs of this process.
     pub ingest_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Sessions (detached from the pool) that held a field's run lock and released it, kept for
+    /// that field's next run.
+    pub lock_sessions: Arc<std::sync::Mutex<std::collections::HashMap<Field, sqlx::PgConnection>>>,
     /// The model's preprocessing statistics (`ScoreStage::stats_of`), parsed once.
     pub score_stats: lensnet_stages::preprocess::PreprocessStats,
     /// AlertFinder parameters by field (`[alertfinder]` in the configuration).
@@ -395,17 +398,35 @@ impl FieldRunner {
     ) -> Result<FieldRun, FieldRunError> {
         // The lock lives in its own session, detached from the pool: if this future is dropped
         // half-way (shutdown), the connection closes and the server releases the lock, instead
-        // of a pooled connection carrying it into an unrelated later run.
-        let mut lock = self.pool.acquire().await?.detach();
+        // of a pooled connection carrying it into an unrelated later run. A session whose lock
+        // was released is kept for the field's next run (a replay makes hundreds, and each new
+        // session costs a password handshake).
+        let kept = self.lock_sessions.lock().expect("lock sessions").remove(&field);
         let key = lock_key(field);
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut lock).await?;
+        let (mut lock, got) = match kept {
+            Some(mut c) => match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut c).await {
+                Ok(got) => (c, got),
+                // A kept session that went away (server restart): a new one.
+                Err(_) => {
+                    let mut c = self.pool.acquire().await?.detach();
+                    let got = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut c).await?;
+                    (c, got)
+                }
+            },
+            None => {
+                let mut c = self.pool.acquire().await?.detach();
+                let got = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut c).await?;
+                (c, got)
+            }
+        };
         if !got {
+            self.lock_sessions.lock().expect("lock sessions").insert(field, lock);
             return Err(FieldRunError::Busy(field));
         }
         let result: Result<FieldRun, FieldRunError> = async {
             // We hold the field's lock: any run of it still marked running belongs to a process
             // that died (killed, machine lost); say so instead of leaving it running for ever.
-            publish::abandon_running(&self.pool, &field.to_string()).await?;
+            publish::abandon_running(&self.pool, publish::DeadRuns::Field(&field.to_string())).await?;
             let dag = self.dag(plan, cache, replay_id)?;
             let run_id = run_id(&RunIdentity {
                 kind,
@@ -435,8 +456,14 @@ impl FieldRunner {
             Ok(FieldRun { run_id, field, as_of, outcome })
         }
         .await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut lock).await;
-        let _ = sqlx::Connection::close(lock).await;
+        match sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)").bind(key).fetch_one(&mut lock).await {
+            Ok(true) => {
+                self.lock_sessions.lock().expect("lock sessions").insert(field, lock);
+            }
+            _ => {
+                let _ = sqlx::Connection::close(lock).await;
+            }
+        }
         result
     }
 }

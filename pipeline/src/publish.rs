@@ -655,55 +655,45 @@ pub mod queries {
     pub const STAR_HISTORY: &str = include_str!("../../sql/query_star_history.sql");
 }
 
-/// Marks the runs of `field` still `running`, and their attempts, as `abandoned`: called by the
-/// holder of the field's lock, so no live process is running any of them. Returns the runs.
-pub async fn abandon_running(pool: &PgPool, field: &str) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let attempts = sqlx::query(
-        "UPDATE stage_attempts SET status = 'abandoned', finished_at = now(), \
-             error = COALESCE(error, 'the process running this attempt stopped before it ended') \
-         WHERE status = 'running' AND run_id IN (SELECT run_id FROM runs WHERE field = $1 AND status = 'running')",
-    )
-    .bind(field)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let runs = sqlx::query(
-        "UPDATE runs SET status = 'abandoned', finished_at = now(), \
-             error = COALESCE(error, 'the process running this run stopped before it ended') \
-         WHERE field = $1 AND status = 'running'",
-    )
-    .bind(field)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    tx.commit().await?;
-    if runs > 0 {
-        info!(field, runs, attempts, "runs left running by a dead process marked abandoned");
-    }
-    Ok(runs)
+/// Whose runs [`abandon_running`] may mark: the caller holds the lock that every such run holds
+/// while it lives, so any of them still `running` belongs to a dead process.
+#[derive(Debug, Clone, Copy)]
+pub enum DeadRuns<'a> {
+    /// The runs of a field (the caller holds the field's lock).
+    Field(&'a str),
+    /// Standalone ingests, kind `ingest` (the caller holds the store's writer lock, which every
+    /// standalone ingest takes before it records its run).
+    Ingests,
 }
 
-/// Marks standalone ingest runs (kind `ingest`) still `running`, and their attempts, as
-/// `abandoned`: called by the holder of the store's writer lock, which every standalone ingest
-/// takes before it records its run, so none of them is alive.
-pub async fn abandon_running_ingests(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "UPDATE stage_attempts SET status = 'abandoned', finished_at = now(), \
-             error = COALESCE(error, 'the process running this attempt stopped before it ended') \
-         WHERE status = 'running' AND run_id IN (SELECT run_id FROM runs WHERE kind = 'ingest' AND status = 'running')",
+/// Marks the runs of `scope` still `running`, and their attempts, as `abandoned`. Returns the
+/// runs marked.
+pub async fn abandon_running(pool: &PgPool, scope: DeadRuns<'_>) -> Result<u64, sqlx::Error> {
+    // NULL: the standalone ingests; else the field.
+    let field: Option<&str> = match scope {
+        DeadRuns::Field(f) => Some(f),
+        DeadRuns::Ingests => None,
+    };
+    // One statement, so one round trip at every field run (a replay makes hundreds).
+    let (runs, attempts): (i64, i64) = sqlx::query_as(
+        "WITH r AS ( \
+             UPDATE runs SET status = 'abandoned', finished_at = now(), \
+                 error = COALESCE(error, 'the process running this run stopped before it ended') \
+             WHERE status = 'running' AND (CASE WHEN $1::text IS NULL THEN kind = 'ingest' ELSE field = $1 END) \
+             RETURNING run_id), \
+         a AS ( \
+             UPDATE stage_attempts SET status = 'abandoned', finished_at = now(), \
+                 error = COALESCE(error, 'the process running this attempt stopped before it ended') \
+             WHERE status = 'running' AND run_id IN (SELECT run_id FROM r) \
+             RETURNING 1) \
+         SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM a)",
     )
-    .execute(&mut *tx)
+    .bind(field)
+    .fetch_one(pool)
     .await?;
-    let runs = sqlx::query(
-        "UPDATE runs SET status = 'abandoned', finished_at = now(), \
-             error = COALESCE(error, 'the process running this ingest stopped before it ended') \
-         WHERE kind = 'ingest' AND status = 'running'",
-    )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    tx.commit().await?;
+    let runs = runs as u64;
+    if runs > 0 {
+        info!(?scope, runs, attempts, "runs left running by a dead process marked abandoned");
+    }
     Ok(runs)
 }

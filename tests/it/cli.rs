@@ -94,7 +94,7 @@ fn db_start_migrate_stop_on_a_fresh_folder() {
     };
     assert!(step(&["db", "start"]).contains("created and started"));
     assert!(step(&["db", "start"]).contains("already running"), "starting twice is harmless");
-    assert!(step(&["db", "migrate"]).contains("3 migration(s) applied now"));
+    assert!(step(&["db", "migrate"]).contains("4 migration(s) applied now"));
     assert!(step(&["db", "migrate"]).starts_with("0 migration(s) applied now"), "a second migrate changes nothing");
     let url = step(&["db", "url"]).trim().to_string();
     assert!(url.starts_with("postgres://") && url.contains("host="), "{url}");

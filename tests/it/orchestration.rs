@@ -59,6 +59,7 @@ fn runner(pool: &PgPool, inbox: &Path) -> Setup {
         config_hash: "test".into(),
         retry: RetryPolicy { max_attempts: 2, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(20) },
         ingest_lock: Default::default(),
+        lock_sessions: Default::default(),
         score_stats: lensnet_stages::score::stage::ScoreStage::stats_of(&scorer()).unwrap(),
         alert_thresholds: Default::default(),
     };

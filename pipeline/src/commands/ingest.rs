@@ -21,7 +21,7 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
     // The store's writer lock first: then every other ingest run still marked running belongs
     // to a process that died, and ours is recorded only once it can go ahead.
     let writer = ledger.lock_writer(&photometry.identity()).await?;
-    publish::abandon_running_ingests(&pool).await?;
+    publish::abandon_running(&pool, publish::DeadRuns::Ingests).await?;
     // The audit trail: a standalone ingest is a run of kind `ingest` with one attempt.
     let run_id = uuid::Uuid::new_v4();
     let retry = publish::RetryPolicy::default();
