@@ -237,7 +237,7 @@ impl LocalPg {
         let sock = path_str(&self.socket_dir());
         let port = SOCKET_PORT.to_string();
         let args = ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", &sock, "-p", &port, "-U", SUPERUSER, "-d", db, "-c", sql];
-        let out = self.pg_cmd_env("psql", &args, password.map(|p| ("PGPASSWORD", p)))?;
+        let out = self.pg_cmd_full("psql", &args, password.map(|p| ("PGPASSWORD", p)), None)?;
         if !out.status.success() {
             return Err(failed("psql", &out, None));
         }
@@ -407,7 +407,7 @@ impl LocalPg {
     }
 
     fn pg_cmd(&self, program: &str, args: &[&str]) -> Result<Output, LocalPgError> {
-        self.pg_cmd_env(program, args, None)
+        self.pg_cmd_full(program, args, None, None)
     }
 
     /// A command that holds the cluster's lock for as long as it lives: the lock file is its
@@ -416,10 +416,6 @@ impl LocalPg {
     fn pg_cmd_locked(&self, program: &str, args: &[&str], lock: &fs::File) -> Result<Output, LocalPgError> {
         let stdin = lock.try_clone().map_err(|e| io_err(&self.root.join("lock"), e))?;
         self.pg_cmd_full(program, args, None, Some(stdin))
-    }
-
-    fn pg_cmd_env(&self, program: &str, args: &[&str], env: Option<(&str, &str)>) -> Result<Output, LocalPgError> {
-        self.pg_cmd_full(program, args, env, None)
     }
 
     fn pg_cmd_full(&self, program: &str, args: &[&str], env: Option<(&str, &str)>, stdin: Option<fs::File>) -> Result<Output, LocalPgError> {
@@ -473,7 +469,7 @@ fn create_private_dir(dir: &Path) -> Result<(), LocalPgError> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io_err(dir, e))
 }
 
-/// A cluster folder must be absolute-able and free of control characters (they cannot be
+/// A cluster folder must be UTF-8 and free of control characters (they cannot be
 /// written into postgresql.conf or a URL safely).
 fn check_path(p: &Path) -> Result<(), LocalPgError> {
     let s = p.to_str().ok_or_else(|| LocalPgError::BadPath { path: p.to_path_buf(), reason: "the path is not UTF-8".into() })?;

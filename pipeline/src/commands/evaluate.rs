@@ -30,9 +30,9 @@ pub async fn run(cfg: Config, args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     }
     anyhow::ensure!(!labels.is_empty(), "{} labels no star", args.labels.display());
     // Every labelled star must be in the archive (a folder of that name).
-    let mut folders = BTreeSet::new();
+    let mut folders = std::collections::BTreeMap::new();
     collect_folders(&args.input, &mut folders).with_context(|| format!("reading {}", args.input.display()))?;
-    let missing: Vec<String> = labels.iter().filter(|l| !folders.contains(&l.star)).map(|l| format!("{} (line {})", l.star, l.line)).collect();
+    let missing: Vec<String> = labels.iter().filter(|l| !folders.contains_key(&l.star)).map(|l| format!("{} (line {})", l.star, l.line)).collect();
     if !missing.is_empty() {
         anyhow::bail!(
             "{} names {} star(s) that {} does not hold (no folder of that name): {}",
@@ -70,9 +70,8 @@ pub async fn run(cfg: Config, args: EvaluateArgs) -> anyhow::Result<ExitCode> {
             let links = out.join(format!("input-{}", if h == Half::Validation { "validation" } else { "training" }));
             let _ = std::fs::remove_dir_all(&links);
             std::fs::create_dir_all(&links)?;
-            let input = args.input.canonicalize()?;
             for l in &labels {
-                let target = find_folder(&input, &l.star).with_context(|| format!("finding the folder of {}", l.star))?;
+                let target = folders[&l.star].canonicalize()?;
                 std::os::unix::fs::symlink(&target, links.join(&l.star)).with_context(|| format!("linking {}", target.display()))?;
             }
             links
@@ -115,29 +114,12 @@ pub async fn run(cfg: Config, args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The folder named `name` under `dir`, at any depth.
-fn find_folder(dir: &std::path::Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
-    let direct = dir.join(name);
-    if direct.is_dir() {
-        return Ok(direct);
-    }
+/// Every folder under `dir` by name (star folders may sit at any depth; the first found wins).
+fn collect_folders(dir: &std::path::Path, out: &mut std::collections::BTreeMap<String, std::path::PathBuf>) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         if e.file_type()?.is_dir() {
-            if let Ok(p) = find_folder(&e.path(), name) {
-                return Ok(p);
-            }
-        }
-    }
-    anyhow::bail!("no folder {name} under {}", dir.display())
-}
-
-/// The names of every folder under `dir` (star folders may sit at any depth).
-fn collect_folders(dir: &std::path::Path, out: &mut BTreeSet<String>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            out.insert(e.file_name().to_string_lossy().into_owned());
+            out.entry(e.file_name().to_string_lossy().into_owned()).or_insert_with(|| e.path());
             collect_folders(&e.path(), out)?;
         }
     }
