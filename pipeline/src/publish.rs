@@ -329,7 +329,11 @@ where
         .rows_affected();
 
     let v = &b.verdicts;
+    // Not a prepared statement kept on the connection: its generic plan, made while the tables
+    // were small, scans every earlier verdict once the season has grown (250 ms a step by the end
+    // of a demo replay on a long-lived connection, 3 ms planned afresh).
     let verdicts = sqlx::query(INSERT_VERDICTS)
+        .persistent(false)
         .bind(v.iter().map(|r| r.candidate_id.clone()).collect::<Vec<_>>())
         .bind(v.iter().map(|r| r.model_sha256.clone()).collect::<Vec<_>>())
         .bind(v.iter().map(|r| r.p_yes).collect::<Vec<_>>())
