@@ -98,6 +98,17 @@ pub struct RawAlertFinder {
     pub high_sigma: f64,
     /// Bin width of the binned pre-selection (days); 0 = off.
     pub bin_days: f64,
+    /// Baselines from each star's history (earlier seasons included).
+    pub history: bool,
+    pub min_history_nights: usize,
+    /// Report a star whose history holds an ended brightening as recurrent, not as a candidate.
+    pub recurrent_veto: bool,
+    /// Cadence adaptation of the window, N_high and the broken-line threshold.
+    pub min_window_points: usize,
+    pub max_window_days: f64,
+    pub min_n_high: usize,
+    pub ref_window_points: usize,
+    pub min_delta_chi2: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -576,12 +587,29 @@ fn alert_thresholds(a: &RawAlertFinder, bad: &mut impl FnMut(&str, String)) -> l
         ("alertfinder.window_days", a.window_days.is_finite() && a.window_days > 0.0, "must be a positive number of days"),
         ("alertfinder.high_sigma", a.high_sigma.is_finite() && a.high_sigma > 0.0, "must be positive"),
         ("alertfinder.bin_days", a.bin_days.is_finite() && a.bin_days >= 0.0, "must be 0 (off) or a positive number of days"),
+        ("alertfinder.min_history_nights", a.min_history_nights >= 1, "must be at least 1"),
+        ("alertfinder.max_window_days", a.max_window_days.is_finite() && a.max_window_days > 0.0, "must be a positive number of days"),
+        ("alertfinder.min_n_high", a.min_n_high >= 1, "must be at least 1"),
+        ("alertfinder.min_delta_chi2", a.min_delta_chi2.is_finite() && a.min_delta_chi2 >= 0.0, "must be a finite number >= 0"),
     ] {
         if !ok {
             bad(key, what.into());
         }
     }
-    let common = |base: AlertParams| AlertParams { window_days: a.window_days, high_sigma: a.high_sigma, bin_days: a.bin_days, ..base };
+    let common = |base: AlertParams| AlertParams {
+        window_days: a.window_days,
+        high_sigma: a.high_sigma,
+        bin_days: a.bin_days,
+        use_history: a.history,
+        min_history_nights: a.min_history_nights,
+        recurrent_veto: a.recurrent_veto,
+        min_window_points: a.min_window_points,
+        max_window_days: a.max_window_days,
+        min_n_high: a.min_n_high,
+        ref_window_points: a.ref_window_points,
+        min_delta_chi2: a.min_delta_chi2,
+        ..base
+    };
     t.high = common(AlertParams { n_high: a.high_n_high, delta_chi2_min: a.high_delta_chi2, ..AlertParams::high_cadence() });
     t.low = common(AlertParams { n_high: a.low_n_high, delta_chi2_min: a.low_delta_chi2, ..AlertParams::low_cadence() });
     t.high_cadence_fields.clear();

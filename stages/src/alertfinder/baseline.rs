@@ -27,6 +27,9 @@ pub struct SiteBaseline {
     pub error_scale: f64,
     /// Mean reported error bar of the baseline points (before rescaling).
     pub mean_err: f64,
+    /// The season's points before the window were enough on their own (no fallback to all).
+    #[serde(skip)]
+    pub from_season: bool,
 }
 
 /// A point is usable when all of its numbers are finite and its error bar is positive.
@@ -83,6 +86,7 @@ pub fn site_baselines(
     }
     for s in 0..N_SITES {
         let min = p.min_baseline_points.max(1);
+        out[s].from_season = scratch.flux[s].len() >= min;
         if scratch.flux[s].len() < min && n_all[s] >= min {
             // Short history: use every valid point of the site instead.
             scratch.flux[s].clear();
@@ -113,7 +117,7 @@ pub fn site_baselines(
             out[s].n = n as u32;
             continue;
         }
-        out[s] = SiteBaseline { n: n as u32, usable: true, median: med, error_scale: k, mean_err };
+        out[s] = SiteBaseline { n: n as u32, usable: true, median: med, error_scale: k, mean_err, from_season: out[s].from_season };
     }
     out
 }

@@ -23,6 +23,7 @@ pub mod bench;
 pub mod brokenline;
 pub mod diagnosis;
 pub mod grid;
+pub mod history;
 pub mod stage;
 pub mod synth;
 #[cfg(test)]
@@ -37,6 +38,7 @@ pub use baseline::SiteBaseline;
 pub use brokenline::BrokenLine;
 pub use diagnosis::{diagnosis_vector, DIAGNOSIS_NAMES, DIAGNOSIS_VERSION, N_DIAGNOSIS};
 pub use grid::{GridFit, GridParams};
+pub use history::{HistorySummary, NightBuffers, StarHistory};
 
 use crate::photometry::LightCurve;
 use baseline::{valid, BaselineScratch};
@@ -85,6 +87,28 @@ pub struct AlertParams {
     pub high_sky_ratio: f64,
     /// The EventFinder grid run on candidates.
     pub grid: GridParams,
+    /// Use the star's history ([`history`]: every stored night before the search window,
+    /// earlier seasons included) once it holds `min_history_nights` nights: when the season has
+    /// too few points before its window, the baseline (level and error-bar multiplier) is the
+    /// earlier seasons' (else the history so far); when the season's level sits above the
+    /// earlier seasons' by more than a point's noise (a long event under way), the level is
+    /// theirs and the multiplier the season's. Otherwise the season's points decide, as without.
+    pub use_history: bool,
+    pub min_history_nights: usize,
+    /// A candidate whose history holds ended brightenings ([`history::HistorySummary::recurrent`])
+    /// is reported as recurrent (status preselected, with the reason) instead of as a candidate.
+    pub recurrent_veto: bool,
+    /// Cadence: a search window holding fewer than `min_window_points` points is widened
+    /// (back to the point that makes it hold that many) up to `max_window_days` (0: off).
+    pub min_window_points: usize,
+    pub max_window_days: f64,
+    /// Cadence: N_high is the window's points per night (rounded up), between `min_n_high`
+    /// and `n_high` (`min_n_high` = `n_high`: fixed).
+    pub min_n_high: usize,
+    /// Cadence: the broken-line threshold is `delta_chi2_min` times the window's points over
+    /// `ref_window_points` when fewer, never below `min_delta_chi2` (0: fixed).
+    pub ref_window_points: usize,
+    pub min_delta_chi2: f64,
 }
 
 impl Default for AlertParams {
@@ -102,6 +126,14 @@ impl Default for AlertParams {
             bad_seeing_ratio: 1.5,
             high_sky_ratio: 1.5,
             grid: GridParams::default(),
+            use_history: true,
+            min_history_nights: 10,
+            recurrent_veto: true,
+            min_window_points: 40,
+            max_window_days: 60.0,
+            min_n_high: 3,
+            ref_window_points: 100,
+            min_delta_chi2: 100.0,
         }
     }
 }
@@ -165,7 +197,14 @@ pub struct Preselection {
     pub max_z: f64,
     /// Longest run of consecutive high bins (`bin_days`; empty bins do not break a run).
     pub longest_bin_run: u32,
-    /// `longest_run >= n_high` or `longest_bin_run >= n_high`.
+    /// Start of the search window (widened at low cadence).
+    pub window_start: f64,
+    /// Nights with points in the window.
+    pub n_nights: u32,
+    /// The N_high and broken-line threshold applied (adapted to the cadence).
+    pub n_high_used: u32,
+    pub delta_chi2_used: f64,
+    /// `longest_run >= n_high_used` or `longest_bin_run >= n_high_used`.
     pub passed: bool,
 }
 
@@ -199,6 +238,8 @@ pub struct StarResult {
     pub broken_line: Option<BrokenLine>,
     pub grid: Option<GridFit>,
     pub quality: Option<Quality>,
+    /// The star's history as the search saw it.
+    pub history: HistorySummary,
 }
 
 impl StarResult {
@@ -213,6 +254,7 @@ impl StarResult {
             broken_line: None,
             grid: None,
             quality: None,
+            history: HistorySummary::default(),
         }
     }
 
@@ -231,13 +273,20 @@ pub struct Scratch {
     sel: [Vec<f64>; 2 * N_SITES],
 }
 
+/// Analyse one star without a history; see [`scan_star_with`].
+pub fn scan_star(lc: &LightCurve<'_>, now: f64, since: f64, p: &AlertParams, scratch: &mut Scratch) -> StarResult {
+    scan_star_with(lc, now, since, p, None, scratch)
+}
+
 /// Analyse one star; see the module docs. `since` is the field's watermark (use
-/// `f64::NEG_INFINITY` to search every star).
-pub fn scan_star(
+/// `f64::NEG_INFINITY` to search every star); `history` is the star's [`StarHistory`] up to the
+/// search window, if kept.
+pub fn scan_star_with(
     lc: &LightCurve<'_>,
     now: f64,
     since: f64,
     p: &AlertParams,
+    history: Option<&StarHistory>,
     scratch: &mut Scratch,
 ) -> StarResult {
     let n = lc.time.len();
@@ -283,11 +332,62 @@ pub fn scan_star(
         r.n_valid = n_valid;
         return r;
     }
-    let window_start = now - p.window_days.max(0.0);
-    let baseline = baseline::site_baselines(lc, end, window_start, p, &mut scratch.base);
+    let mut window_start = now - p.window_days.max(0.0);
+    if p.min_window_points > 0 && p.max_window_days > p.window_days {
+        // Low cadence: widen the window back to its min_window_points-th newest point.
+        let first = lc.time[..end].partition_point(|&t| !(t >= window_start));
+        if end - first < p.min_window_points {
+            let k = end.saturating_sub(p.min_window_points);
+            let t_k = lc.time[k];
+            let earliest = now - p.max_window_days;
+            if t_k.is_finite() {
+                window_start = t_k.max(earliest).min(window_start);
+            }
+        }
+    }
+    let mut baseline = baseline::site_baselines(lc, end, window_start, p, &mut scratch.base);
+    let mut hs = HistorySummary::default();
+    if let Some(h) = history {
+        hs = h.summary();
+        for s in 0..N_SITES {
+            let sh = &h.sites[s];
+            if !p.use_history {
+                continue;
+            }
+            let min = p.min_history_nights.max(1) as u32;
+            let prior = sh.prior().filter(|pr| pr.0 >= min);
+            let b = &mut baseline[s];
+            if !b.from_season {
+                // Too few season points before the window (a season's first weeks, or an event
+                // since its start): the earlier seasons' baseline, else the history so far.
+                let source = prior.map(|(n, l, sc, e)| (n, l, sc, e)).or_else(|| {
+                    (sh.nights >= min).then(|| sh.stats().map(|(l, sc, e)| (sh.nights, l, sc, e))).flatten()
+                });
+                let Some((n, level, scatter, mean_err)) = source else { continue };
+                // The nightly scatter over the nightly errors, never below 1 (a skewed
+                // variable's lower half can be narrow: the history never claims that the
+                // error bars are too large).
+                let k = (scatter / mean_err).max(1.0).max(p.min_error_scale);
+                if !(k.is_finite() && level.is_finite()) {
+                    continue;
+                }
+                *b = SiteBaseline { n, usable: true, median: level, error_scale: k, mean_err: if b.mean_err > 0.0 { b.mean_err } else { mean_err }, from_season: false };
+                hs.sites_used |= 1 << s;
+            } else if let Some((_, level, _, _)) = prior {
+                // The season sits above the earlier seasons by more than a point's noise (a
+                // long event under way, or a variable's bright phase): their level, with the
+                // season's own scatter.
+                if level.is_finite() && level < b.median - b.error_scale * b.mean_err {
+                    b.median = level;
+                    hs.sites_used |= 1 << s;
+                }
+            }
+        }
+    }
     let mut r = StarResult::empty(Status::Quiet, None, now);
     r.n_valid = n_valid;
     r.baseline = baseline;
+    r.history = hs;
     if !baseline.iter().any(|b| b.usable) {
         r.status = Status::Failed;
         r.reason = Some(format!(
@@ -318,7 +418,11 @@ pub fn scan_star(
         r.reason = Some("no break epoch with enough points on both sides".into());
         return r;
     };
-    if !(bl.delta_chi2 >= p.delta_chi2_min) {
+    if !(bl.delta_chi2 >= pre.delta_chi2_used) {
+        return r;
+    }
+    if p.recurrent_veto && hs.recurrent() {
+        r.reason = Some(format!("recurrent: {} ended brightening(s) in the star's history", hs.episodes));
         return r;
     }
     r.status = Status::Candidate;
@@ -340,6 +444,15 @@ pub fn scan_batch(curves: &[LightCurve<'_>], now: f64, since: f64, p: &AlertPara
         .collect()
 }
 
+/// [`scan_batch`] with each star's history (`histories[i]` for `curves[i]`).
+pub fn scan_batch_with(curves: &[LightCurve<'_>], histories: &[Option<&StarHistory>], now: f64, since: f64, p: &AlertParams) -> Vec<StarResult> {
+    curves
+        .par_iter()
+        .zip(histories.par_iter())
+        .map_init(Scratch::default, |scratch, (lc, h)| scan_star_with(lc, now, since, p, *h, scratch))
+        .collect()
+}
+
 /// Build the search window (fit units) and count the pre-selection in the same pass.
 fn window_and_preselect(
     lc: &LightCurve<'_>,
@@ -356,7 +469,8 @@ fn window_and_preselect(
     while start > 0 && !(lc.time[start - 1] < window_start) {
         start -= 1;
     }
-    let mut pre = Preselection::default();
+    let mut pre = Preselection { window_start: if window_start.is_finite() { window_start } else { 0.0 }, ..Default::default() };
+    let mut last_night = f64::NAN;
     let mut run = 0u32;
     let mut run_sites = 0u8;
     let mut run_t0 = 0.0;
@@ -404,6 +518,10 @@ fn window_and_preselect(
         win.index.push(i as u32);
         pre.n_window += 1;
         pre.n_new += (t > since) as u32;
+        if t.floor() != last_night {
+            last_night = t.floor();
+            pre.n_nights += 1;
+        }
         max_z = max_z.max(z);
         if z >= p.high_sigma {
             pre.n_high += 1;
@@ -428,7 +546,17 @@ fn window_and_preselect(
     if p.bin_days > 0.0 {
         close_bin(bin_wy, bin_w, &mut pre);
     }
-    let n_high = p.n_high.max(1);
+    let mut n_high = p.n_high.max(1);
+    if p.min_n_high < n_high && pre.n_nights > 0 {
+        let per_night = (pre.n_window as f64 / pre.n_nights as f64).ceil() as usize;
+        n_high = per_night.clamp(p.min_n_high.max(1), n_high);
+    }
+    pre.n_high_used = n_high as u32;
+    pre.delta_chi2_used = p.delta_chi2_min;
+    if p.ref_window_points > 0 && (pre.n_window as usize) < p.ref_window_points {
+        let scaled = p.delta_chi2_min * pre.n_window as f64 / p.ref_window_points as f64;
+        pre.delta_chi2_used = scaled.max(p.min_delta_chi2).min(p.delta_chi2_min);
+    }
     pre.passed = pre.longest_run as usize >= n_high || pre.longest_bin_run as usize >= n_high;
     pre
 }

@@ -33,7 +33,8 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::diagnosis::{diagnosis_vector, DIAGNOSIS_NAMES, N_DIAGNOSIS};
-use super::{scan_batch, AlertParams, Status, StarResult, N_SITES};
+use super::history::{NightBuffers, StarHistory, HISTORY_VERSION, STAR_VALUES};
+use super::{scan_batch_with, AlertParams, Status, StarResult, N_SITES};
 use crate::ingest::{read_photometry, PhotometryStore};
 use crate::cache::PhotometryCache;
 use crate::photometry::{Band, Field, LightCurve, MergedCurve, Site, StarCurves};
@@ -157,17 +158,19 @@ pub async fn find_candidates_with(ctx: &RunCtx, params: &AlertParams, cache: Opt
     let store_err = |e: crate::ingest::IngestError| if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) };
     let owned: Vec<StarCurves>;
     let owned_merged: Vec<MergedCurve>;
-    let cached;
-    let (stars, views): (Vec<&StarCurves>, Vec<LightCurve<'_>>) = match cache {
-        Some(cache) => {
-            cached = cache.get(&photometry, ctx.season, ctx.field).await.map_err(store_err)?;
+    let cached = match cache {
+        Some(cache) => Some(cache.get(&photometry, ctx.season, ctx.field).await.map_err(store_err)?),
+        None => None,
+    };
+    let (stars, views): (Vec<&StarCurves>, Vec<LightCurve<'_>>) = match &cached {
+        Some(c) => {
             // The same selection as read_photometry's `since`: stars with an epoch after it
             // (and, in a replay, not after as_of).
             let upto = as_of_hint.unwrap_or(f64::INFINITY);
-            let keep: Vec<usize> = (0..cached.stars.len())
-                .filter(|&k| cached.stars[k].curves.iter().any(|c| c.hjd.iter().any(|&t| t > since && t <= upto)))
+            let keep: Vec<usize> = (0..c.stars.len())
+                .filter(|&k| c.stars[k].curves.iter().any(|c| c.hjd.iter().any(|&t| t > since && t <= upto)))
                 .collect();
-            (keep.iter().map(|&k| &cached.stars[k]).collect(), keep.iter().map(|&k| cached.merged_i[k].view()).collect())
+            (keep.iter().map(|&k| &c.stars[k]).collect(), keep.iter().map(|&k| c.merged_i[k].view()).collect())
         }
         None => {
             owned = read_photometry(&photometry, ctx.season, ctx.field, since.is_finite().then_some(since)).await.map_err(store_err)?;
@@ -183,7 +186,26 @@ pub async fn find_candidates_with(ctx: &RunCtx, params: &AlertParams, cache: Opt
     let as_of = as_of_hint.unwrap_or(newest);
     let since = if as_of_hint.is_some() { since } else { state.since(as_of) };
 
-    let results = if as_of.is_finite() { scan_batch(&views, as_of, since, params) } else { Vec::new() };
+    // Each star's history up to the search window: the newest earlier state of this season (or
+    // the season's start state, from the earlier seasons) extended with the nights since.
+    let histories = if params.use_history && as_of.is_finite() {
+        let mut h = load_history(ctx, &photometry, as_of).await?;
+        let upto = as_of - params.window_days.max(0.0);
+        let all: Vec<(&StarCurves, LightCurve<'_>)> = match &cached {
+            Some(c) => c.stars.iter().zip(c.merged_i.iter().map(MergedCurve::view)).collect(),
+            None => stars.iter().copied().zip(views.iter().copied()).collect(),
+        };
+        absorb_all(&mut h, &all, upto);
+        write_history(ctx, as_of, &h).await?;
+        Some(h)
+    } else {
+        None
+    };
+    let star_history: Vec<Option<&StarHistory>> = match &histories {
+        Some(h) => stars.iter().map(|s| h.get(&s.star.0)).collect(),
+        None => vec![None; stars.len()],
+    };
+    let results = if as_of.is_finite() { scan_batch_with(&views, &star_history, as_of, since, params) } else { Vec::new() };
 
     // Newest epoch per site up to as_of, for the watermark.
     let mut site_max: BTreeMap<String, f64> = BTreeMap::new();
@@ -215,6 +237,167 @@ pub async fn find_candidates_with(ctx: &RunCtx, params: &AlertParams, cache: Opt
     let failed = rows.len() - candidates;
     tracing::info!(field = %ctx.field, as_of, stars = views.len(), candidates, failed, "alertfinder finished");
     Ok(AlertFinderOutput { as_of, since, stars_searched: views.len(), candidates, failed, object })
+}
+
+// ---- per-star history state ----
+
+/// `state/alertfinder/history/season=../field=../` (one `asof-<as_of>.parquet` per run and a
+/// `start.parquet` built from the earlier seasons).
+fn history_dir(root: &Path, season: i32, field: Field) -> String {
+    let p = format!("state/alertfinder/history/season={season}/field={field}");
+    if root.as_ref().is_empty() { p } else { format!("{root}/{p}") }
+}
+
+/// The history state of (season, field) after the run at `as_of` (`None`: the season's start).
+pub fn history_path(root: &Path, season: i32, field: Field, as_of: Option<f64>) -> Path {
+    let dir = history_dir(root, season, field);
+    match as_of {
+        Some(t) => Path::from(format!("{dir}/asof-{t:.5}.parquet")),
+        None => Path::from(format!("{dir}/start.parquet")),
+    }
+}
+
+/// The histories before the run at `as_of`: the newest state of an earlier run of the season,
+/// else the season's start state (built from the earlier seasons' photometry and stored the
+/// first time). Either way the result is the same (see [`super::history`]): a lost or pruned
+/// state file only costs time.
+async fn load_history(ctx: &RunCtx, photometry: &PhotometryStore, as_of: f64) -> Result<std::collections::HashMap<String, StarHistory>, StageError> {
+    use futures::TryStreamExt;
+    let dir = Path::from(history_dir(&ctx.root, ctx.season, ctx.field));
+    let listed: Vec<_> = ctx.store.list(Some(&dir)).try_collect().await.map_err(|e| transient(format!("cannot list {dir}: {e}")))?;
+    let newest = listed
+        .iter()
+        .filter_map(|m| {
+            let name = m.location.filename()?;
+            let t: f64 = name.strip_prefix("asof-")?.strip_suffix(".parquet")?.parse().ok()?;
+            (t < as_of).then_some((t, m.location.clone()))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((_, path)) = newest {
+        return read_history(ctx.store.as_ref(), &path).await;
+    }
+    let start = history_path(&ctx.root, ctx.season, ctx.field, None);
+    if listed.iter().any(|m| m.location == start) {
+        return read_history(ctx.store.as_ref(), &start).await;
+    }
+    // The season's start: every night of the earlier seasons, in time order.
+    let mut seasons: Vec<i32> = photometry
+        .partitions()
+        .await
+        .map_err(|e| transient(format!("cannot list the photometry: {e}")))?
+        .into_iter()
+        .filter(|k| k.field == ctx.field && k.season < ctx.season)
+        .map(|k| k.season)
+        .collect();
+    seasons.sort_unstable();
+    seasons.dedup();
+    let mut h = std::collections::HashMap::new();
+    for season in seasons {
+        let stars = read_photometry(photometry, season, ctx.field, None)
+            .await
+            .map_err(|e| if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) })?;
+        let merged: Vec<MergedCurve> = stars.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
+        let all: Vec<(&StarCurves, LightCurve<'_>)> = stars.iter().zip(merged.iter().map(MergedCurve::view)).collect();
+        absorb_all(&mut h, &all, f64::INFINITY);
+    }
+    for star in h.values_mut() {
+        star.freeze_prior();
+    }
+    put_history(ctx.store.as_ref(), &start, &h).await?;
+    Ok(h)
+}
+
+/// Extend every star's history with its complete nights before `upto` (stars in parallel).
+fn absorb_all(h: &mut std::collections::HashMap<String, StarHistory>, stars: &[(&StarCurves, LightCurve<'_>)], upto: f64) {
+    use rayon::prelude::*;
+    let mut work: Vec<(String, StarHistory, LightCurve<'_>)> =
+        stars.iter().map(|(s, lc)| (s.star.0.clone(), h.remove(&s.star.0).unwrap_or_default(), *lc)).collect();
+    work.par_iter_mut().for_each_init(NightBuffers::default, |buf, (_, hist, lc)| hist.absorb(lc, upto, buf));
+    h.extend(work.into_iter().map(|(k, v, _)| (k, v)));
+}
+
+/// Store the histories after the run at `as_of`, then delete the states of earlier runs but the
+/// newest one (any run can be redone from it or from the start state).
+async fn write_history(ctx: &RunCtx, as_of: f64, h: &std::collections::HashMap<String, StarHistory>) -> Result<(), StageError> {
+    use futures::TryStreamExt;
+    let path = history_path(&ctx.root, ctx.season, ctx.field, Some(as_of));
+    put_history(ctx.store.as_ref(), &path, h).await?;
+    let dir = Path::from(history_dir(&ctx.root, ctx.season, ctx.field));
+    let listed: Vec<_> = ctx.store.list(Some(&dir)).try_collect().await.map_err(|e| transient(format!("cannot list {dir}: {e}")))?;
+    let mut earlier: Vec<(f64, Path)> = listed
+        .into_iter()
+        .filter_map(|m| {
+            let t: f64 = m.location.filename()?.strip_prefix("asof-")?.strip_suffix(".parquet")?.parse().ok()?;
+            (t < as_of).then_some((t, m.location))
+        })
+        .collect();
+    earlier.sort_by(|a, b| a.0.total_cmp(&b.0));
+    earlier.pop();
+    for (_, p) in earlier {
+        match ctx.store.delete(&p).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(transient(format!("cannot delete {p}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+async fn put_history(store: &dyn ObjectStore, path: &Path, h: &std::collections::HashMap<String, StarHistory>) -> Result<(), StageError> {
+    let mut keys: Vec<&String> = h.keys().collect();
+    keys.sort_unstable();
+    let mut values = FixedSizeListBuilder::new(Float64Builder::new(), STAR_VALUES as i32);
+    let mut buf = Vec::with_capacity(STAR_VALUES);
+    for k in &keys {
+        buf.clear();
+        h[*k].to_values(&mut buf);
+        values.values().append_slice(&buf);
+        values.append(true);
+    }
+    let schema = Arc::new(Schema::new(vec![
+        ArrowField::new("star", DataType::Utf8, false),
+        ArrowField::new("history", DataType::FixedSizeList(Arc::new(ArrowField::new("item", DataType::Float64, true)), STAR_VALUES as i32), false),
+    ]));
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.as_str()))), Arc::new(values.finish())])
+        .map_err(|e| permanent(format!("cannot build {path}: {e}")))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("zstd level")))
+        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new("lensnet.history_version".to_string(), HISTORY_VERSION.to_string())]))
+        .build();
+    let mut bytes = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).map_err(|e| permanent(format!("cannot encode {path}: {e}")))?;
+    w.write(&batch).and_then(|_| w.close().map(|_| ())).map_err(|e| permanent(format!("cannot encode {path}: {e}")))?;
+    store.put(path, PutPayload::from(bytes)).await.map_err(|e| transient(format!("cannot write {path}: {e}")))?;
+    Ok(())
+}
+
+async fn read_history(store: &dyn ObjectStore, path: &Path) -> Result<std::collections::HashMap<String, StarHistory>, StageError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Float64Type;
+    let bytes = crate::stage::read_object(store, path, STAGE).await?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| permanent(format!("corrupt history state {path}: {e}")))?;
+    let version = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == "lensnet.history_version").and_then(|k| k.value.clone()));
+    if version.as_deref() != Some(&HISTORY_VERSION.to_string()) {
+        return Err(permanent(format!("history state {path} has version {version:?}, this build reads {HISTORY_VERSION}: delete it to rebuild")));
+    }
+    let reader = builder.build().map_err(|e| permanent(format!("corrupt history state {path}: {e}")))?;
+    let mut out = std::collections::HashMap::new();
+    for batch in reader {
+        let b = batch.map_err(|e| permanent(format!("corrupt history state {path}: {e}")))?;
+        let bad = |what: &str| permanent(format!("corrupt history state {path}: {what}"));
+        let stars = b.column_by_name("star").and_then(|c| c.as_any().downcast_ref::<StringArray>()).ok_or_else(|| bad("no star column"))?;
+        let hist = b.column_by_name("history").and_then(|c| c.as_fixed_size_list_opt()).ok_or_else(|| bad("no history column"))?;
+        for i in 0..b.num_rows() {
+            let v = hist.value(i);
+            let v = v.as_primitive_opt::<Float64Type>().ok_or_else(|| bad("history items are not f64"))?;
+            let h = StarHistory::from_values(v.values()).ok_or_else(|| bad("history of the wrong length"))?;
+            out.insert(stars.value(i).to_string(), h);
+        }
+    }
+    Ok(out)
 }
 
 /// `candidates/season=../field=../asof-<as_of>.parquet`.
@@ -455,6 +638,7 @@ fn decode_batch(b: &RecordBatch, out: &mut Vec<CandidateRecord>) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::{StreamExt, TryStreamExt};
 
     #[test]
     fn a_field_entry_overrides_its_cadence_thresholds() {
@@ -478,6 +662,115 @@ mod tests {
         assert_eq!(s.since(102.0), 100.2);
         s.record(100.5, BTreeMap::from([("KMTA".into(), 100.4)]));
         assert_eq!(s.runs.iter().map(|e| e.as_of).collect::<Vec<_>>(), vec![100.0, 100.5, 101.0]);
+    }
+
+    /// A pySIS file of one star: `points` are (HJD - 2450000, flux), brightening positive.
+    fn pysis(points: &[(f64, f64)]) -> String {
+        let mut s = String::from("# HJD  \\Delta_flux flux_err  mag  mag_err  fwhm  sky  secz\n");
+        for &(t, f) in points {
+            let mag = 19.0 - 2.5 * ((3000.0 + f) / 3000.0).log10();
+            s += &format!("{t:.5} {:.2} 40.00 {mag:.4} 0.0200 4.50 1000.0 1.20\n", -f);
+        }
+        s
+    }
+
+    /// Two seasons of a star, four points a night; in the second an event peaks 12 days after
+    /// the season's first night, so the season alone holds no baseline before its window.
+    fn two_seasons(dir: &std::path::Path) {
+        let mut rng_state = 42u64;
+        let mut noise = || {
+            rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((rng_state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0 * 40.0 * 1.7
+        };
+        let mut pts = vec![];
+        for season_start in [7815.0, 8180.0] {
+            for night in 0..150 {
+                for k in 0..4 {
+                    let t: f64 = season_start + night as f64 + 0.55 + 0.05 * k as f64;
+                    let u0: f64 = 0.3;
+                    let tau: f64 = (t - 8192.0) / 25.0;
+                    let u = (u0 * u0 + tau * tau).sqrt();
+                    let a = (u * u + 2.0) / (u * (u * u + 4.0).sqrt());
+                    let f = if season_start > 8000.0 { 2000.0 * (a - 1.0) } else { 0.0 };
+                    pts.push((t, f + noise()));
+                }
+            }
+        }
+        let star = dir.join("KB-early");
+        std::fs::create_dir_all(&star).unwrap();
+        std::fs::write(star.join("KMTC14_I.pysis"), pysis(&pts)).unwrap();
+    }
+
+    async fn ingested(dir: &std::path::Path) -> (Arc<dyn ObjectStore>, Path) {
+        let inbox = dir.join("inbox");
+        two_seasons(&inbox);
+        let o = crate::store::open_store(dir.join("store").to_str().unwrap(), true).unwrap();
+        let ps = PhotometryStore::new(o.store.clone(), o.prefix.clone());
+        let r = crate::ingest::ingest_location(inbox.to_str().unwrap(), &ps, &crate::ingest::MemoryLedger::new(), &crate::ingest::IngestOptions::default()).await.unwrap();
+        assert_eq!(r.quarantined() + r.failed(), 0, "{:?}", r.files);
+        (o.store, o.prefix)
+    }
+
+    fn ctx(store: &Arc<dyn ObjectStore>, root: &Path, as_of: f64) -> RunCtx {
+        RunCtx { run_id: format!("t-{as_of}"), field: Field(14), season: 2018, as_of: Some(as_of), store: store.clone(), root: root.clone() }
+    }
+
+    async fn status_of(store: &Arc<dyn ObjectStore>, root: &Path, as_of: f64) -> Option<String> {
+        read_candidates(store.as_ref(), root, 2018, Field(14), as_of).await.unwrap().into_iter().next().map(|c| c.status)
+    }
+
+    #[tokio::test]
+    async fn an_event_at_the_start_of_a_season_is_found_with_the_earlier_seasons_baseline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, root) = ingested(dir.path()).await;
+        // Day 8 of the season, four days before the peak.
+        let as_of = 8188.0;
+        let without = AlertParams { use_history: false, ..AlertParams::low_cadence() };
+        find_candidates(&ctx(&store, &root, as_of), &without).await.unwrap();
+        assert_eq!(status_of(&store, &root, as_of).await, None, "the season alone has no baseline below the event");
+        find_candidates(&ctx(&store, &root, as_of), &AlertParams::low_cadence()).await.unwrap();
+        assert_eq!(status_of(&store, &root, as_of).await.as_deref(), Some("candidate"));
+        let rows = read_candidates(store.as_ref(), &root, 2018, Field(14), as_of).await.unwrap();
+        let r: serde_json::Value = serde_json::from_str(&rows[0].result_json).unwrap();
+        assert_eq!(r["history"]["nights"][1], 150, "the whole earlier season is the history: {}", r["history"]);
+        assert_eq!(r["history"]["sites_used"], 2);
+        assert!(r["baseline"][1]["median"].as_f64().unwrap().abs() < 30.0, "{}", r["baseline"][1]);
+    }
+
+    #[tokio::test]
+    async fn the_history_state_is_the_same_whatever_the_chain_of_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, root) = ingested(dir.path()).await;
+        let p = AlertParams::low_cadence();
+        let bytes = |t: Option<f64>| {
+            let (store, root) = (store.clone(), root.clone());
+            async move { store.get(&history_path(&root, 2018, Field(14), t)).await.unwrap().bytes().await.unwrap() }
+        };
+        // Day by day...
+        for t in (8181..=8240).map(f64::from) {
+            find_candidates(&ctx(&store, &root, t), &p).await.unwrap();
+        }
+        let chained = bytes(Some(8240.0)).await;
+        let verdicts = status_of(&store, &root, 8240.0).await;
+        // ...only the newest earlier state is kept...
+        let dir_path = Path::from(history_dir(&root, 2018, Field(14)));
+        let mut names: Vec<String> = ctx(&store, &root, 0.0).store.list(Some(&dir_path)).map_ok(|m| m.location.filename().unwrap().to_string()).try_collect().await.unwrap();
+        names.sort();
+        assert_eq!(names, vec!["asof-8239.00000.parquet", "asof-8240.00000.parquet", "start.parquet"]);
+        // ...a re-run (a killed run started again) writes the same bytes...
+        find_candidates(&ctx(&store, &root, 8240.0), &p).await.unwrap();
+        assert_eq!(bytes(Some(8240.0)).await, chained);
+        assert_eq!(status_of(&store, &root, 8240.0).await, verdicts);
+        // ...and so does a run from the season's start state, and one from nothing at all.
+        store.delete(&history_path(&root, 2018, Field(14), Some(8239.0))).await.unwrap();
+        find_candidates(&ctx(&store, &root, 8240.0), &p).await.unwrap();
+        assert_eq!(bytes(Some(8240.0)).await, chained);
+        let start = bytes(None).await;
+        store.delete(&history_path(&root, 2018, Field(14), None)).await.unwrap();
+        store.delete(&history_path(&root, 2018, Field(14), Some(8240.0))).await.unwrap();
+        find_candidates(&ctx(&store, &root, 8240.0), &p).await.unwrap();
+        assert_eq!(bytes(Some(8240.0)).await, chained);
+        assert_eq!(bytes(None).await, start);
     }
 
     #[test]

@@ -41,6 +41,7 @@
 
 pub mod frame;
 pub mod parquet;
+pub mod real;
 pub mod stats;
 pub mod training;
 

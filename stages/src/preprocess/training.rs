@@ -10,7 +10,8 @@
 //! are cut, then, independently per cut-off, one site may be dropped entirely
 //! (`site_drop_prob`) and a gap of 1-5 days ending 0.5-10 days before `now` may be cut
 //! (`gap_prob`). The AlertFinder scans the result with the field's thresholds (high-cadence
-//! ones for 4/hr fields) and the watermark one day before `now`; only candidates are kept,
+//! ones for 4/hr fields), the star's history up to the search window (as the stage keeps it)
+//! and the watermark one day before `now`; only candidates are kept,
 //! labelled with the star's vetting label (what a human would decide from the whole season,
 //! i.e. the answer a real-time classifier should anticipate).
 //!
@@ -31,7 +32,7 @@ use sha2::{Digest, Sha256};
 
 use super::parquet::{io, TensorWriter};
 use super::{prepare, Candidate, PreprocessError, PreprocessStats};
-use crate::alertfinder::{diagnosis_vector, scan_star, Scratch, Status, N_DIAGNOSIS};
+use crate::alertfinder::{diagnosis_vector, scan_star_with, NightBuffers, Scratch, StarHistory, Status, N_DIAGNOSIS};
 use crate::photometry::{Band, Field, MergedCurve, SiteCurve, StarCurves};
 use crate::simulate::{rng_for, ClassMix, Season, SimConfig, Truth};
 
@@ -272,7 +273,13 @@ fn simulate_chunk(opts: &ExportOptions, k: u64, stars: u64) -> Result<(Vec<Kept>
                 let (curves, dropped_site, gap) = cut(&star.curves, now, opts, &mut rng);
                 cutoffs += 1;
                 let merged = MergedCurve::from_star(&curves, Band::I);
-                let r = scan_star(&merged.view(), now, now - 1.0, &params, scratch);
+                // As the production stage: the star's history is its nights before the window
+                // (a simulated star has one season).
+                let mut history = StarHistory::default();
+                if params.use_history {
+                    history.absorb(&merged.view(), now - params.window_days.max(0.0), &mut NightBuffers::default());
+                }
+                let r = scan_star_with(&merged.view(), now, now - 1.0, &params, params.use_history.then_some(&history), scratch);
                 if r.status != Status::Candidate {
                     continue;
                 }

@@ -1,0 +1,241 @@
+//! Training rows from a labelled archive of real light curves (issue 12): the realistic
+//! positives and negatives that the simulator cannot give.
+//!
+//! Every star of the archive is replayed day by day as the production alertfinder stage does it
+//! (its history from the earlier seasons, extended each day with the nights older than the
+//! window, [`crate::alertfinder::history`]), and each candidate becomes a row, prepared by the
+//! production [`prepare`]:
+//! - a labelled event's candidates in the season of its peak: "yes" (other seasons of an event
+//!   star are skipped: a long event's tail is neither);
+//! - a non-event's candidates in any season: "no" (dwarf novae, Miras, semiregulars, ... as the
+//!   survey really sees them);
+//! - point-lens (and some binary-lens) events injected ([`crate::simulate::inject`]) into the
+//!   seasons of event stars that hold no event (their real cadence, gaps, noise and outliers):
+//!   candidates between `t0 - 2 tE` and `t0 + tE` are "yes".
+//!
+//! Rows per (star, season, variant) are capped (evenly spaced over the candidate days), so that
+//! a star that is a candidate all season does not outweigh the others.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use super::Candidate;
+use crate::simulate::Label;
+use crate::alertfinder::stage::FieldThresholds;
+use crate::alertfinder::{diagnosis_vector, scan_star_with, NightBuffers, Scratch, StarHistory, Status, N_DIAGNOSIS};
+use crate::ingest::season_of;
+use crate::photometry::{Band, MergedCurve, StarCurves};
+use crate::simulate::inject::{inject, Injection};
+use crate::simulate::rng_for;
+
+/// What the archive says of a star.
+#[derive(Debug, Clone)]
+pub struct RealLabel {
+    pub star: String,
+    pub is_event: bool,
+    /// Variable type (`dwarf_nova`, `mira`, ...) or `microlensing`.
+    pub kind: String,
+    /// Peak time of an event (HJD - 2450000).
+    pub peak: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RealOptions {
+    pub thresholds: FieldThresholds,
+    /// Injections per event-free season of an event star.
+    pub injections_per_season: usize,
+    /// Share of the injections with a binary lens.
+    pub binary_fraction: f64,
+    /// Rows kept per (star, season, variant).
+    pub max_rows: usize,
+    pub seed: u64,
+}
+
+impl Default for RealOptions {
+    fn default() -> Self {
+        RealOptions { thresholds: FieldThresholds::default(), injections_per_season: 6, binary_fraction: 0.1, max_rows: 12, seed: 12 }
+    }
+}
+
+/// One row before preparation.
+#[derive(Debug, Clone)]
+pub struct RealRow {
+    pub id: String,
+    pub star: String,
+    /// The season's photometry (injected for injections).
+    pub curves: StarCurves,
+    pub now: f64,
+    pub diag: [f64; N_DIAGNOSIS],
+    pub label: Label,
+    /// `real` or `injected`.
+    pub source: &'static str,
+    pub kind: String,
+    pub season: i32,
+    /// Injection parameters (NaN for real rows).
+    pub t0: f64,
+    pub te: f64,
+    pub u0: f64,
+}
+
+impl RealRow {
+    pub fn candidate(&self) -> Candidate<'_> {
+        Candidate { id: self.id.clone(), star: &self.curves, now: self.now, diag: self.diag, label: Some(self.label) }
+    }
+}
+
+/// The candidate days of one star over its seasons, as the production stage finds them:
+/// `(season index, now, diag)` for the seasons in `wanted`.
+fn replay_star(seasons: &[&StarCurves], wanted: &[bool], opts: &RealOptions, scratch: &mut Scratch, buf: &mut NightBuffers) -> Vec<(usize, f64, [f64; N_DIAGNOSIS])> {
+    let mut out = Vec::new();
+    let mut history = StarHistory::default();
+    for (k, curves) in seasons.iter().enumerate() {
+        history.freeze_prior();
+        let merged = MergedCurve::from_star(curves, Band::I);
+        let view = merged.view();
+        let params = opts.thresholds.for_field(curves.field);
+        if wanted[k] {
+            let (lo, hi) = view.time.iter().filter(|t| t.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &t| (a.min(t), b.max(t)));
+            if lo.is_finite() {
+                let mut day = 1.0;
+                loop {
+                    let now = lo.floor() + day;
+                    if params.use_history {
+                        history.absorb(&view, now - params.window_days.max(0.0), buf);
+                    }
+                    let r = scan_star_with(&view, now, now - 1.0, params, params.use_history.then_some(&history), scratch);
+                    if r.status == Status::Candidate {
+                        out.push((k, now, diagnosis_vector(&r)));
+                    }
+                    if now >= hi {
+                        break;
+                    }
+                    day += 1.0;
+                }
+            }
+        }
+        history.absorb(&view, f64::INFINITY, buf);
+    }
+    out
+}
+
+fn hash_str(s: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(s.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// At most `max` of `v`, evenly spaced.
+fn thin<T>(v: Vec<T>, max: usize) -> Vec<T> {
+    if v.len() <= max || max == 0 {
+        return v;
+    }
+    let n = v.len();
+    let keep: std::collections::BTreeSet<usize> = (0..max).map(|i| i * (n - 1) / (max - 1).max(1)).collect();
+    v.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, x)| x).collect()
+}
+
+/// The rows of an archive: `stars` holds every (season, field) partition's stars; `labels` the
+/// stars to use (others are ignored).
+pub fn real_rows(stars: Vec<StarCurves>, labels: &[RealLabel], opts: &RealOptions) -> Vec<RealRow> {
+    let by_label: BTreeMap<&str, &RealLabel> = labels.iter().map(|l| (l.star.as_str(), l)).collect();
+    let mut by_star: BTreeMap<String, Vec<StarCurves>> = BTreeMap::new();
+    for s in stars {
+        if by_label.contains_key(s.star.0.as_str()) {
+            by_star.entry(s.star.0.clone()).or_default().push(s);
+        }
+    }
+    let season_of_curves = |s: &StarCurves| -> i32 {
+        let t = s.curves.iter().flat_map(|c| c.hjd.iter().copied()).find(|t| t.is_finite()).unwrap_or(f64::NAN);
+        if t.is_finite() { season_of(t) } else { i32::MIN }
+    };
+    let work: Vec<(String, Vec<StarCurves>)> = by_star
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by_key(|s| season_of_curves(s));
+            (k, v)
+        })
+        .collect();
+    work.par_iter()
+        .map_init(|| (Scratch::default(), NightBuffers::default()), |(scratch, buf), (star, seasons)| {
+            let label = by_label[star.as_str()];
+            let years: Vec<i32> = seasons.iter().map(season_of_curves).collect();
+            let refs: Vec<&StarCurves> = seasons.iter().collect();
+            let peak_season = label.peak.map(season_of);
+            let mut rows = Vec::new();
+            // The real star.
+            let wanted: Vec<bool> = years.iter().map(|&y| if label.is_event { Some(y) == peak_season } else { true }).collect();
+            let mut per_season: BTreeMap<usize, Vec<(f64, [f64; N_DIAGNOSIS])>> = BTreeMap::new();
+            for (k, now, diag) in replay_star(&refs, &wanted, opts, scratch, buf) {
+                per_season.entry(k).or_default().push((now, diag));
+            }
+            for (k, days) in per_season {
+                for (now, diag) in thin(days, opts.max_rows) {
+                    rows.push(RealRow {
+                        id: format!("real:{star}@{now:.5}"),
+                        star: star.clone(),
+                        curves: seasons[k].clone(),
+                        now,
+                        diag,
+                        label: if label.is_event { Label::Yes } else { Label::No },
+                        source: "real",
+                        kind: label.kind.clone(),
+                        season: years[k],
+                        t0: f64::NAN,
+                        te: f64::NAN,
+                        u0: f64::NAN,
+                    });
+                }
+            }
+            // Injections into the event star's seasons without its event.
+            if label.is_event {
+                for (k, &y) in years.iter().enumerate() {
+                    if Some(y) == peak_season {
+                        continue;
+                    }
+                    let times: Vec<f64> = seasons[k].curves.iter().flat_map(|c| c.hjd.iter().copied()).filter(|t| t.is_finite()).collect();
+                    let (lo, hi) = times.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &t| (a.min(t), b.max(t)));
+                    if !(hi - lo > 30.0) {
+                        continue;
+                    }
+                    for j in 0..opts.injections_per_season {
+                        let mut rng = rng_for(opts.seed, &[0x1A1, hash_str(star), y as u64, j as u64]);
+                        let inj = Injection::draw(&mut rng, lo + 5.0, hi - 5.0, opts.binary_fraction);
+                        let mut injected = seasons[k].clone();
+                        let done = inject(&mut injected, &inj);
+                        if done.epochs_changed == 0 {
+                            continue;
+                        }
+                        injected.star.0 = format!("{star}+inj{y}.{j}");
+                        let mut variant: Vec<&StarCurves> = refs.clone();
+                        variant[k] = &injected;
+                        let wanted: Vec<bool> = (0..years.len()).map(|i| i == k).collect();
+                        let days: Vec<(f64, [f64; N_DIAGNOSIS])> = replay_star(&variant, &wanted, opts, scratch, buf)
+                            .into_iter()
+                            .filter(|(_, now, _)| *now >= inj.t0 - 2.0 * inj.te && *now <= inj.t0 + inj.te)
+                            .map(|(_, now, d)| (now, d))
+                            .collect();
+                        for (now, diag) in thin(days, opts.max_rows) {
+                            rows.push(RealRow {
+                                id: format!("inj:{}@{now:.5}", injected.star.0),
+                                star: injected.star.0.clone(),
+                                curves: injected.clone(),
+                                now,
+                                diag,
+                                label: Label::Yes,
+                                source: "injected",
+                                kind: if matches!(inj.lens, crate::simulate::inject::Lens::Point) { "injected_point".into() } else { "injected_binary".into() },
+                                season: y,
+                                t0: inj.t0,
+                                te: inj.te,
+                                u0: inj.u0,
+                            });
+                        }
+                    }
+                }
+            }
+            rows
+        })
+        .flatten()
+        .collect()
+}
