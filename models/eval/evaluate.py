@@ -91,7 +91,10 @@ def main() -> None:
     ap.add_argument("--test", type=Path, required=True)
     ap.add_argument("--train-summary", type=Path, help="summary.json of the training export")
     ap.add_argument("--test-summary", type=Path, help="summary.json of the test export")
+    ap.add_argument("--out", type=Path, default=OUT, help="folder for REPORT.md, metrics.json and the figures")
     args = ap.parse_args()
+    globals()["OUT"] = args.out
+    args.out.mkdir(parents=True, exist_ok=True)
 
     model = onnx.load(str(args.model))
     meta = {p.key: p.value for p in model.metadata_props}

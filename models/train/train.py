@@ -70,6 +70,27 @@ def load(path: Path) -> dict:
     return out
 
 
+def load_all(paths: list[Path]) -> dict:
+    """Several exports concatenated; they must share the preprocessing statistics."""
+    parts = [load(p) for p in paths]
+    def same(a, b) -> bool:
+        # Rust's JSON reader can round the last bit of a number it reads back: compare values.
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if isinstance(a, float):
+            return abs(a - b) <= 1e-12 * max(1.0, abs(a))
+        return a == b
+    first = json.loads(parts[0]["stats"])
+    if not all(same(first, json.loads(p["stats"])) for p in parts[1:]):
+        sys.exit("the training files were exported with different preprocessing statistics")
+    keys = set.intersection(*(set(k for k, v in p.items() if isinstance(v, np.ndarray)) for p in parts))
+    out = {k: np.concatenate([p[k].astype(object) if p[k].dtype.kind in "OUS" else p[k] for p in parts]) for k in keys}
+    out["stats"] = parts[0]["stats"]
+    return out
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -157,9 +178,13 @@ def evaluate(model: LensNetV1, seq, diag, y, ce, bce, batch: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train", type=Path, required=True)
+    ap.add_argument("--train", type=Path, nargs="+", required=True,
+                    help="one or more tensor Parquet files exported with the same preprocessing statistics")
     ap.add_argument("--test", type=Path, help="test Parquet (simulator seeds never used in training) for the ONNX check")
-    ap.add_argument("--out", type=Path, default=ROOT / "models" / "lensnet-v1.onnx")
+    ap.add_argument("--out", type=Path, default=ROOT / "models" / "lensnet-v2.onnx")
+    ap.add_argument("--real-repeat", type=int, default=1,
+                    help="times each row of a real-archive export (subtype real or injected) is seen per epoch")
+    ap.add_argument("--description", default="lensnet: multi-branch GRU vetting model")
     ap.add_argument("--hidden", type=int, default=48)
     ap.add_argument("--diag-hidden", type=int, default=32)
     ap.add_argument("--head", type=int, default=64)
@@ -179,10 +204,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t_start = time.time()
 
-    data = load(args.train)
+    data = load_all(args.train)
     n = len(data["y"])
-    # Validation split grouped by star (the same star appears at several cut-offs).
-    key = np.array([hashlib.sha256(f"{s}|{x}".encode()).digest()[0] for s, x in zip(data["star"], data["sim_seed"])])
+    # Validation split grouped by star (the same star appears at several cut-offs; an injected
+    # star goes with its host, `HOST+inj...`).
+    key = np.array([hashlib.sha256(f"{str(s).split('+inj')[0]}|{x}".encode()).digest()[0] for s, x in zip(data["star"], data["sim_seed"])])
     val = key < int(256 * args.val_share)
     tr = ~val
     seq = torch.from_numpy(data["seq"])
@@ -201,7 +227,12 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
     gen = torch.Generator().manual_seed(args.seed)
-    tr_idx = torch.from_numpy(np.nonzero(tr)[0])
+    real = np.isin(data.get("subtype", np.array([""] * n)), ["real", "injected"])
+    tr_rows = np.nonzero(tr)[0]
+    if args.real_repeat > 1:
+        tr_rows = np.concatenate([tr_rows] + [np.nonzero(tr & real)[0]] * (args.real_repeat - 1))
+    print(f"real-archive rows: {int(real.sum())} ({int((tr & real).sum())} in train, seen {args.real_repeat}x per epoch)", flush=True)
+    tr_idx = torch.from_numpy(tr_rows)
     va_idx = torch.from_numpy(np.nonzero(val)[0])
     best, best_state, bad, history = float("inf"), None, 0, []
     for epoch in range(args.max_epochs):
@@ -284,7 +315,7 @@ def export(model, args, data, names, history, train_seconds, n_train, n_val, che
         "lensnet.inputs": "seq: float32 [batch, 3, 128, 7]; diag: float32 [batch, 47]",
         "lensnet.outputs": "probs: float32 [batch, 3] (softmax yes, maybe, no); binary: float32 [batch, 1] (P(yes or maybe))",
         STATS_KEY: data["stats"],
-        "lensnet.training_data_sha256": sha256(args.train),
+        "lensnet.training_data_sha256": ",".join(sha256(p) for p in args.train),
         "lensnet.training_rows": str(len(data["y"])),
         "lensnet.code_commit": commit,
         "lensnet.train_config": json.dumps(config, sort_keys=True),
@@ -296,8 +327,7 @@ def export(model, args, data, names, history, train_seconds, n_train, n_val, che
         "lensnet.check_acc3": f"{float((o_p.argmax(1) == y).mean()):.4f}",
         "lensnet.check_acc2": f"{float(((o_b[:, 0] >= 0.5) == (y < 2)).mean()):.4f}",
     }
-    write_onnx(m, props, "lensnet models/train/train.py",
-               "lensnet v1: multi-branch GRU vetting model trained on simulated KMTNet-like candidates", out)
+    write_onnx(m, props, "lensnet models/train/train.py", args.description, out)
     card = {k: v for k, v in props.items() if k not in ("lensnet.train_history",)}
     card.update({"model": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
                  "model_sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size,

@@ -3,10 +3,10 @@
 //! production alertfinder finds them, and events injected into its event stars' other seasons.
 //!
 //! Usage: cargo run -p lensnet-stages --features preprocess --example export_real --
-//!        STORE_DIR LABELS_CSV STATS_JSON OUT_PARQUET [SEED]
-//! STORE_DIR holds the archive's photometry (e.g. the store of `lensnet evaluate --half training`).
-//! Only stars of the training half (`half_of`: sha256("lensnet split " + star)[0] even) are used,
-//! whatever the store holds.
+//!        INBOX LABELS_CSV STATS_JSON OUT_PARQUET [SEED] [INJECTIONS_PER_SEASON]
+//! INBOX holds one folder per star (as `../shared/data/real-dev/inbox`). Only the stars of the
+//! training half (`half_of`: sha256("lensnet split " + star)[0] even) are read: their folders are
+//! ingested, as `lensnet ingest` does, into a fresh store beside OUT_PARQUET (`<OUT>.store/`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,12 +25,15 @@ fn training_half(star: &str) -> bool {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
-        eprintln!("usage: export_real STORE_DIR LABELS_CSV STATS_JSON OUT_PARQUET [SEED]");
+        eprintln!("usage: export_real INBOX LABELS_CSV STATS_JSON OUT_PARQUET [SEED] [INJECTIONS_PER_SEASON]");
         std::process::exit(2);
     }
     let started = std::time::Instant::now();
     let stats = PreprocessStats::from_json(&std::fs::read_to_string(&args[3])?)?;
-    let opts = RealOptions { seed: args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(12), ..RealOptions::default() };
+    let mut opts = RealOptions { seed: args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(12), ..RealOptions::default() };
+    if let Some(n) = args.get(6) {
+        opts.injections_per_season = n.parse()?;
+    }
     // star,class,type,survey,followup,field,peak_hjd,files
     let mut labels = Vec::new();
     for (i, line) in std::fs::read_to_string(&args[2])?.lines().enumerate().skip(1) {
@@ -44,8 +47,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let is_event = f[1] == "event" || f[1] == "binary_event";
         labels.push(RealLabel { star: f[0].into(), is_event, kind: f[2].into(), peak: f[6].parse().ok() });
     }
-    let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&args[1])?);
+    // The training half's folders, linked into one folder and ingested into a fresh store.
+    let store_dir = std::path::PathBuf::from(format!("{}.store", args[4]));
+    let links = std::path::PathBuf::from(format!("{}.inbox", args[4]));
+    let _ = std::fs::remove_dir_all(&store_dir);
+    let _ = std::fs::remove_dir_all(&links);
+    std::fs::create_dir_all(&store_dir)?;
+    std::fs::create_dir_all(&links)?;
+    let wanted: std::collections::HashSet<&str> = labels.iter().map(|l| l.star.as_str()).collect();
+    for e in std::fs::read_dir(&args[1])? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type()?.is_dir() && wanted.contains(name.as_str()) {
+            std::os::unix::fs::symlink(e.path().canonicalize()?, links.join(&name))?;
+        }
+    }
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&store_dir)?);
     let photometry = PhotometryStore::new(store, object_store::path::Path::from(""));
+    let opts_ingest = lensnet_stages::ingest::IngestOptions { compaction: Some(Default::default()), ..Default::default() };
+    let report = lensnet_stages::ingest::ingest_location(links.to_str().ok_or("non-UTF-8 path")?, &photometry, &lensnet_stages::ingest::MemoryLedger::new(), &opts_ingest).await?;
+    eprintln!("ingested {} files ({} quarantined, {} failed) in {:.1} s", report.files.len(), report.quarantined(), report.failed(), started.elapsed().as_secs_f64());
     let mut pairs: Vec<_> = photometry.partitions().await?.into_iter().map(|k| (k.season, k.field)).collect();
     pairs.sort();
     pairs.dedup();

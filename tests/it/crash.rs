@@ -70,6 +70,25 @@ async fn store_rows(dir: &Path) -> Vec<(String, String, u64)> {
     keys
 }
 
+/// The alertfinder's per-star history state files (path, bytes).
+fn history_state(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let root = dir.join("state/alertfinder/history");
+    let mut out = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(&root).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_and_runs_killed_at_random_moments_end_like_uninterrupted_ones() {
     let season = tempfile::tempdir().unwrap();
@@ -90,6 +109,8 @@ async fn ingest_and_runs_killed_at_random_moments_end_like_uninterrupted_ones() 
     assert!(expected.iter().filter(|r| r.starts_with("BLG14") || r.contains("KB") || r.contains('|')).count() > 10);
     let expected_rows = store_rows(&ref_work.path().join(".lensnet/store")).await;
     assert!(!expected_rows.is_empty());
+    let expected_history = history_state(&ref_work.path().join(".lensnet/store"));
+    assert_eq!(expected_history.len(), 2, "the season's start state and the run's: {:?}", expected_history.iter().map(|h| &h.0).collect::<Vec<_>>());
     let verdicts: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts").fetch_one(&ref_db.pool).await.unwrap();
     assert!(verdicts > 0, "the reference run published verdicts");
 
@@ -131,6 +152,7 @@ async fn ingest_and_runs_killed_at_random_moments_end_like_uninterrupted_ones() 
     assert!(hit >= kills(), "most kills land while the command runs: {hit} of {tried}");
     assert_eq!(tables(&db.pool).await, expected, "the same tables as an uninterrupted ingest and run");
     assert_eq!(store_rows(&work.path().join(".lensnet/store")).await, expected_rows, "the same photometry");
+    assert!(history_state(&work.path().join(".lensnet/store")) == expected_history, "the same per-star history state");
     let check = lensnet(work.path(), &url, inbox, &["store", "check"]).stdout(Stdio::piped()).output().unwrap();
     assert!(check.status.success(), "no orphan, lost or uncompacted part is left:\n{}", String::from_utf8_lossy(&check.stdout));
     let running: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE status = 'running'").fetch_one(&db.pool).await.unwrap();

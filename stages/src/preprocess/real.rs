@@ -239,3 +239,62 @@ pub fn real_rows(stars: Vec<StarCurves>, labels: &[RealLabel], opts: &RealOption
         .flatten()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::photometry::{Field, Site, SiteCurve, StarId};
+
+    /// One season (2018 or 2019) of a one-site star, a point a night, magnitude 18 at baseline,
+    /// with a point-lens event of `te` days peaking at `t0` when given.
+    fn season(star: &str, year: i32, event: Option<(f64, f64)>) -> StarCurves {
+        let start = if year == 2018 { 8180.0 } else { 8545.0 };
+        let mut c = SiteCurve::new(Site::Kmtc, Band::I);
+        let mut state = (year as u64) * 7919 + star.len() as u64;
+        for k in 0..200 {
+            let t = start + k as f64 + 0.6;
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let noise = ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0 * 80.0;
+            let a = event.map_or(1.0, |(t0, te)| crate::simulate::lens::pspl(crate::simulate::lens::u_of_t(t, t0, te, 0.2)));
+            let f0 = 10f64.powf(0.4 * (28.0 - 18.0));
+            let flux = f0 * (a - 1.0) + noise;
+            c.hjd.push(t);
+            c.flux.push(flux);
+            c.flux_err.push(80.0);
+            c.mag.push(28.0 - 2.5 * (f0 + flux).log10());
+            c.mag_err.push(0.01);
+            c.fwhm.push(f64::NAN);
+            c.sky.push(f64::NAN);
+            c.airmass.push(f64::NAN);
+        }
+        StarCurves { star: StarId(star.into()), field: Field(20), curves: vec![c] }
+    }
+
+    #[test]
+    fn events_are_yes_in_their_peak_season_only_and_injections_near_their_peak() {
+        let stars = vec![season("EV", 2018, None), season("EV", 2019, Some((8640.0, 20.0))), season("VAR", 2019, Some((8600.0, 15.0)))];
+        let labels = vec![
+            RealLabel { star: "EV".into(), is_event: true, kind: "event".into(), peak: Some(8640.0) },
+            RealLabel { star: "VAR".into(), is_event: false, kind: "mira".into(), peak: None },
+        ];
+        let opts = RealOptions { injections_per_season: 4, max_rows: 5, ..RealOptions::default() };
+        let rows = real_rows(stars.clone(), &labels, &opts);
+        let real_ev: Vec<&RealRow> = rows.iter().filter(|r| r.star == "EV").collect();
+        assert!(!real_ev.is_empty() && real_ev.len() <= 5, "the event is found, rows capped: {}", real_ev.len());
+        assert!(real_ev.iter().all(|r| r.season == 2019 && r.label == Label::Yes && r.now > 8580.0), "{:?}", real_ev.iter().map(|r| (r.season, r.now)).collect::<Vec<_>>());
+        let var: Vec<&RealRow> = rows.iter().filter(|r| r.star == "VAR").collect();
+        assert!(!var.is_empty() && var.iter().all(|r| r.label == Label::No), "a labelled non-event's candidates are negatives");
+        let inj: Vec<&RealRow> = rows.iter().filter(|r| r.source == "injected").collect();
+        assert!(!inj.is_empty(), "some of the injections into the event-free 2018 season are found");
+        for r in &inj {
+            assert_eq!((r.season, r.label), (2018, Label::Yes));
+            assert!(r.star.starts_with("EV+inj2018."), "{}", r.star);
+            assert!(r.now >= r.t0 - 2.0 * r.te && r.now <= r.t0 + r.te, "{} at {} (t0 {} tE {})", r.star, r.now, r.t0, r.te);
+            // The row's photometry is the injected season, cut nowhere: the preprocess cuts at now.
+            assert!(r.curves.curves[0].flux.iter().zip(&stars[0].curves[0].flux).any(|(a, b)| a != b));
+        }
+        // The same options give the same rows.
+        let again = real_rows(stars, &labels, &opts);
+        assert_eq!(rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), again.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+    }
+}

@@ -502,9 +502,10 @@ fn run_chunk(session: &mut Session, seq: &[f32], diag: &[f32], n: usize, out: &m
     Ok(())
 }
 
-/// The model to load: `configured` if given (must exist), else the newest `models/lensnet-*.onnx`
-/// (by modification time) in the current directory's ancestors or the source tree, preferring
-/// any trained model over the stand-in.
+/// The model to load: `configured` if given (must exist), else the `models/lensnet-*.onnx` of the
+/// highest version (`lensnet-v<N>.onnx`; then the newest by modification time) in the current
+/// directory's ancestors or the source tree, preferring any trained model over the stand-in. The
+/// version comes first so that a fresh clone (every file the same age) picks the same model.
 pub fn find_model(configured: Option<&Path>) -> Result<PathBuf, ScoreError> {
     if let Some(p) = configured {
         return if p.is_file() { Ok(p.to_path_buf()) } else { Err(ScoreError::ModelNotFound { tried: vec![p.to_path_buf()] }) };
@@ -513,18 +514,20 @@ pub fn find_model(configured: Option<&Path>) -> Result<PathBuf, ScoreError> {
     dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("models"));
     for dir in &dirs {
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        let mut found: Vec<(bool, std::time::SystemTime, PathBuf)> = entries
+        let mut found: Vec<(bool, u64, std::time::SystemTime, PathBuf)> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
             .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("lensnet-") && n.ends_with(".onnx")))
             .map(|p| {
-                let standin = p.file_name().and_then(|n| n.to_str()) == Some("lensnet-standin.onnx");
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let standin = name == "lensnet-standin.onnx";
+                let version = name.strip_prefix("lensnet-v").and_then(|v| v.strip_suffix(".onnx")).and_then(|v| v.parse().ok()).unwrap_or(0);
                 let mtime = std::fs::metadata(&p).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
-                (!standin, mtime, p)
+                (!standin, version, mtime, p)
             })
             .collect();
         found.sort();
-        if let Some((_, _, p)) = found.pop() {
+        if let Some((_, _, _, p)) = found.pop() {
             return Ok(p);
         }
     }
