@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Expected outputs for tests/it/model.rs: Python onnxruntime on the tensors that Rust's
-preprocess wrote to tests/fixtures/model/v1_inputs.parquet.
+preprocess wrote to tests/fixtures/model/<version>_inputs.parquet.
 
-Usage: .venv/bin/python models/eval/fixture.py   (after LENSNET_UPDATE_MODEL_FIXTURE=1 cargo test ... model::)
+Usage: .venv/bin/python models/eval/fixture.py [v1|v2]   (after LENSNET_UPDATE_MODEL_FIXTURE=1 cargo test ... model::)
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "models" / "train"))
 from train import load  # noqa: E402
 
-MODEL = ROOT / "models" / "lensnet-v1.onnx"
-INPUTS = ROOT / "tests" / "fixtures" / "model" / "v1_inputs.parquet"
-EXPECTED = ROOT / "tests" / "fixtures" / "model" / "v1_expected.json"
+VERSION = sys.argv[1] if len(sys.argv) > 1 else "v1"
+MODEL = ROOT / "models" / f"lensnet-{VERSION}.onnx"
+INPUTS = ROOT / "tests" / "fixtures" / "model" / f"{VERSION}_inputs.parquet"
+EXPECTED = ROOT / "tests" / "fixtures" / "model" / f"{VERSION}_expected.json"
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     n = len(d["y"])
     seq = d["seq"].reshape(n, -1).astype(np.float64)
     out = {
-        "model": "models/lensnet-v1.onnx",
+        "model": f"models/lensnet-{VERSION}.onnx",
         "model_sha256": hashlib.sha256(MODEL.read_bytes()).hexdigest(),
         "ids": [str(x) for x in d["candidate_id"]],
         "labels": [["yes", "maybe", "no"][int(y)] for y in d["y"]],

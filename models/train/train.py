@@ -270,6 +270,8 @@ def main() -> None:
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    # The weights, before anything can fail in the export.
+    torch.save(model.state_dict(), args.out.with_suffix(".pt.tmp"))
 
     # Export with the dynamic batch axis, then check onnxruntime against PyTorch.
     check = load(args.test) if args.test else {k: v[val] for k, v in data.items() if isinstance(v, np.ndarray)}
@@ -309,7 +311,7 @@ def export(model, args, data, names, history, train_seconds, n_train, n_val, che
         sys.exit(f"onnxruntime and PyTorch disagree by {diff:.2e} on the check split (> 1e-4)")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     y = check["y"]
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v) for k, v in vars(args).items()}
     props = {
         **interface_props(names, "trained"),
         "lensnet.inputs": "seq: float32 [batch, 3, 128, 7]; diag: float32 [batch, 47]",
@@ -337,6 +339,7 @@ def export(model, args, data, names, history, train_seconds, n_train, n_val, che
     out.with_suffix(".preprocess.json").write_text(data["stats"] + "\n")
     card_path = out.with_suffix(".card.json")
     card_path.write_text(json.dumps(card, indent=1) + "\n")
+    out.with_suffix(".pt.tmp").unlink(missing_ok=True)
     print(f"wrote {out} ({out.stat().st_size} bytes); onnxruntime vs torch max |diff| = {diff:.2e}; "
           f"check acc3 {props['lensnet.check_acc3']} acc2 {props['lensnet.check_acc2']}; train {train_seconds:.0f}s")
 

@@ -35,11 +35,13 @@ async fn evaluate_reports_a_labelled_archive_by_survey_and_type() {
     // The counts it prints: every labelled star in its group, the replays of every season.
     for line in [
         "| KMTNet | 1 | 0 (0.0 %) | 0 (0.0 %) | - | 0 (0.0 %) |",
-        "| OGLE-II | 2 | 0 (0.0 %) | 0 (0.0 %) | - | 0 (0.0 %) |",
-        "| all survey events | 3 | 0 (0.0 %) | 0 (0.0 %) | - | 0 (0.0 %) |",
-        "| dwarf_nova | 1 |",
-        "| mira | 1 | 0 (0.0 %) |",
-        "| all non-events | 2 |",
+        // Both long OGLE-II events are flagged on their rise (OGLEII_13.148843 65 days before
+        // its peak, from its earlier seasons' baseline); the dwarf nova and the Mira are not.
+        "| OGLE-II | 2 | 2 (100.0 %) | 2 (100.0 %) | 45.6 | 2 (100.0 %) |",
+        "| all survey events | 3 | 2 (66.7 %) | 2 (66.7 %) | 45.6 | 2 (66.7 %) |",
+        "| dwarf_nova | 1 | 0 (0.0 %) | 0 (0.0 %) |",
+        "| mira | 1 | 0 (0.0 %) | 0 (0.0 %) |",
+        "| all non-events | 2 | 0 (0.0 %) | 0 (0.0 %) |",
     ] {
         assert!(text.contains(line), "missing {line:?}:\n{text}");
     }
@@ -61,6 +63,15 @@ async fn evaluate_reports_a_labelled_archive_by_survey_and_type() {
     // wrote to its own database.
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ingested_files").fetch_one(&db.pool).await.unwrap();
     assert_eq!(n, 0, "the evaluation used its own database");
+
+    // The --out folder deleted and used again: the evaluation starts afresh (its database
+    // belongs to the deleted store), and reports the same figures, not an empty archive.
+    std::fs::remove_dir_all(&out).unwrap();
+    let again = evaluate(&url, work.path(), &fixture().join("labels.csv"), &out);
+    let again_text = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(again.status.success(), "{again_text}");
+    let report = |t: &str| t.lines().filter(|l| l.starts_with('|')).map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(report(&again_text), report(&text));
 
     // A label for a star the archive lacks: named with its line, nothing run.
     let labels = work.path().join("labels.csv");

@@ -1,11 +1,12 @@
-//! model: the committed trained model end to end on a few fixed simulated candidates:
+//! model: each committed trained model end to end on a few fixed simulated candidates:
 //! simulator -> AlertFinder -> preprocess (with the statistics saved with the model) -> the
-//! ONNX Runtime `Scorer`, against tests/fixtures/model/v1_expected.json, whose probabilities
+//! ONNX Runtime `Scorer`, against tests/fixtures/model/<v>_expected.json, whose probabilities
 //! Python onnxruntime computed from the same tensors (models/eval/fixture.py), to 1e-4.
 //!
-//! To regenerate after retraining: `LENSNET_UPDATE_MODEL_FIXTURE=1 cargo test -p lensnet --test
-//! it model::` (writes tests/fixtures/model/v1_inputs.parquet), then
-//! `.venv/bin/python models/eval/fixture.py`, and review the diff.
+//! To regenerate after retraining (or after a deliberate change of the simulator, AlertFinder or
+//! preprocess): `LENSNET_UPDATE_MODEL_FIXTURE=1 cargo test -p lensnet --test it model::` (writes
+//! tests/fixtures/model/<v>_inputs.parquet), then `.venv/bin/python models/eval/fixture.py <v>`
+//! for each version, and review the diff.
 
 use std::path::PathBuf;
 
@@ -15,10 +16,6 @@ use lensnet_stages::preprocess::{self, parquet::write_tensors, Candidate, Prepro
 use lensnet_stages::score::{ScoreOptions, Scorer};
 use lensnet_stages::simulate::{ClassMix, Label, Season, SimConfig};
 
-const MODEL: &str = "models/lensnet-v1.onnx";
-const STATS: &str = "models/lensnet-v1.preprocess.json";
-const INPUTS: &str = "tests/fixtures/model/v1_inputs.parquet";
-const EXPECTED: &str = "tests/fixtures/model/v1_expected.json";
 /// Candidates in the fixture.
 const N: usize = 8;
 
@@ -73,8 +70,21 @@ struct Expected {
 }
 
 #[test]
-fn trained_model_reproduces_the_stored_probabilities() {
-    let stats = PreprocessStats::from_json(&std::fs::read_to_string(root().join(STATS)).expect("stats file")).expect("stats");
+fn trained_model_v1_reproduces_the_stored_probabilities() {
+    reproduces("v1");
+}
+
+#[test]
+fn trained_model_v2_reproduces_the_stored_probabilities() {
+    reproduces("v2");
+}
+
+fn reproduces(version: &str) {
+    let model = format!("models/lensnet-{version}.onnx");
+    let stats_path = format!("models/lensnet-{version}.preprocess.json");
+    let inputs = format!("tests/fixtures/model/{version}_inputs.parquet");
+    let expected_path = format!("tests/fixtures/model/{version}_expected.json");
+    let stats = PreprocessStats::from_json(&std::fs::read_to_string(root().join(&stats_path)).expect("stats file")).expect("stats");
     let fixed = fixed_candidates();
     let cands: Vec<Candidate<'_>> = fixed
         .iter()
@@ -82,14 +92,14 @@ fn trained_model_reproduces_the_stored_probabilities() {
         .collect();
     let prepared = preprocess::prepare(&cands, &stats).expect("prepare");
     if std::env::var_os("LENSNET_UPDATE_MODEL_FIXTURE").is_some() {
-        let path = root().join(INPUTS);
+        let path = root().join(&inputs);
         std::fs::create_dir_all(path.parent().expect("fixture folder")).expect("mkdir");
         write_tensors(&path, &prepared, &stats).expect("write inputs");
-        eprintln!("wrote {INPUTS}; now run models/eval/fixture.py");
+        eprintln!("wrote {inputs}; now run models/eval/fixture.py {version}");
         return;
     }
     let expected: Expected =
-        serde_json::from_str(&std::fs::read_to_string(root().join(EXPECTED)).expect("fixture")).expect("fixture json");
+        serde_json::from_str(&std::fs::read_to_string(root().join(&expected_path)).expect("fixture")).expect("fixture json");
     assert_eq!(prepared.ids, expected.ids);
     // The tensors are the ones Python scored (guards preprocess against silent drift).
     for i in 0..N {
@@ -103,7 +113,7 @@ fn trained_model_reproduces_the_stored_probabilities() {
         assert_eq!(row.len(), SEQ_VALUES);
     }
 
-    let scorer = Scorer::new(&ScoreOptions { batch_size: 3, ..ScoreOptions::cpu(root().join(MODEL)) }).expect("scorer");
+    let scorer = Scorer::new(&ScoreOptions { batch_size: 3, ..ScoreOptions::cpu(root().join(&model)) }).expect("scorer");
     assert_eq!(scorer.model().sha256, expected.model_sha256, "the fixture belongs to the committed model");
     assert_eq!(scorer.model().kind, "trained");
     let probs = scorer.score(&prepared.seq, &prepared.diag, N).expect("score");

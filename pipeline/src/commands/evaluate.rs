@@ -57,7 +57,18 @@ pub async fn run(cfg: Config, args: EvaluateArgs) -> anyhow::Result<ExitCode> {
         DatabaseSource::Local { name, .. } => format!("{name}_evaluate_{tag}"),
         DatabaseSource::Url(_) => format!("lensnet_evaluate_{tag}"),
     };
+    let fresh_store = !out.join("store").exists();
     let pool = db::open_named(&ecfg, &db_name).await?;
+    if fresh_store {
+        // The database belongs to this folder's store: when the store is gone (the folder was
+        // deleted and is used again), its ledger and results go too, or nothing would be
+        // ingested into the new store.
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = current_schema() AND tablename <> '_sqlx_migrations'").fetch_all(&pool).await?;
+        if !tables.is_empty() {
+            sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {} CASCADE", tables.join(", ")))).execute(&pool).await?;
+        }
+    }
     let scorer = Arc::new(app::scorer(&ecfg, args.model.as_deref()).context("loading the model")?);
     let m = scorer.model();
     println!("evaluate   {} labelled stars in {}; model {} (sha256 {})", labels.len(), args.input.display(), m.path.display(), &m.sha256[..12]);

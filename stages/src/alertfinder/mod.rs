@@ -130,10 +130,10 @@ impl Default for AlertParams {
             min_history_nights: 10,
             recurrent_veto: true,
             min_window_points: 40,
-            max_window_days: 60.0,
+            max_window_days: 90.0,
             min_n_high: 3,
             ref_window_points: 100,
-            min_delta_chi2: 100.0,
+            min_delta_chi2: 50.0,
         }
     }
 }
