@@ -15,7 +15,7 @@ use lensnet_stages::ingest::Format;
 use lensnet_stages::score::{find_model, ScoreOptions, Scorer};
 use lensnet_stages::simulate::{write_season, ClassMix, Label, Season, SimConfig};
 use lensnet_stages::alertfinder::stage::AlertFinderStage;
-use lensnet_stages::alertfinder::{scan_star, Scratch, Status};
+use lensnet_stages::alertfinder::{scan_star_with, NightBuffers, Scratch, StarHistory, Status};
 use lensnet_stages::photometry::{Band, MergedCurve};
 use lensnet_stages::{Field, PhotometryCache};
 use object_store::local::LocalFileSystem;
@@ -73,8 +73,12 @@ fn core_candidates(season: &Season, field: Field, stars: u64, as_of: f64) -> Vec
     (0..stars)
         .map(|i| season.star(field, i).unwrap())
         .filter(|s| {
+            // As the stage: the star's history is its nights before the search window (one
+            // simulated season: no earlier seasons).
             let m = MergedCurve::from_star(&s.curves, Band::I);
-            scan_star(&m.view(), as_of, f64::NEG_INFINITY, &p, &mut scratch).status == Status::Candidate
+            let mut h = StarHistory::default();
+            h.absorb(&m.view(), as_of - p.window_days, &mut NightBuffers::default());
+            scan_star_with(&m.view(), as_of, f64::NEG_INFINITY, &p, Some(&h), &mut scratch).status == Status::Candidate
         })
         .map(|s| s.truth.star_id.0)
         .collect()
@@ -94,7 +98,9 @@ pub(crate) fn candidate_time(cfg: &SimConfig, field: Field) -> f64 {
         let m = MergedCurve::from_star(&s.curves, Band::I);
         for d in -20..=3 {
             let t = s.truth.t0.floor() + d as f64;
-            if scan_star(&m.view(), t, f64::NEG_INFINITY, &p, &mut scratch).status == Status::Candidate {
+            let mut h = StarHistory::default();
+            h.absorb(&m.view(), t - p.window_days, &mut NightBuffers::default());
+            if scan_star_with(&m.view(), t, f64::NEG_INFINITY, &p, Some(&h), &mut scratch).status == Status::Candidate {
                 return t;
             }
         }
