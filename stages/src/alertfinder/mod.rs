@@ -360,9 +360,8 @@ pub fn scan_star_with(
             if !b.from_season {
                 // Too few season points before the window (a season's first weeks, or an event
                 // since its start): the earlier seasons' baseline, else the history so far.
-                let source = prior.map(|(n, l, sc, e)| (n, l, sc, e)).or_else(|| {
-                    (sh.nights >= min).then(|| sh.stats().map(|(l, sc, e)| (sh.nights, l, sc, e))).flatten()
-                });
+                let so_far = || sh.stats().filter(|_| sh.nights >= min).map(|(l, sc, e)| (sh.nights, l, sc, e));
+                let source = prior.or_else(so_far);
                 let Some((n, level, scatter, mean_err)) = source else { continue };
                 // The nightly scatter over the nightly errors, never below 1 (a skewed
                 // variable's lower half can be narrow: the history never claims that the

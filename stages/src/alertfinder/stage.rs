@@ -257,27 +257,36 @@ pub fn history_path(root: &Path, season: i32, field: Field, as_of: Option<f64>) 
     }
 }
 
+/// The season's stored per-run states before `as_of`, oldest first, and whether its start state
+/// exists.
+async fn history_states(ctx: &RunCtx, as_of: f64) -> Result<(Vec<(f64, Path)>, bool), StageError> {
+    use futures::TryStreamExt;
+    let dir = Path::from(history_dir(&ctx.root, ctx.season, ctx.field));
+    let listed: Vec<_> = ctx.store.list(Some(&dir)).try_collect().await.map_err(|e| transient(format!("cannot list {dir}: {e}")))?;
+    let start = history_path(&ctx.root, ctx.season, ctx.field, None);
+    let has_start = listed.iter().any(|m| m.location == start);
+    let mut earlier: Vec<(f64, Path)> = listed
+        .into_iter()
+        .filter_map(|m| {
+            let t: f64 = m.location.filename()?.strip_prefix("asof-")?.strip_suffix(".parquet")?.parse().ok()?;
+            (t < as_of).then_some((t, m.location))
+        })
+        .collect();
+    earlier.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok((earlier, has_start))
+}
+
 /// The histories before the run at `as_of`: the newest state of an earlier run of the season,
 /// else the season's start state (built from the earlier seasons' photometry and stored the
 /// first time). Either way the result is the same (see [`super::history`]): a lost or pruned
 /// state file only costs time.
 async fn load_history(ctx: &RunCtx, photometry: &PhotometryStore, as_of: f64) -> Result<std::collections::HashMap<String, StarHistory>, StageError> {
-    use futures::TryStreamExt;
-    let dir = Path::from(history_dir(&ctx.root, ctx.season, ctx.field));
-    let listed: Vec<_> = ctx.store.list(Some(&dir)).try_collect().await.map_err(|e| transient(format!("cannot list {dir}: {e}")))?;
-    let newest = listed
-        .iter()
-        .filter_map(|m| {
-            let name = m.location.filename()?;
-            let t: f64 = name.strip_prefix("asof-")?.strip_suffix(".parquet")?.parse().ok()?;
-            (t < as_of).then_some((t, m.location.clone()))
-        })
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    if let Some((_, path)) = newest {
-        return read_history(ctx.store.as_ref(), &path).await;
+    let (earlier, has_start) = history_states(ctx, as_of).await?;
+    if let Some((_, path)) = earlier.last() {
+        return read_history(ctx.store.as_ref(), path).await;
     }
     let start = history_path(&ctx.root, ctx.season, ctx.field, None);
-    if listed.iter().any(|m| m.location == start) {
+    if has_start {
         return read_history(ctx.store.as_ref(), &start).await;
     }
     // The season's start: every night of the earlier seasons, in time order.
@@ -319,19 +328,9 @@ fn absorb_all(h: &mut std::collections::HashMap<String, StarHistory>, stars: &[(
 /// Store the histories after the run at `as_of`, then delete the states of earlier runs but the
 /// newest one (any run can be redone from it or from the start state).
 async fn write_history(ctx: &RunCtx, as_of: f64, h: &std::collections::HashMap<String, StarHistory>) -> Result<(), StageError> {
-    use futures::TryStreamExt;
     let path = history_path(&ctx.root, ctx.season, ctx.field, Some(as_of));
     put_history(ctx.store.as_ref(), &path, h).await?;
-    let dir = Path::from(history_dir(&ctx.root, ctx.season, ctx.field));
-    let listed: Vec<_> = ctx.store.list(Some(&dir)).try_collect().await.map_err(|e| transient(format!("cannot list {dir}: {e}")))?;
-    let mut earlier: Vec<(f64, Path)> = listed
-        .into_iter()
-        .filter_map(|m| {
-            let t: f64 = m.location.filename()?.strip_prefix("asof-")?.strip_suffix(".parquet")?.parse().ok()?;
-            (t < as_of).then_some((t, m.location))
-        })
-        .collect();
-    earlier.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut earlier, _) = history_states(ctx, as_of).await?;
     earlier.pop();
     for (_, p) in earlier {
         match ctx.store.delete(&p).await {
