@@ -44,6 +44,7 @@ pub fn field_runner(
     scorer: std::sync::Arc<lensnet_stages::score::Scorer>,
 ) -> Result<crate::fieldrun::FieldRunner, crate::fieldrun::FieldRunError> {
     let opened = store(cfg)?;
+    let pool_for_notify = pool.clone();
     let score_stats = lensnet_stages::score::stage::ScoreStage::stats_of(&scorer)?;
     let format = match cfg.ingest_format {
         crate::config::InputFormat::Auto => lensnet_stages::ingest::Format::Auto,
@@ -66,5 +67,8 @@ pub fn field_runner(
         lock_sessions: Default::default(),
         score_stats,
         alert_thresholds: cfg.alert_thresholds.clone(),
+        notifier: Some(std::sync::Arc::new(
+            crate::notify::Notifier::new(pool_for_notify, cfg.notify.clone(), cfg.web.base_url.clone()).map_err(|e| crate::fieldrun::FieldRunError::Notify(e.to_string()))?,
+        )),
     })
 }

@@ -51,11 +51,47 @@ pub enum Command {
     /// partitions) and repair it.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Serve the coordinators' pages (alerts, star pages with light curves, runs, vetting,
+    /// /metrics) until SIGTERM or Ctrl-C.
+    Web(WebArgs),
+    /// Manage the web pages' accounts (vetters and readers).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Print throughput of a hot stage.
     Bench(BenchArgs),
     /// Export a training or test set: simulator -> AlertFinder -> preprocess, exactly as in
     /// production, with real-time truncation; writes tensors, labels and statistics (Parquet).
     ExportTrainingSet(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WebArgs {
+    /// Address to listen on (default: `web.bind`, 127.0.0.1:8080).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bind: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add an account; the password is asked on the terminal, or read from standard input's
+    /// first line.
+    Add {
+        /// User name: letters, digits, `_`, `.`, `-`.
+        name: String,
+        /// `vetter` may label candidates; `reader` may only log in and look.
+        #[arg(long, default_value = "vetter", value_parser = ["vetter", "reader"])]
+        role: String,
+        /// Set a new password (and role) if the account exists, and enable it.
+        #[arg(long)]
+        update: bool,
+        /// Read the password from standard input (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the accounts.
+    List,
+    /// Disable an account: it can no longer log in; its labels stay.
+    Disable { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +111,14 @@ pub struct ExportArgs {
     /// Stop after this many candidates.
     #[arg(long)]
     pub max_candidates: Option<usize>,
+    /// Instead of simulating: the candidates that vetters labelled in the database, prepared
+    /// as the score stage prepared them, with the vetters' labels (yes / maybe / no).
+    #[arg(long)]
+    pub vetted: bool,
+    /// With --vetted: the model whose preprocessing statistics to use (default: the
+    /// configured one; --stats overrides).
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +249,9 @@ pub struct PlotArgs {
     /// Output file: .png or .svg.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Plot magnitudes (brighter up) instead of difference flux.
+    #[arg(long)]
+    pub magnitude: bool,
 }
 
 #[derive(Debug, Args)]

@@ -28,6 +28,8 @@ pub struct RawConfig {
     pub schedule: RawSchedule,
     pub alertfinder: RawAlertFinder,
     pub score: RawScore,
+    pub web: RawWeb,
+    pub notify: RawNotify,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +132,42 @@ pub struct RawScore {
     pub threshold_recall: f64,
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    /// Address `lensnet web` listens on (host:port).
+    pub bind: String,
+    /// The pages' address as users reach them (links in notifications); empty = http://<bind>.
+    pub base_url: String,
+    /// Mark the session cookie `Secure` (browsers then send it over https and to localhost only).
+    pub secure_cookies: bool,
+    /// Hours a login lasts.
+    pub session_hours: u64,
+    /// Rows per page of the alert lists.
+    pub page_size: usize,
+    /// Failed logins allowed per minute, per user name and per client address.
+    pub login_attempts_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// File with the webhook URLs to POST new "yes" alerts to, one per line (URLs carry their
+    /// secret, so they come from this file or the LENSNET_WEBHOOK_URLS environment variable,
+    /// never from this file's text); empty = none.
+    pub webhooks_file: String,
+    /// Seconds before one POST gives up.
+    pub timeout_s: u64,
+    /// Tries per receiver within one run (with 0.5 s, 1 s, ... between them).
+    pub attempts_per_run: u32,
+    /// Tries per receiver in all (later runs retry what is left undelivered).
+    pub max_attempts: u32,
+    /// Alerts older than this (hours) are not sent any more.
+    pub max_age_hours: u64,
+    /// Notify for replays too (off: a replay of a past season should not page anyone).
+    pub on_replay: bool,
+}
+
 /// Input file formats that ingest understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -214,10 +252,37 @@ pub struct Config {
     pub threshold_recall: f64,
     /// AlertFinder parameters by field.
     pub alert_thresholds: lensnet_stages::alertfinder::stage::FieldThresholds,
+    /// `lensnet web` settings.
+    pub web: WebSettings,
+    /// Alert webhooks.
+    pub notify: NotifySettings,
     /// The layered raw configuration, for `config show` and the audit hash.
     pub raw: RawConfig,
     /// sha256 of the canonical raw configuration (secrets excluded): goes into audit rows.
     pub hash: String,
+}
+
+/// `[web]`, validated.
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    pub bind: std::net::SocketAddr,
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub secure_cookies: bool,
+    pub session: std::time::Duration,
+    pub page_size: usize,
+    pub login_attempts_per_minute: u32,
+}
+
+/// `[notify]`, validated, with the webhook URLs (secrets).
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    pub webhooks: Vec<Secret>,
+    pub timeout: std::time::Duration,
+    pub attempts_per_run: u32,
+    pub max_attempts: u32,
+    pub max_age_hours: u64,
+    pub on_replay: bool,
 }
 
 /// One configuration problem; `config check` prints all of them.
@@ -546,8 +611,17 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
 
     let alert_thresholds = alert_thresholds(&raw.alertfinder, &mut bad);
 
+    let (web, notify) = web_and_notify(&raw, sources, &mut bad);
+
+    // What decides the results: the pages' and webhooks' settings are left out, so that
+    // changing them does not make new run ids.
     let hash = {
-        let canonical = toml::to_string(&raw).unwrap_or_default();
+        let mut value = toml::Value::try_from(&raw).unwrap_or(toml::Value::Table(Table::new()));
+        if let Some(t) = value.as_table_mut() {
+            t.remove("web");
+            t.remove("notify");
+        }
+        let canonical = toml::to_string(&value).unwrap_or_default();
         hex::encode(Sha256::digest(canonical.as_bytes()))
     };
     Some(Config {
@@ -570,9 +644,79 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
         threshold_purity: raw.score.threshold_purity,
         threshold_recall: raw.score.threshold_recall,
         alert_thresholds,
+        web,
+        notify,
         raw,
         hash,
     })
+}
+
+/// `[web]` and `[notify]`, with the webhook URLs from `notify.webhooks_file` and
+/// LENSNET_WEBHOOK_URLS (whitespace- or comma-separated).
+fn web_and_notify(raw: &RawConfig, sources: &Sources, bad: &mut impl FnMut(&str, String)) -> (WebSettings, NotifySettings) {
+    let w = &raw.web;
+    let bind = match w.bind.parse::<std::net::SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            bad("web.bind", format!("`{}` is not host:port (e.g. 127.0.0.1:8080)", w.bind));
+            std::net::SocketAddr::from(([127, 0, 0, 1], 8080))
+        }
+    };
+    let base_url = if w.base_url.trim().is_empty() { format!("http://{bind}") } else { w.base_url.trim().trim_end_matches('/').to_string() };
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        bad("web.base_url", format!("`{base_url}` must start with http:// or https://"));
+    }
+    if w.session_hours == 0 {
+        bad("web.session_hours", "must be at least 1".into());
+    }
+    if !(1..=1000).contains(&w.page_size) {
+        bad("web.page_size", "must be between 1 and 1000".into());
+    }
+    if w.login_attempts_per_minute == 0 {
+        bad("web.login_attempts_per_minute", "must be at least 1".into());
+    }
+    let web = WebSettings {
+        bind,
+        base_url,
+        secure_cookies: w.secure_cookies,
+        session: std::time::Duration::from_secs(w.session_hours * 3600),
+        page_size: w.page_size,
+        login_attempts_per_minute: w.login_attempts_per_minute,
+    };
+    let n = &raw.notify;
+    let mut urls: Vec<String> = Vec::new();
+    if !n.webhooks_file.is_empty() {
+        match std::fs::read_to_string(&n.webhooks_file) {
+            Ok(text) => urls.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from)),
+            Err(e) => bad("notify.webhooks_file", format!("cannot read {}: {e}", n.webhooks_file)),
+        }
+    }
+    if let Some(v) = sources.var("LENSNET_WEBHOOK_URLS") {
+        urls.extend(v.split(|c: char| c.is_whitespace() || c == ',').filter(|s| !s.is_empty()).map(String::from));
+    }
+    for (i, u) in urls.iter().enumerate() {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            // Not the URL itself: it is a secret.
+            bad("notify.webhooks", format!("webhook {} does not start with http:// or https://", i + 1));
+        }
+    }
+    urls.sort();
+    urls.dedup();
+    if n.timeout_s == 0 {
+        bad("notify.timeout_s", "must be at least 1".into());
+    }
+    if n.attempts_per_run == 0 || n.max_attempts < n.attempts_per_run {
+        bad("notify.max_attempts", "attempts_per_run must be at least 1 and max_attempts at least attempts_per_run".into());
+    }
+    let notify = NotifySettings {
+        webhooks: urls.into_iter().map(Secret).collect(),
+        timeout: std::time::Duration::from_secs(n.timeout_s),
+        attempts_per_run: n.attempts_per_run,
+        max_attempts: n.max_attempts,
+        max_age_hours: n.max_age_hours,
+        on_replay: n.on_replay,
+    };
+    (web, notify)
 }
 
 /// The AlertFinder's parameters by field from `[alertfinder]`.

@@ -16,6 +16,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// The read-only role for follow-up coordinators.
 pub const READER_ROLE: &str = "lensnet_reader";
 
+/// The vetters' role: it may add rows to `vetting` and nothing else.
+pub const VETTER_ROLE: &str = "lensnet_vetter";
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error(transparent)]
@@ -171,4 +174,41 @@ fn redact(msg: &str) -> String {
         out.push(' ');
     }
     out.trim_end().to_string()
+}
+
+/// A pool connected as one of the project's roles (`lensnet_reader`, `lensnet_vetter`): with its
+/// own login and password on the local cluster; on an external server (DATABASE_URL) through
+/// the URL's account and `SET ROLE` at connect, which checks the same privileges (the URL's role
+/// must be a member of it, as the superuser or the owner that ran the migrations is). The
+/// schema must be migrated already ([`open`]).
+pub async fn role_pool(cfg: &Config, role: &'static str, max_connections: u32) -> Result<PgPool, DbError> {
+    let timeout = Duration::from_secs(cfg.connect_timeout_s);
+    match &cfg.database {
+        DatabaseSource::Local { .. } => {
+            let (pg, name) = local_cluster(cfg)?.expect("local source has a cluster");
+            let pg2 = pg.clone();
+            tokio::task::spawn_blocking(move || pg2.ensure_login_roles())
+                .await
+                .map_err(|e| DbError::BadUrl(format!("role set-up task failed: {e}")))??;
+            let url = if role == VETTER_ROLE { pg.vetter_url(&name) } else { pg.reader_url(&name) };
+            connect(&url, max_connections, timeout).await
+        }
+        DatabaseSource::Url(url) => {
+            let opts = PgConnectOptions::from_str(url.expose()).map_err(|e| DbError::BadUrl(redact(&e.to_string())))?;
+            let target = format!("{}:{} as {role}", opts.get_host(), opts.get_port());
+            let set_role: &'static str = if role == VETTER_ROLE { "SET ROLE lensnet_vetter" } else { "SET ROLE lensnet_reader" };
+            PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(timeout)
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        sqlx::query(set_role).execute(conn).await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(opts)
+                .await
+                .map_err(|source| DbError::Connect { target, source })
+        }
+    }
 }

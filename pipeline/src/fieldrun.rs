@@ -317,6 +317,8 @@ pub struct FieldRunner {
     pub score_stats: lensnet_stages::preprocess::PreprocessStats,
     /// AlertFinder parameters by field (`[alertfinder]` in the configuration).
     pub alert_thresholds: lensnet_stages::alertfinder::stage::FieldThresholds,
+    /// Alert webhooks: after a live run (lock released), the field's new "yes" alerts are sent.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 /// The result of one field run.
@@ -353,6 +355,8 @@ pub enum FieldRunError {
     Db(#[from] sqlx::Error),
     #[error("object store: {0}")]
     Store(#[from] lensnet_stages::store::StoreError),
+    #[error("alert webhooks: {0}")]
+    Notify(String),
 }
 
 /// The advisory-lock key of a field (stable across processes and machines).
@@ -462,6 +466,13 @@ impl FieldRunner {
             }
             _ => {
                 let _ = sqlx::Connection::close(lock).await;
+            }
+        }
+        // After the run, outside its lock: a slow or failing receiver delays nothing but this
+        // call's return, and never changes the run's outcome.
+        if let (Ok(_), Some(n)) = (&result, &self.notifier) {
+            if n.notifies(kind) {
+                n.after_run(&field.to_string()).await;
             }
         }
         result

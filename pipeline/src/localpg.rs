@@ -112,6 +112,11 @@ impl LocalPg {
         self.root.join("reader.secret")
     }
 
+    /// The vetters' role's password (hex), mode 0600; made on first use.
+    pub fn vetter_secret_file(&self) -> PathBuf {
+        self.root.join("vetter.secret")
+    }
+
     fn init_dir(&self) -> PathBuf {
         self.root.join("data.init")
     }
@@ -124,6 +129,23 @@ impl LocalPg {
     /// The password of the read-only role `lensnet_reader`, once the cluster exists.
     pub fn reader_password(&self) -> Result<String, LocalPgError> {
         read_secret(&self.reader_secret_file())
+    }
+
+    /// The password of the vetters' role `lensnet_vetter`, once `ensure_login_roles` ran.
+    pub fn vetter_password(&self) -> Result<String, LocalPgError> {
+        read_secret(&self.vetter_secret_file())
+    }
+
+    /// URL of database `db` as the vetters' role `lensnet_vetter` (it may only add vetting rows).
+    pub fn vetter_url(&self, db: &str) -> String {
+        self.url_with(VETTER, self.vetter_password().ok().as_deref(), db)
+    }
+
+    /// The read-only and the vetters' roles exist and log in with the passwords in their secret
+    /// files (the vetters' is made here the first time): for a cluster that already ran before
+    /// the vetters' role existed. The cluster runs.
+    pub fn ensure_login_roles(&self) -> Result<(), LocalPgError> {
+        self.ensure_reader()
     }
 
     /// URL of database `db` on this cluster as the superuser (unix socket, password auth).
@@ -342,7 +364,8 @@ impl LocalPg {
         self.ensure_reader()
     }
 
-    /// The read-only role exists and logs in with the password in `reader.secret`.
+    /// The read-only role and the vetters' role exist and log in with the passwords in
+    /// `reader.secret` and `vetter.secret`.
     fn ensure_reader(&self) -> Result<(), LocalPgError> {
         let password = self.reader_password()?;
         self.psql(
@@ -351,6 +374,18 @@ impl LocalPg {
                 "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{READER}') THEN CREATE ROLE {READER} LOGIN; END IF; \
                  EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
                  ALTER ROLE {READER} LOGIN PASSWORD '{password}'"
+            ),
+        )?;
+        if !self.vetter_secret_file().exists() {
+            write_private(&self.vetter_secret_file(), &new_secret()?)?;
+        }
+        let vetter = self.vetter_password()?;
+        self.psql(
+            "postgres",
+            &format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{VETTER}') THEN CREATE ROLE {VETTER} LOGIN; END IF; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+                 ALTER ROLE {VETTER} LOGIN PASSWORD '{vetter}'"
             ),
         )?;
         Ok(())
@@ -439,6 +474,8 @@ impl LocalPg {
 
 /// The read-only role (same name as `db::READER_ROLE`).
 const READER: &str = "lensnet_reader";
+/// The vetters' role (same name as `db::VETTER_ROLE`).
+const VETTER: &str = "lensnet_vetter";
 
 /// 32 random bytes from the kernel, as hex.
 fn new_secret() -> Result<String, LocalPgError> {

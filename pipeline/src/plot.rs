@@ -48,12 +48,50 @@ pub struct Fits {
     pub broken: Option<(f64, f64)>,
 }
 
+/// The fits of the star's newest candidate at or before `as_of` (all candidates when None).
+pub async fn newest_fits(pool: &sqlx::PgPool, field: &str, star: &str, as_of: Option<f64>) -> Result<Option<Fits>, sqlx::Error> {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT c.as_of_hjd, f.kind, f.t0, f.teff, f.regime, f.t_rise, f.slope, f.site_fluxes::text AS site_fluxes \
+         FROM candidates c JOIN fits f USING (candidate_id) \
+         WHERE c.field = $1 AND c.star_id = $2 AND ($3::float8 IS NULL OR c.as_of_hjd <= $3) \
+         AND c.as_of_hjd = (SELECT max(as_of_hjd) FROM candidates WHERE field = $1 AND star_id = $2 AND ($3::float8 IS NULL OR as_of_hjd <= $3))",
+    )
+    .bind(field)
+    .bind(star)
+    .bind(as_of)
+    .fetch_all(pool)
+    .await?;
+    let mut fits: Option<Fits> = None;
+    for r in rows {
+        let f = fits.get_or_insert_with(|| Fits { as_of: r.get("as_of_hjd"), ..Default::default() });
+        let kind: String = r.get("kind");
+        if kind == "pspl_grid" {
+            let sites: serde_json::Value = serde_json::from_str(&r.get::<String, _>("site_fluxes")).unwrap_or_default();
+            let per_site = sites
+                .as_object()
+                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.get("f0")?.as_f64()?, v.get("f1")?.as_f64()?))).collect())
+                .unwrap_or_default();
+            if let (Some(t0), Some(teff)) = (r.get::<Option<f64>, _>("t0"), r.get::<Option<f64>, _>("teff")) {
+                f.grid = Some((t0, teff, r.get::<Option<i16>, _>("regime").unwrap_or(1) as u8, per_site));
+            }
+        } else if kind == "broken_line" {
+            if let (Some(t), Some(s)) = (r.get::<Option<f64>, _>("t_rise"), r.get::<Option<f64>, _>("slope")) {
+                f.broken = Some((t, s));
+            }
+        }
+    }
+    Ok(fits)
+}
+
 /// What the figure shows.
 pub struct Figure<'a> {
     pub star: &'a StarCurves,
     pub season: i32,
     pub as_of: Option<f64>,
     pub fits: Option<Fits>,
+    /// Magnitude (brighter up) instead of difference flux; the fits are drawn in flux only.
+    pub magnitude: bool,
 }
 
 fn site_colour(site: Option<Site>) -> RGBColor {
@@ -67,6 +105,31 @@ fn site_colour(site: Option<Site>) -> RGBColor {
 
 fn site_name(site: Option<Site>) -> String {
     site.map(|s| s.code().to_string()).unwrap_or_else(|| "survey".into())
+}
+
+/// The figure as SVG text of `size` pixels (for the star pages).
+pub fn svg_string(fig: &Figure<'_>, size: (u32, u32)) -> Result<String, String> {
+    font_ready()?;
+    let mut out = String::new();
+    draw_on(SVGBackend::with_string(&mut out, size).into_drawing_area(), fig)?;
+    Ok(out)
+}
+
+/// The figure as PNG bytes of `size` pixels (the star pages: a few hundred kB where the SVG of
+/// a prime-field season holds megabytes of points).
+pub fn png_bytes(fig: &Figure<'_>, size: (u32, u32)) -> Result<Vec<u8>, String> {
+    font_ready()?;
+    let mut rgb = vec![0u8; (size.0 * size.1 * 3) as usize];
+    draw_on(BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area(), fig)?;
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, size.0, size.1);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().map_err(|e| e.to_string())?;
+        w.write_image_data(&rgb).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
 }
 
 /// Draws the figure into `path`: PNG or SVG by its extension.
@@ -90,23 +153,29 @@ where
     if curves.is_empty() {
         return Err(format!("star {} has no I-band photometry in season {}", fig.star.star, fig.season));
     }
+    // The plotted value and its error: difference flux, or magnitude negated (so that up is
+    // brighter in both, and the axis labels undo the sign).
+    let yv = |c: &lensnet_stages::photometry::SiteCurve, i: usize| if fig.magnitude { (-c.mag[i], c.mag_err[i]) } else { (c.flux[i], c.flux_err[i]) };
     let (mut t0, mut t1) = (f64::INFINITY, f64::NEG_INFINITY);
     let mut fluxes = Vec::new();
     for c in &curves {
         for i in 0..c.hjd.len() {
-            if c.flux[i].is_finite() {
+            if yv(c, i).0.is_finite() {
                 t0 = t0.min(c.hjd[i]);
                 t1 = t1.max(c.hjd[i]);
-                fluxes.push(c.flux[i]);
+                fluxes.push(yv(c, i).0);
             }
         }
+    }
+    if fluxes.is_empty() {
+        return Err(format!("star {} has no {} in season {}", fig.star.star, if fig.magnitude { "magnitudes" } else { "fluxes" }, fig.season));
     }
     // The flux range of all but the most extreme 0.3 % of points at each end: a few outliers
     // (cosmic rays, bad subtractions) would otherwise flatten the light curve.
     fluxes.sort_by(f64::total_cmp);
     let q = |p: f64| fluxes[((fluxes.len() - 1) as f64 * p).round() as usize];
     let (f0, f1) = (q(0.003), q(0.997));
-    let pad = 0.06 * (f1 - f0).max(1.0);
+    let pad = if fig.magnitude { 0.06 * (f1 - f0).max(0.05) } else { 0.06 * (f1 - f0).max(1.0) };
     let title = match fig.as_of {
         Some(a) => format!("{} {}  season {}  as of {a:.2}", fig.star.field, fig.star.star, fig.season),
         None => format!("{} {}  season {}", fig.star.field, fig.star.star, fig.season),
@@ -118,18 +187,20 @@ where
         .y_label_area_size(70)
         .build_cartesian_2d(t0 - 1.0..t1 + 1.0, f0 - pad..f1 + pad)
         .map_err(err)?;
+    let y_label = |v: &f64| if fig.magnitude { format!("{:.2}", -v) } else { format!("{v:.0}") };
     chart
         .configure_mesh()
         .light_line_style(WHITE)
         .x_desc("HJD - 2450000")
-        .y_desc("difference flux (brightening up)")
+        .y_desc(if fig.magnitude { "magnitude (brighter up)" } else { "difference flux (brightening up)" })
+        .y_label_formatter(&y_label)
         .draw()
         .map_err(err)?;
     let seen = |t: f64| fig.as_of.is_none_or(|a| t <= a);
     for c in &curves {
         let colour = site_colour(c.site);
         let faint = colour.mix(0.2);
-        let pts: Vec<(f64, f64, f64)> = (0..c.hjd.len()).filter(|&i| c.flux[i].is_finite()).map(|i| (c.hjd[i], c.flux[i], c.flux_err[i])).collect();
+        let pts: Vec<(f64, f64, f64)> = (0..c.hjd.len()).filter(|&i| yv(c, i).0.is_finite()).map(|i| (c.hjd[i], yv(c, i).0, yv(c, i).1)).collect();
         chart
             .draw_series(pts.iter().filter(|p| p.2.is_finite()).map(|&(t, f, e)| {
                 let style = if seen(t) { colour.mix(0.45) } else { faint };
@@ -142,7 +213,7 @@ where
             .label(format!("{} ({} epochs)", site_name(c.site), pts.len()))
             .legend(move |(x, y)| Circle::new((x + 6, y), 4, colour.filled()));
     }
-    if let Some(fits) = &fig.fits {
+    if let Some(fits) = fig.fits.as_ref().filter(|_| !fig.magnitude) {
         if let Some((gt0, teff, regime, sites)) = &fits.grid {
             for c in &curves {
                 let code = site_name(c.site);
@@ -215,7 +286,7 @@ mod tests {
             grid: Some((9060.0, 5.0, 1, vec![("KMTA".into(), 0.0, 500.0), ("KMTC".into(), 0.0, 500.0), ("KMTS".into(), 0.0, 500.0)])),
             broken: Some((9050.0, 30.0)),
         };
-        let fig = Figure { star: &star, season: 2020, as_of: Some(9055.0), fits: Some(fits) };
+        let mut fig = Figure { star: &star, season: 2020, as_of: Some(9055.0), fits: Some(fits), magnitude: false };
         let dir = tempfile::tempdir().unwrap();
         if let Ok(keep) = std::env::var("LENSNET_TEST_FIGURES") {
             draw(&fig, &Path::new(&keep).join("plot-test.png")).unwrap();
@@ -229,5 +300,12 @@ mod tests {
         let svg = std::fs::read_to_string(dir.path().join("lc.svg")).unwrap();
         assert!(svg.contains("KMTA (300 epochs)") && svg.contains("as of 9055.00") && svg.contains("point-lens grid"), "the legend names the sites, the as-of line and the fit");
         assert!(draw(&fig, &dir.path().join("lc.jpg")).unwrap_err().contains(".png or .svg"));
+        let png = png_bytes(&fig, (800, 400)).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 5000);
+        let inline = svg_string(&fig, (800, 400)).unwrap();
+        assert!(inline.starts_with("<svg") && inline.contains("KMTA (300 epochs)"));
+        // No magnitudes in this star: a clear error, not an empty figure.
+        fig.magnitude = true;
+        assert!(svg_string(&fig, (800, 400)).unwrap_err().contains("no magnitudes"));
     }
 }

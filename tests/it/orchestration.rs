@@ -62,6 +62,7 @@ fn runner(pool: &PgPool, inbox: &Path) -> Setup {
         lock_sessions: Default::default(),
         score_stats: lensnet_stages::score::stage::ScoreStage::stats_of(&scorer()).unwrap(),
         alert_thresholds: Default::default(),
+        notifier: None,
     };
     Setup { runner, _lake: lake }
 }

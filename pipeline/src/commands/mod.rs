@@ -12,6 +12,8 @@ mod run;
 mod serve;
 mod simulate;
 mod store;
+mod user;
+mod web;
 
 use std::process::ExitCode;
 
@@ -55,7 +57,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(load_config(cli.config)?, args).await,
         Command::Serve(args) => serve::run(load_config(cli.config)?, args).await,
         Command::Replay(args) => replay::run(load_config(cli.config)?, args).await,
+        Command::Web(args) => web::run(load_config(cli.config)?, args).await,
+        Command::User(cmd) => user::run(load_config(cli.config)?, cmd).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::ExportTrainingSet(args) if args.vetted => export::run_vetted(load_config(cli.config)?, args).await,
         Command::ExportTrainingSet(args) => {
             let cfg = load_config(cli.config)?;
             tokio::task::spawn_blocking(move || export::run(cfg, args)).await?

@@ -6,11 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use lensnet::config::Config;
-use lensnet::plot::{draw, Figure, Fits};
+use lensnet::plot::{draw, newest_fits, Figure};
 use lensnet::{app, db};
 use lensnet_stages::ingest::{read_photometry, season_of};
 use lensnet_stages::Field;
-use sqlx::Row;
 
 use crate::cli::PlotArgs;
 
@@ -38,37 +37,8 @@ pub async fn run(cfg: Config, args: PlotArgs) -> anyhow::Result<ExitCode> {
     let stars = read_photometry(&photometry, season, field, None).await?;
     let star = stars.iter().find(|s| s.star.0 == args.star).with_context(|| format!("no photometry of star {} in field {field}, season {season}", args.star))?;
     let pool = db::open(&cfg).await?;
-    let rows = sqlx::query(
-        "SELECT c.as_of_hjd, f.kind, f.t0, f.teff, f.regime, f.t_rise, f.slope, f.site_fluxes::text AS site_fluxes \
-         FROM candidates c JOIN fits f USING (candidate_id) \
-         WHERE c.field = $1 AND c.star_id = $2 AND ($3::float8 IS NULL OR c.as_of_hjd <= $3) \
-         AND c.as_of_hjd = (SELECT max(as_of_hjd) FROM candidates WHERE field = $1 AND star_id = $2 AND ($3::float8 IS NULL OR as_of_hjd <= $3))",
-    )
-    .bind(field.to_string())
-    .bind(&args.star)
-    .bind(args.as_of)
-    .fetch_all(&pool)
-    .await?;
-    let mut fits: Option<Fits> = None;
-    for r in rows {
-        let f = fits.get_or_insert_with(|| Fits { as_of: r.get("as_of_hjd"), ..Default::default() });
-        let kind: String = r.get("kind");
-        if kind == "pspl_grid" {
-            let sites: serde_json::Value = serde_json::from_str(&r.get::<String, _>("site_fluxes")).unwrap_or_default();
-            let per_site = sites
-                .as_object()
-                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.get("f0")?.as_f64()?, v.get("f1")?.as_f64()?))).collect())
-                .unwrap_or_default();
-            if let (Some(t0), Some(teff)) = (r.get::<Option<f64>, _>("t0"), r.get::<Option<f64>, _>("teff")) {
-                f.grid = Some((t0, teff, r.get::<Option<i16>, _>("regime").unwrap_or(1) as u8, per_site));
-            }
-        } else if kind == "broken_line" {
-            if let (Some(t), Some(s)) = (r.get::<Option<f64>, _>("t_rise"), r.get::<Option<f64>, _>("slope")) {
-                f.broken = Some((t, s));
-            }
-        }
-    }
-    let fig = Figure { star, season, as_of: args.as_of, fits: fits.clone() };
+    let fits = newest_fits(&pool, &field.to_string(), &args.star, args.as_of).await?;
+    let fig = Figure { star, season, as_of: args.as_of, fits: fits.clone(), magnitude: args.magnitude };
     draw(&fig, &args.out).map_err(|e| anyhow::anyhow!(e))?;
     match fits {
         Some(f) => println!("wrote {} ({} {} season {season}; fits of the candidate as of {:.2})", args.out.display(), field, args.star, f.as_of),

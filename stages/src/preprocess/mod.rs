@@ -44,6 +44,7 @@ pub mod parquet;
 pub mod real;
 pub mod stats;
 pub mod training;
+pub mod vetted;
 
 #[cfg(test)]
 mod tests;
