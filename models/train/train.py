@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--test", type=Path, help="test Parquet (simulator seeds never used in training) for the ONNX check")
     ap.add_argument("--out", type=Path, default=ROOT / "models" / "lensnet-v2.onnx")
     ap.add_argument("--real-repeat", type=int, default=1,
-                    help="times each row of a real-archive export (subtype real or injected) is seen per epoch")
+                    help="times each row of a real-archive or vetted export (subtype real, injected or vetted) is seen per epoch")
     ap.add_argument("--description", default="lensnet: multi-branch GRU vetting model")
     ap.add_argument("--hidden", type=int, default=48)
     ap.add_argument("--diag-hidden", type=int, default=32)
@@ -227,7 +227,7 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
     gen = torch.Generator().manual_seed(args.seed)
-    real = np.isin(data.get("subtype", np.array([""] * n)), ["real", "injected"])
+    real = np.isin(data.get("subtype", np.array([""] * n)), ["real", "injected", "vetted"])
     tr_rows = np.nonzero(tr)[0]
     if args.real_repeat > 1:
         tr_rows = np.concatenate([tr_rows] + [np.nonzero(tr & real)[0]] * (args.real_repeat - 1))

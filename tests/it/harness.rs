@@ -110,3 +110,25 @@ impl TestDb {
         }
     }
 }
+
+impl TestDb {
+    /// A pool as `role` (`lensnet_reader` or `lensnet_vetter`): its own login on the local
+    /// cluster, SET ROLE on an external server.
+    pub async fn role_pool(&self, role: &'static str) -> PgPool {
+        match &server().local {
+            Some(pg) => {
+                let password = if role == lensnet::db::VETTER_ROLE { pg.vetter_password() } else { pg.reader_password() }.expect("the local cluster has the role's secret");
+                PgPoolOptions::new().max_connections(3).connect_with(self.opts.clone().username(role).password(&password)).await.expect("role logs in")
+            }
+            None => {
+                let set: &'static str = if role == lensnet::db::VETTER_ROLE { "SET ROLE lensnet_vetter" } else { "SET ROLE lensnet_reader" };
+                PgPoolOptions::new()
+                    .max_connections(3)
+                    .after_connect(move |c, _| Box::pin(async move { sqlx::query(set).execute(c).await.map(|_| ()) }))
+                    .connect_with(self.opts.clone())
+                    .await
+                    .expect("pool with SET ROLE")
+            }
+        }
+    }
+}

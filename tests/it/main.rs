@@ -14,3 +14,4 @@ mod model;
 mod security;
 mod crash;
 mod evaluate;
+mod web;

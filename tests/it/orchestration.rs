@@ -26,7 +26,7 @@ use sqlx::Row;
 use crate::harness::TestDb;
 
 /// One scorer per test binary: ONNX Runtime allows one environment per process anyway.
-fn scorer() -> Arc<Scorer> {
+pub(crate) fn scorer() -> Arc<Scorer> {
     static SCORER: std::sync::OnceLock<Arc<Scorer>> = std::sync::OnceLock::new();
     SCORER
         .get_or_init(|| {
@@ -40,12 +40,12 @@ pub(crate) fn event_rich() -> ClassMix {
     ClassMix { microlensing: 0.6, constant: 0.2, variable: 0.1, cataclysmic: 0.05, flare: 0.0, asteroid: 0.05, artefact: 0.0 }
 }
 
-struct Setup {
-    runner: FieldRunner,
-    _lake: tempfile::TempDir,
+pub(crate) struct Setup {
+    pub(crate) runner: FieldRunner,
+    pub(crate) _lake: tempfile::TempDir,
 }
 
-fn runner(pool: &PgPool, inbox: &Path) -> Setup {
+pub(crate) fn runner(pool: &PgPool, inbox: &Path) -> Setup {
     let lake = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(lake.path()).unwrap());
     let runner = FieldRunner {

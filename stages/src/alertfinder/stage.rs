@@ -637,7 +637,7 @@ fn decode_batch(b: &RecordBatch, out: &mut Vec<CandidateRecord>) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::{StreamExt, TryStreamExt};
+    use futures::TryStreamExt;
 
     #[test]
     fn a_field_entry_overrides_its_cadence_thresholds() {
