@@ -328,6 +328,9 @@ pub struct FieldRun {
     pub field: Field,
     pub as_of: f64,
     pub outcome: RunOutcome,
+    /// What the alert webhooks did after the run (None: no notifier, or a kind that does not
+    /// notify).
+    pub notified: Option<crate::notify::Delivered>,
 }
 
 impl FieldRun {
@@ -457,7 +460,7 @@ impl FieldRunner {
             let (status, error) = if outcome.succeeded() { (Status::Succeeded, None) } else { (Status::Failed, outcome.first_error()) };
             publish::finish_run(&self.pool, run_id, status, error.as_deref(), &DbRetry::default()).await?;
             info!(%run_id, %field, as_of, kind, succeeded = outcome.succeeded(), "field run finished");
-            Ok(FieldRun { run_id, field, as_of, outcome })
+            Ok(FieldRun { run_id, field, as_of, outcome, notified: None })
         }
         .await;
         match sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)").bind(key).fetch_one(&mut lock).await {
@@ -470,9 +473,10 @@ impl FieldRunner {
         }
         // After the run, outside its lock: a slow or failing receiver delays nothing but this
         // call's return, and never changes the run's outcome.
-        if let (Ok(_), Some(n)) = (&result, &self.notifier) {
+        let mut result = result;
+        if let (Ok(run), Some(n)) = (&mut result, &self.notifier) {
             if n.notifies(kind) {
-                n.after_run(&field.to_string()).await;
+                run.notified = Some(n.after_run(&field.to_string()).await).filter(|_| n.has_receivers());
             }
         }
         result

@@ -25,7 +25,7 @@ fn help_lists_the_subcommand_contract() {
     let out = lensnet(dir.path(), &["--help"]);
     assert!(out.status.success());
     let help = text(&out);
-    for sub in ["demo", "simulate", "ingest", "run", "serve", "replay", "db", "bench", "config"] {
+    for sub in ["demo", "simulate", "ingest", "run", "serve", "replay", "db", "bench", "config", "web", "user", "plot", "evaluate"] {
         assert!(help.contains(&format!("\n  {sub} ")), "--help lacks {sub}:\n{help}");
         let sub_help = lensnet(dir.path(), &[sub, "--help"]);
         assert!(sub_help.status.success(), "{sub} --help fails");
@@ -94,17 +94,81 @@ fn db_start_migrate_stop_on_a_fresh_folder() {
     };
     assert!(step(&["db", "start"]).contains("created and started"));
     assert!(step(&["db", "start"]).contains("already running"), "starting twice is harmless");
-    assert!(step(&["db", "migrate"]).contains("4 migration(s) applied now"));
+    assert!(step(&["db", "migrate"]).contains("5 migration(s) applied now"));
     assert!(step(&["db", "migrate"]).starts_with("0 migration(s) applied now"), "a second migrate changes nothing");
     let url = step(&["db", "url"]).trim().to_string();
     assert!(url.starts_with("postgres://") && url.contains("host="), "{url}");
     let tables = Command::new("psql").args([url.as_str(), "-X", "-A", "-t", "-c", "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'"]).output();
     if let Ok(o) = tables {
         if o.status.success() {
-            assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "_sqlx_migrations,candidates,fits,ingested_files,runs,stage_attempts,verdicts");
+            assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "_sqlx_migrations,alert_notifications,candidates,fits,ingested_files,runs,stage_attempts,verdicts,vetting,web_users,webhook_deliveries");
         }
     }
     assert!(step(&["db", "status"]).contains("Running"));
     assert!(step(&["db", "stop"]).contains("stopped"));
     assert!(step(&["db", "stop"]).contains("was not running"));
+}
+
+/// A GET over a plain TCP connection: (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("the server accepts connections");
+    write!(c, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+}
+
+#[test]
+fn web_and_user_add_work_on_a_fresh_folder_and_the_server_stops_on_sigterm() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir_in(crate::harness::tmpfs_dir()).unwrap();
+    let d = dir.path();
+    // The account: the password from standard input.
+    let mut add = Command::new(env!("CARGO_BIN_EXE_lensnet"))
+        .args(["user", "add", "ann", "--role", "vetter", "--password-stdin"])
+        .current_dir(d)
+        .env_remove("DATABASE_URL")
+        .env_remove("LENSNET_CONFIG")
+        .env("LENSNET_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    add.stdin.take().unwrap().write_all(b"a long enough password\n").unwrap();
+    let out = add.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("user ann (vetter) added"));
+    let listed = text(&lensnet(d, &["user", "list"]));
+    assert!(listed.contains("ann") && listed.contains("vetter") && !listed.contains("argon2"), "{listed}");
+    let short = lensnet(d, &["user", "add", "bob", "--password-stdin"]);
+    assert!(!short.status.success() && text(&short).contains("at least 10 characters"), "an empty password is refused: {}", text(&short));
+
+    let mut web = Command::new(env!("CARGO_BIN_EXE_lensnet"))
+        .args(["web", "--bind", "127.0.0.1:0"])
+        .current_dir(d)
+        .env_remove("DATABASE_URL")
+        .env_remove("LENSNET_CONFIG")
+        .env("LENSNET_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(web.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a first line").unwrap();
+    let addr = first.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_else(|| panic!("no address in {first}")).to_string();
+    let (status, body) = http_get(&addr, "/healthz");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, "ok\n");
+    let (status, body) = http_get(&addr, "/");
+    assert!(status.contains("200") && body.contains("\"yes\" alerts"), "{status}");
+    let (status, _) = http_get(&addr, "/metrics");
+    assert!(status.contains("200"));
+    assert!(Command::new("kill").args(["-TERM", &web.id().to_string()]).status().unwrap().success());
+    let code = web.wait().unwrap();
+    assert!(code.success(), "stops cleanly on SIGTERM: {code:?}");
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("stopped"))));
+    assert!(text(&lensnet(d, &["db", "stop"])).contains("stopped"));
 }

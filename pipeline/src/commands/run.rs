@@ -74,6 +74,9 @@ pub fn summary_line(run: &FieldRun) -> String {
     if let (Some(y), Some(m)) = (detail("yes"), detail("maybe")) {
         parts.push(format!("{y} yes, {m} maybe"));
     }
+    if let Some(d) = &run.notified {
+        parts.push(format!("webhooks: {} new alert(s), {} delivered, {} failed", d.queued, d.delivered, d.failed));
+    }
     let status = if run.outcome.succeeded() { "done" } else { "FAILED" };
     format!("{status}: {} as of {:.2}: {}", run.field, run.as_of, parts.join("; "))
 }
