@@ -37,6 +37,9 @@ pub fn font_ready() -> Result<(), String> {
     if ready { Ok(()) } else { Err(format!("no font for the figures' text (tried {}): install fonts-dejavu-core", FONTS.join(", "))) }
 }
 
+/// Days before the as-of time over which the point-lens template is drawn.
+const FIT_SPAN_DAYS: f64 = 30.0;
+
 /// The newest fits of a star's candidate (from `fits`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Fits {
@@ -221,10 +224,17 @@ where
                 if *a == 0.0 {
                     continue;
                 }
+                // Over the last FIT_SPAN_DAYS before the as-of time (the grid fits the search
+                // window, 20 days by default) and 10 days after: the two-parameter template is
+                // not a model of the whole season, and far from its window it drifts.
+                let (from, to) = ((fits.as_of - FIT_SPAN_DAYS).max(t0), (fits.as_of + 10.0).min(t1));
+                if to <= from {
+                    continue;
+                }
                 let n = 400;
                 let line: Vec<(f64, f64)> = (0..=n)
                     .map(|k| {
-                        let t = t0 + (t1 - t0) * k as f64 / n as f64;
+                        let t = from + (to - from) * k as f64 / n as f64;
                         let q = 1.0 + ((t - gt0) / teff).powi(2);
                         let (a1, a2) = templates(q);
                         (t, b + a * if *regime == 2 { a2 } else { a1 })
