@@ -42,13 +42,26 @@ pub fn thumbnail(star: &StarCurves, as_of: Option<f64>, w: u32, h: u32) -> Strin
     let span = (hi - lo).max(1e-9);
     let x = |t: f64| 2.0 + (w as f64 - 4.0) * (t - t0) / (t1 - t0).max(1e-9);
     let y = |v: f64| 2.0 + (h as f64 - 4.0) * (1.0 - ((v - lo) / span).clamp(0.0, 1.0));
+    // One path per site and visibility, a zero-length round-capped segment per point: about
+    // ten bytes a point (a list of 50 thumbnails stays small).
     let stride = (pts.len() / 600).max(1);
+    let mut paths: Vec<((Option<Site>, bool), String)> = Vec::new();
     for (k, p) in pts.iter().enumerate() {
         if k % stride != 0 {
             continue;
         }
-        let faint = as_of.is_some_and(|a| p.0 > a);
-        let _ = write!(out, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"1\" fill=\"{}\"{}/>", x(p.0), y(p.1), site_colour(p.2), if faint { " opacity=\"0.2\"" } else { "" });
+        let key = (p.2, as_of.is_some_and(|a| p.0 > a));
+        let i = match paths.iter().position(|(k2, _)| *k2 == key) {
+            Some(i) => i,
+            None => {
+                paths.push((key, String::new()));
+                paths.len() - 1
+            }
+        };
+        let _ = write!(paths[i].1, "M{:.0} {:.0}h0", x(p.0), y(p.1));
+    }
+    for ((site, faint), d) in &paths {
+        let _ = write!(out, "<path d=\"{d}\" stroke=\"{}\" stroke-width=\"2\" stroke-linecap=\"round\"{}/>", site_colour(*site), if *faint { " opacity=\"0.2\"" } else { "" });
     }
     if let Some(a) = as_of.filter(|a| *a >= t0 && *a <= t1) {
         let _ = write!(out, "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"0\" y2=\"{h}\" stroke=\"#000\" stroke-width=\"0.7\"/>", x(a));
@@ -122,9 +135,10 @@ mod tests {
         let c = SiteCurve { site: Some(Site::Kmtc), band: Some(Band::I), flux: hjd.iter().map(|t| (t - 9000.0).sin()).collect(), flux_err: vec![1.0; n], mag: vec![f64::NAN; n], mag_err: vec![f64::NAN; n], fwhm: vec![4.0; n], sky: vec![1.0; n], airmass: vec![1.0; n], hjd };
         let star = StarCurves { star: StarId("S".into()), field: Field(14), curves: vec![c] };
         let svg = thumbnail(&star, Some(9100.0), 160, 48);
-        let dots = svg.matches("<circle").count();
+        let dots = svg.matches("h0").count();
         assert!((500..=600).contains(&dots), "{dots} points");
         assert!(svg.contains("<line") && svg.contains("#d62728") && svg.contains("opacity"));
+        assert!(svg.len() < 12_000, "{} bytes", svg.len());
         let hist = score_history(&[ScorePoint { model: "abcdef0123456789".into(), as_of: 9000.0, score: 0.95, verdict: "yes".into() }, ScorePoint { model: "abcdef0123456789".into(), as_of: 9001.0, score: 0.2, verdict: "no".into() }], 0.9, 0.5);
         assert!(hist.contains("polyline") && hist.contains("model abcdef012345") && hist.contains("purity 0.90"));
     }
