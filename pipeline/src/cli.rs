@@ -33,8 +33,15 @@ pub enum Command {
     Run(RunArgs),
     /// The cron scheduler: runs fields on their schedules until SIGTERM.
     Serve(ServeArgs),
-    /// Reprocess a past season day by day, as if live, with a given model.
+    /// Reprocess past seasons day by day, as if live, with a given model: every (season, field)
+    /// shard in turn, or one shard (--shard-index) as a batch task.
     Replay(ReplayArgs),
+    /// The summary of a (sharded) replay from what its shards wrote, with the shards that
+    /// failed or never ran and their logs.
+    ReplayReport(ReplayReportArgs),
+    /// Write batch-engine jobs for a sharded replay (Slurm job array, Kubernetes Indexed Job).
+    #[command(subcommand)]
+    Submit(SubmitCommand),
     /// Manage the database: the local PostgreSQL cluster and the schema migrations.
     #[command(subcommand)]
     Db(DbCommand),
@@ -192,10 +199,13 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// Season to replay (calendar year).
-    #[arg(long)]
-    pub season: i32,
-    /// Comma-separated fields.
+    /// Season to replay (calendar year); the same as --seasons with one year.
+    #[arg(long, conflicts_with = "seasons")]
+    pub season: Option<i32>,
+    /// Seasons: years and ranges, e.g. 2016-2025 or 2019,2021.
+    #[arg(long, value_delimiter = ',', value_name = "YEARS")]
+    pub seasons: Vec<String>,
+    /// Comma-separated fields, or `all` (every field with photometry in the seasons).
     #[arg(long, value_delimiter = ',')]
     pub fields: Vec<String>,
     /// Step of the watermark, e.g. 1d or 12h.
@@ -210,6 +220,105 @@ pub struct ReplayArgs {
     /// Ingest this folder (or URL) before replaying, e.g. a season written by `lensnet simulate`.
     #[arg(long, value_name = "PATH_OR_URL")]
     pub ingest: Option<String>,
+    /// Run only shard I of the job (season-major: shard i is (seasons[i / fields], fields[i %
+    /// fields])), as a batch task does; exit status 0 when it succeeded or had no data, 1 when
+    /// it failed. A second copy of a running shard waits for it.
+    #[arg(long, value_name = "I")]
+    pub shard_index: Option<usize>,
+    /// The task's log file, recorded for `replay-report` (batch systems pass their own).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayReportArgs {
+    /// The replay id (printed by `lensnet replay` and `lensnet submit`).
+    #[arg(long)]
+    pub replay_id: uuid::Uuid,
+    /// The simulator's truth.parquet, to report recall, false alerts and days before peak.
+    #[arg(long, value_name = "FILE")]
+    pub truth: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubmitCommand {
+    /// Write (and with --now submit through sbatch) a Slurm job array, one task per (season,
+    /// field) shard, and a summary step that runs after them.
+    Slurm(SlurmArgs),
+    /// Write a Kubernetes Indexed Job manifest, one completion index per shard.
+    K8s(K8sArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShardSpecArgs {
+    /// Seasons: years and ranges, e.g. 2016-2025.
+    #[arg(long, value_delimiter = ',', required = true, value_name = "YEARS")]
+    pub seasons: Vec<String>,
+    /// Comma-separated fields, or `all` (resolved now, from the store).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub fields: Vec<String>,
+    /// Step of the watermark.
+    #[arg(long, default_value = "1d")]
+    pub step: String,
+    /// ONNX model (default: the configured one); its sha256 is part of the replay id.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Folder for the scripts or manifest and the logs (default: <data_dir>/submit/<replay id>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SlurmArgs {
+    #[command(flatten)]
+    pub spec: ShardSpecArgs,
+    /// Slurm partition.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// CPUs per task.
+    #[arg(long, default_value_t = 1)]
+    pub cpus_per_task: u32,
+    /// At most this many tasks at once.
+    #[arg(long)]
+    pub max_parallel: Option<u32>,
+    /// Time limit per task (Slurm's --time, e.g. 02:00:00).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Only these shard indexes (resubmitting failed ones), e.g. 3,5.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<usize>,
+    /// Submit with sbatch (the array, then the summary step after it) instead of only writing.
+    #[arg(long)]
+    pub now: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct K8sArgs {
+    #[command(flatten)]
+    pub spec: ShardSpecArgs,
+    /// Container image with the lensnet binary at /usr/local/bin/lensnet and the models.
+    #[arg(long)]
+    pub image: String,
+    /// Model path inside the image (default: /opt/lensnet/models/<the model's file name>).
+    #[arg(long)]
+    pub image_model: Option<String>,
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Pods at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallelism: u32,
+    /// Secret holding DATABASE_URL.
+    #[arg(long, default_value = "lensnet-database")]
+    pub database_secret: String,
+    /// Secret whose keys become the pods' environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_ENDPOINT, AWS_REGION).
+    #[arg(long, default_value = "lensnet-s3")]
+    pub s3_secret: String,
+    /// CPUs and memory per pod.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    #[arg(long, default_value = "4Gi")]
+    pub memory: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,5 +17,7 @@ pub mod web;
 pub mod publish;
 pub mod replay;
 pub mod runner;
+pub mod shards;
+pub mod submit;
 
 pub use config::{Config, Sources};

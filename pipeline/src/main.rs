@@ -11,7 +11,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     // Demo and replay print their own progress and summary; per-step stage logs only with -v.
-    let chatty = !matches!(args.command, cli::Command::Demo(_) | cli::Command::Replay(_) | cli::Command::Evaluate(_));
+    let chatty = !matches!(args.command, cli::Command::Demo(_) | cli::Command::Replay(_) | cli::Command::ReplayReport(_) | cli::Command::Evaluate(_));
     init_tracing(args.verbose, chatty);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

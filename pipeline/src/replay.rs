@@ -66,6 +66,7 @@ pub struct StarHistory {
 /// What one field's replay did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldReplay {
+    pub season: i32,
     pub field: Field,
     pub steps: usize,
     pub first_as_of: f64,
@@ -121,50 +122,17 @@ pub async fn replay(runner: &FieldRunner, opts: &ReplayOptions, progress: &(dyn 
     let mut fields = Vec::new();
     let mut as_ofs: HashMap<String, Vec<f64>> = HashMap::new();
     for &field in &opts.fields {
-        let cache = PhotometryCache::new();
-        let photometry = PhotometryStore::new(runner.store.clone(), runner.root.clone());
-        let fp = cache.get(&photometry, opts.season, field).await.map_err(|e| {
-            let message = format!("reading the photometry of {field}, season {}: {e}", opts.season);
-            lensnet_stages::StageError::Permanent { stage: "replay", message }
-        })?;
-        let stars = &fp.stars;
-        let (first, last) = stars
-            .iter()
-            .flat_map(|s| s.curves.iter().flat_map(|c| c.hjd.iter().copied()))
-            .filter(|t| t.is_finite())
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), t| (a.min(t), b.max(t)));
-        if stars.is_empty() || !first.is_finite() {
+        let Some((f, times)) = replay_field(runner, opts.kind, opts.season, field, opts.step_days, replay_id, progress).await? else {
             return Err(lensnet_stages::StageError::Permanent {
                 stage: "replay",
                 message: format!("no photometry for field {field} in season {}: ingest it first", opts.season),
             }
             .into());
-        }
-        let times = step_times(first, last, opts.step_days);
-        info!(%field, season = opts.season, stars = stars.len(), first, last, steps = times.len(), %replay_id, "replaying");
-        let mut candidates = 0u64;
-        let mut failed_steps = 0;
-        for (k, &t) in times.iter().enumerate() {
-            let run = runner.run(opts.kind, Plan::Reprocess, field, opts.season, t, Some(replay_id), &cache).await?;
-            if !run.outcome.succeeded() {
-                failed_steps += 1;
-                tracing::warn!(%field, as_of = t, error = run.outcome.first_error().unwrap_or_default(), "replay step failed");
-            }
-            candidates += run.report("alertfinder").map_or(0, |r| r.rows_out);
-            progress(field, k + 1, times.len());
-        }
-        as_ofs.insert(field.to_string(), times.clone());
-        fields.push(FieldReplay {
-            field,
-            steps: times.len(),
-            first_as_of: times.first().copied().unwrap_or(f64::NAN),
-            last_as_of: times.last().copied().unwrap_or(f64::NAN),
-            stars: stars.len(),
-            candidates,
-            failed_steps,
-        });
+        };
+        as_ofs.entry(field.to_string()).or_default().extend(times);
+        fields.push(f);
     }
-    let stars = star_histories(runner, &model, &as_ofs).await?;
+    let stars = star_histories(&runner.pool, &model, &as_ofs).await?;
     let mut alerts_by_day = BTreeMap::new();
     for s in &stars {
         if let Some(t) = s.first_yes {
@@ -174,10 +142,76 @@ pub async fn replay(runner: &FieldRunner, opts: &ReplayOptions, progress: &(dyn 
     Ok(ReplayResult { replay_id, model_sha256: model, fields, stars, alerts_by_day })
 }
 
+/// How long a replay step waits for a field whose lock another run holds (a live run, or a
+/// shard of another season of the same field) before it gives up.
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(1800);
+
+/// Replays one (season, field): every step time of the season's photometry, each a field run
+/// tagged with `replay_id`. None when the store holds no photometry of it. A step whose field is
+/// locked by another run waits for it (up to [`BUSY_WAIT`]).
+pub async fn replay_field(
+    runner: &FieldRunner,
+    kind: &'static str,
+    season: i32,
+    field: Field,
+    step_days: f64,
+    replay_id: Uuid,
+    progress: &(dyn Fn(Field, usize, usize) + Sync),
+) -> Result<Option<(FieldReplay, Vec<f64>)>, FieldRunError> {
+    let cache = PhotometryCache::new();
+    let photometry = PhotometryStore::new(runner.store.clone(), runner.root.clone());
+    let fp = cache.get(&photometry, season, field).await.map_err(|e| {
+        let message = format!("reading the photometry of {field}, season {season}: {e}");
+        lensnet_stages::StageError::Permanent { stage: "replay", message }
+    })?;
+    let stars = &fp.stars;
+    let (first, last) = stars
+        .iter()
+        .flat_map(|s| s.curves.iter().flat_map(|c| c.hjd.iter().copied()))
+        .filter(|t| t.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), t| (a.min(t), b.max(t)));
+    if stars.is_empty() || !first.is_finite() {
+        return Ok(None);
+    }
+    let times = step_times(first, last, step_days);
+    info!(%field, season, stars = stars.len(), first, last, steps = times.len(), %replay_id, "replaying");
+    let mut candidates = 0u64;
+    let mut failed_steps = 0;
+    for (k, &t) in times.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let run = loop {
+            match runner.run(kind, Plan::Reprocess, field, season, t, Some(replay_id), &cache).await {
+                Err(FieldRunError::Busy(_)) if started.elapsed() < BUSY_WAIT => {
+                    tracing::debug!(%field, as_of = t, "field locked by another run; waiting");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                other => break other?,
+            }
+        };
+        if !run.outcome.succeeded() {
+            failed_steps += 1;
+            tracing::warn!(%field, as_of = t, error = run.outcome.first_error().unwrap_or_default(), "replay step failed");
+        }
+        candidates += run.report("alertfinder").map_or(0, |r| r.rows_out);
+        progress(field, k + 1, times.len());
+    }
+    let f = FieldReplay {
+        season,
+        field,
+        steps: times.len(),
+        first_as_of: times.first().copied().unwrap_or(f64::NAN),
+        last_as_of: times.last().copied().unwrap_or(f64::NAN),
+        stars: stars.len(),
+        candidates,
+        failed_steps,
+    };
+    Ok(Some((f, times)))
+}
+
 /// Per-star first candidate / first verdicts among the given as-of times, from PostgreSQL.
 /// Selected by (field, as_of, model) rather than by replay id, so that candidates shared with
 /// an earlier replay at the same as-of times count too.
-async fn star_histories(runner: &FieldRunner, model: &str, as_ofs: &HashMap<String, Vec<f64>>) -> Result<Vec<StarHistory>, FieldRunError> {
+pub async fn star_histories(pool: &sqlx::PgPool, model: &str, as_ofs: &HashMap<String, Vec<f64>>) -> Result<Vec<StarHistory>, FieldRunError> {
     let mut out = Vec::new();
     for (field, times) in as_ofs {
         let rows = sqlx::query(
@@ -194,7 +228,7 @@ async fn star_histories(runner: &FieldRunner, model: &str, as_ofs: &HashMap<Stri
         .bind(field)
         .bind(times.clone())
         .bind(model)
-        .fetch_all(&runner.pool)
+        .fetch_all(pool)
         .await?;
         for r in rows {
             out.push(StarHistory {

@@ -12,6 +12,7 @@ mod run;
 mod serve;
 mod simulate;
 mod store;
+mod submit;
 mod user;
 mod web;
 
@@ -57,6 +58,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(load_config(cli.config)?, args).await,
         Command::Serve(args) => serve::run(load_config(cli.config)?, args).await,
         Command::Replay(args) => replay::run(load_config(cli.config)?, args).await,
+        Command::ReplayReport(args) => replay::report(load_config(cli.config)?, args).await,
+        Command::Submit(cmd) => {
+            let file = cli.config.clone();
+            submit::run(load_config(cli.config)?, file, cmd).await
+        }
         Command::Web(args) => web::run(load_config(cli.config)?, args).await,
         Command::User(cmd) => user::run(load_config(cli.config)?, cmd).await,
         Command::Bench(args) => bench::run(args).await,

@@ -8,39 +8,100 @@ use std::sync::Arc;
 use anyhow::Context;
 use lensnet::config::Config;
 use lensnet::fieldrun::FieldRunner;
-use lensnet::replay::{against_truth, parse_step, replay, ReplayOptions, ReplayResult};
+use lensnet::replay::{against_truth, parse_step, ReplayResult};
+use lensnet::shards::{parse_seasons, resolve_fields, run_shard, JobReport, ReplayJob};
 use lensnet::{app, db};
 use lensnet_stages::ingest::{ingest_location, CompactionPolicy, IngestOptions, PhotometryStore};
 use lensnet_stages::simulate::{read_truth, TruthRow};
 use lensnet_stages::Field;
 
-use crate::cli::ReplayArgs;
+use crate::cli::{ReplayArgs, ReplayReportArgs};
 
 pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let fields = parse_fields(&args.fields)?;
     let step = parse_step(&args.step).map_err(|e| anyhow::anyhow!(e)).context("--step")?;
+    let seasons = match args.season {
+        Some(s) => vec![s],
+        None => parse_seasons(&args.seasons).map_err(|e| anyhow::anyhow!(e)).context("--seasons")?,
+    };
     let truth = match &args.truth {
         Some(p) => Some(read_truth(p).with_context(|| format!("reading {}", p.display()))?),
         None => None,
     };
     let pool = db::open(&cfg).await?;
     let scorer = Arc::new(app::scorer(&cfg, args.model.as_deref()).context("loading the model")?);
-    let runner = app::field_runner(&cfg, pool, scorer).context("setting up the field runner")?;
+    let runner = app::field_runner(&cfg, pool.clone(), scorer).context("setting up the field runner")?;
     if let Some(input) = &args.ingest {
         ingest_all(&runner, input).await?;
     }
-    let opts = ReplayOptions { season: args.season, fields, step_days: step, kind: "replay" };
-    let result = replay(&runner, &opts, &progress_printer()).await?;
-    print_summary(&result, truth.as_deref(), &opts.fields);
-    let failed: usize = result.fields.iter().map(|f| f.failed_steps).sum();
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let photometry = PhotometryStore::new(runner.store.clone(), runner.root.clone());
+    let fields = resolve_fields(&args.fields, &photometry, &seasons).await?;
+    let job = ReplayJob { seasons, fields, step_days: step, kind: "replay" };
+    let replay_id = job.replay_id(runner.model_sha256());
+    if let Some(i) = args.shard_index {
+        let out = run_shard(&runner, &job, i, args.log.as_deref(), &progress_printer()).await?;
+        println!(
+            "replay {replay_id} shard {i} of {}: {} {} {} ({} step(s), {} failed)",
+            job.shard_count(),
+            out.season,
+            out.field,
+            out.status,
+            out.steps,
+            out.failed_steps
+        );
+        return Ok(if out.status == "failed" { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+    }
+    let mut failed = 0;
+    for i in 0..job.shard_count() {
+        match run_shard(&runner, &job, i, None, &progress_printer()).await {
+            Ok(o) if o.status == "failed" => failed += 1,
+            Ok(_) => {}
+            Err(e) => {
+                failed += 1;
+                eprintln!("shard {i}: {e:#}");
+            }
+        }
+    }
+    let rep = lensnet::shards::report(&pool, replay_id).await?;
+    print_report(&rep, truth.as_deref());
+    Ok(if failed == 0 && rep.unfinished().is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-pub fn parse_fields(names: &[String]) -> anyhow::Result<Vec<Field>> {
-    if names.is_empty() {
-        anyhow::bail!("no fields given (--fields BLG01,BLG02)");
+/// `lensnet replay-report --replay-id ID`: the same summary, from what the shards wrote.
+pub async fn report(cfg: Config, args: ReplayReportArgs) -> anyhow::Result<ExitCode> {
+    let truth = match &args.truth {
+        Some(p) => Some(read_truth(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let pool = db::open(&cfg).await?;
+    let rep = lensnet::shards::report(&pool, args.replay_id).await?;
+    print_report(&rep, truth.as_deref());
+    Ok(if rep.unfinished().is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The replay's summary, then the shards that did not finish well with their logs.
+pub fn print_report(rep: &JobReport, truth: Option<&[TruthRow]>) {
+    print_summary(&rep.result, truth, &rep.job.fields);
+    let done = rep.shards.iter().filter(|s| s.status == "succeeded").count();
+    let skipped = rep.shards.iter().filter(|s| s.status == "skipped").count();
+    println!();
+    println!("  shards: {} in all, {done} succeeded, {skipped} without data, {} not finished", rep.shards.len(), rep.unfinished().len());
+    let bad = rep.unfinished();
+    for s in &bad {
+        println!(
+            "    shard {:>3}  {} {}  {:<9} attempts {}  {}{}",
+            s.index,
+            s.season,
+            s.field,
+            s.status,
+            s.attempts,
+            s.log_path.as_deref().map(|l| format!("log {l}")).unwrap_or_else(|| "no log recorded".into()),
+            s.error.as_deref().map(|e| format!("  ({e})")).unwrap_or_default()
+        );
     }
-    names.iter().map(|f| f.parse::<Field>().map_err(|e| anyhow::anyhow!(e))).collect()
+    if !bad.is_empty() {
+        let list: Vec<String> = bad.iter().map(|s| s.index.to_string()).collect();
+        println!("  rerun them alone: `sbatch --array={} <the job's .sbatch>`, or `lensnet replay ... --shard-index I` for each", list.join(","));
+    }
 }
 
 /// Ingest a whole folder or URL (a simulated or archived season) into the photometry dataset.
@@ -83,11 +144,12 @@ pub fn progress_printer() -> impl Fn(Field, usize, usize) + Sync {
 pub fn print_summary(r: &ReplayResult, truth: Option<&[TruthRow]>, fields: &[Field]) {
     println!();
     println!("replay {} (model {})", r.replay_id, &r.model_sha256[..12.min(r.model_sha256.len())]);
-    println!("  {:<6} {:>6} {:>10} {:>10} {:>7} {:>11} {:>8} {:>7}", "field", "steps", "from", "to", "stars", "candidates", "flagged", "failed");
+    println!("  {:<6} {:<6} {:>6} {:>10} {:>10} {:>7} {:>11} {:>8} {:>7}", "season", "field", "steps", "from", "to", "stars", "candidates", "flagged", "failed");
     for f in &r.fields {
-        let flagged = r.stars.iter().filter(|s| s.field == f.field.to_string() && s.first_yes.is_some()).count();
+        let flagged = r.stars.iter().filter(|s| s.field == f.field.to_string() && s.first_yes.is_some_and(|t| t >= f.first_as_of && t <= f.last_as_of)).count();
         println!(
-            "  {:<6} {:>6} {:>10.1} {:>10.1} {:>7} {:>11} {:>8} {:>7}",
+            "  {:<6} {:<6} {:>6} {:>10.1} {:>10.1} {:>7} {:>11} {:>8} {:>7}",
+            f.season,
             f.field.to_string(),
             f.steps,
             f.first_as_of,
