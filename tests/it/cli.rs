@@ -94,14 +94,14 @@ fn db_start_migrate_stop_on_a_fresh_folder() {
     };
     assert!(step(&["db", "start"]).contains("created and started"));
     assert!(step(&["db", "start"]).contains("already running"), "starting twice is harmless");
-    assert!(step(&["db", "migrate"]).contains("5 migration(s) applied now"));
+    assert!(step(&["db", "migrate"]).contains("6 migration(s) applied now"));
     assert!(step(&["db", "migrate"]).starts_with("0 migration(s) applied now"), "a second migrate changes nothing");
     let url = step(&["db", "url"]).trim().to_string();
     assert!(url.starts_with("postgres://") && url.contains("host="), "{url}");
     let tables = Command::new("psql").args([url.as_str(), "-X", "-A", "-t", "-c", "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'"]).output();
     if let Ok(o) = tables {
         if o.status.success() {
-            assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "_sqlx_migrations,alert_notifications,candidates,fits,ingested_files,runs,stage_attempts,verdicts,vetting,web_users,webhook_deliveries");
+            assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "_sqlx_migrations,alert_notifications,candidates,fits,ingested_files,replay_jobs,replay_shards,runs,stage_attempts,verdicts,vetting,web_users,webhook_deliveries");
         }
     }
     assert!(step(&["db", "status"]).contains("Running"));

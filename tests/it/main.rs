@@ -15,3 +15,4 @@ mod security;
 mod crash;
 mod evaluate;
 mod web;
+mod batch;

@@ -148,7 +148,7 @@ fn a_folder_with_quotes_and_url_characters_works_and_injects_nothing() {
     let _stop = Stop(&d);
     ok(&d, &["db", "start"]);
     ok(&d, &["db", "migrate"]);
-    assert!(ok(&d, &["db", "status"]).contains("5 of 5 applied"));
+    assert!(ok(&d, &["db", "status"]).contains("6 of 6 applied"));
     let conf = std::fs::read_to_string(d.join(".lensnet/pg/data/postgresql.conf")).unwrap();
     assert!(conf.contains("it''s #1 %41 & more"), "the quote is doubled in postgresql.conf");
 }
