@@ -1,5 +1,6 @@
 //! Opening an object store from a location string: a local directory (default), `file://`,
-//! `memory://` (tests), and with the `cloud` feature `s3://`, `gs://` and `az://`/`abfs://`,
+//! `memory://` (tests), `s3://` with the `s3` feature (on in the binary), and with `cloud` `gs://`
+//! and `az://`/`abfs://`,
 //! configured from the usual environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
 
 use std::sync::Arc;
@@ -74,22 +75,24 @@ pub fn open_store(location: &str, create_local: bool) -> Result<OpenedStore, Sto
     open_cloud(&url, location)
 }
 
-#[cfg(feature = "cloud")]
+#[cfg(feature = "s3")]
 fn open_cloud(url: &url::Url, location: &str) -> Result<OpenedStore, StoreError> {
     use object_store::aws::AmazonS3Builder;
-    use object_store::azure::MicrosoftAzureBuilder;
-    use object_store::gcp::GoogleCloudStorageBuilder;
+    use object_store::RetryConfig;
     let os = |source| StoreError::ObjectStore { location: location.to_string(), source };
+    // Retries ride out a restarting or briefly unreachable server (connection refused or reset,
+    // 5xx, throttling): up to 10 tries with exponential backoff, for at most 3 minutes.
+    let retry = RetryConfig { max_retries: 10, retry_timeout: std::time::Duration::from_secs(180), ..RetryConfig::default() };
     let store: Arc<dyn ObjectStore> = match url.scheme() {
-        "s3" | "s3a" => Arc::new(AmazonS3Builder::from_env().with_url(location).build().map_err(os)?),
-        "gs" => Arc::new(GoogleCloudStorageBuilder::from_env().with_url(location).build().map_err(os)?),
-        "az" | "azure" | "abfs" | "abfss" => {
-            Arc::new(MicrosoftAzureBuilder::from_env().with_url(location).build().map_err(os)?)
-        }
+        "s3" | "s3a" => Arc::new(AmazonS3Builder::from_env().with_url(location).with_retry(retry).build().map_err(os)?),
+        #[cfg(feature = "cloud")]
+        "gs" => Arc::new(object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(location).with_retry(retry).build().map_err(os)?),
+        #[cfg(feature = "cloud")]
+        "az" | "azure" | "abfs" | "abfss" => Arc::new(object_store::azure::MicrosoftAzureBuilder::from_env().with_url(location).with_retry(retry).build().map_err(os)?),
         other => {
             return Err(StoreError::Location {
                 location: location.to_string(),
-                reason: format!("unsupported scheme `{other}`"),
+                reason: format!("unsupported scheme `{other}` (s3; gs and az with the `cloud` feature)"),
             })
         }
     };
@@ -100,14 +103,11 @@ fn open_cloud(url: &url::Url, location: &str) -> Result<OpenedStore, StoreError>
     Ok(OpenedStore { store, prefix, location: location.trim_end_matches('/').to_string() })
 }
 
-#[cfg(not(feature = "cloud"))]
+#[cfg(not(feature = "s3"))]
 fn open_cloud(url: &url::Url, location: &str) -> Result<OpenedStore, StoreError> {
     Err(StoreError::Location {
         location: location.to_string(),
-        reason: format!(
-            "`{}://` needs lensnet built with the `cloud` feature (cargo build --features lensnet-stages/cloud)",
-            url.scheme()
-        ),
+        reason: format!("`{}://` needs lensnet-stages built with the `s3` feature (the lensnet binary has it)", url.scheme()),
     })
 }
 
@@ -125,7 +125,7 @@ mod tests {
         assert!(open_store("memory://", false).is_ok());
         let e = open_store("ftp://x/y", false).unwrap_err();
         assert!(!e.is_retryable());
-        #[cfg(not(feature = "cloud"))]
-        assert!(open_store("s3://bucket/p", false).unwrap_err().to_string().contains("cloud"));
+        #[cfg(not(feature = "s3"))]
+        assert!(open_store("s3://bucket/p", false).unwrap_err().to_string().contains("s3"));
     }
 }

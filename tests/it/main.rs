@@ -16,3 +16,4 @@ mod crash;
 mod evaluate;
 mod web;
 mod batch;
+mod s3;
