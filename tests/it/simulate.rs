@@ -85,3 +85,45 @@ async fn a_simulated_season_ingests_completely_and_once() {
     assert_eq!(stars.len(), 6);
     assert!(stars.iter().all(|s| s.curves.len() >= 3), "three sites per star");
 }
+
+/// A star read alone (only the row groups whose `star` statistics can hold it) is exactly that
+/// star of the whole field-season, in compacted parts of several row groups and in the small
+/// parts of a later night alike; an unknown star is None.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_star_read_alone_equals_that_star_of_the_whole_field() {
+    use lensnet_stages::ingest::{read_star, CompactionPolicy};
+    use lensnet_stages::photometry::StarCurves;
+    let db = TestDb::new().await;
+    let ledger = PgLedger::new(db.pool.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("season");
+    // BLG02 (prime cadence): 30 stars are about 100k epochs per site, two or more row groups.
+    let cfg = lensnet_stages::simulate::SimConfig { fields: vec![Field(2)], stars: 30, seed: 5, ..Default::default() };
+    lensnet_stages::simulate::write_season(&cfg, &out).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let store = PhotometryStore::new(Arc::new(LocalFileSystem::new_with_prefix(lake.path()).unwrap()), "".into());
+    let opts = IngestOptions { compaction: Some(CompactionPolicy::default()), ..IngestOptions::default() };
+    ingest_location(out.to_str().unwrap(), &store, &ledger, &opts).await.unwrap();
+    let key = lensnet_stages::ingest::PartitionKey { season: 2025, field: Field(2), site: "KMTC".into() };
+    let rows: u64 = store.read_manifest(&key).await.unwrap().files.iter().map(|p| p.rows).sum();
+    assert!(rows > 2 * lensnet_stages::ingest::store::ROW_GROUP_ROWS as u64, "{rows} rows: several row groups");
+    let all = read_photometry(&store, 2025, Field(2), None).await.unwrap();
+    assert_eq!(all.len(), 30);
+    for s in &all {
+        let alone = read_star(&store, 2025, Field(2), &s.star.0).await.unwrap().expect("the star is there");
+        // Bit for bit (missing values are NaN, which == would call different).
+        let bits = |c: &StarCurves| -> Vec<(Option<String>, Option<String>, Vec<[u64; 8]>)> {
+            c.curves
+                .iter()
+                .map(|k| {
+                    let rows = (0..k.hjd.len()).map(|i| [k.hjd[i], k.flux[i], k.flux_err[i], k.mag[i], k.mag_err[i], k.fwhm[i], k.sky[i], k.airmass[i]].map(f64::to_bits)).collect();
+                    (k.site.map(|x| x.code().to_string()), k.band.map(|b| format!("{b:?}")), rows)
+                })
+                .collect()
+        };
+        assert_eq!(alone.star, s.star);
+        assert!(bits(&alone) == bits(s), "{} read alone differs", s.star.0);
+    }
+    assert!(read_star(&store, 2025, Field(2), "BLG02.9999999").await.unwrap().is_none());
+    assert!(read_star(&store, 2024, Field(2), &all[0].star.0).await.unwrap().is_none(), "no such season");
+}

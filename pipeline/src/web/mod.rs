@@ -27,7 +27,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use lensnet_stages::ingest::{read_photometry, PhotometryStore};
+use lensnet_stages::ingest::{read_star, PhotometryStore};
 use lensnet_stages::photometry::StarCurves;
 use lensnet_stages::Field;
 use sqlx::PgPool;
@@ -37,13 +37,13 @@ use tracing::error;
 use crate::config::WebSettings;
 use auth::{Session, Sessions};
 
-/// How long a field-season's photometry stays cached for the pages.
+/// How long a star's photometry stays cached for the pages (a list's thumbnail, then its page
+/// and figure, read it once).
 const CURVES_TTL: Duration = Duration::from_secs(60);
-/// Field-seasons cached at once. A page reads its star's whole field-season (the photometry
-/// layout has no per-star index yet), about 0.9 GB resident for the demo's two 500-star fields.
-const CURVES_KEPT: usize = 2;
+/// Stars cached at once.
+const CURVES_KEPT: usize = 256;
 
-type CurvesCell = Arc<OnceCell<Arc<Vec<StarCurves>>>>;
+type CurvesCell = Arc<OnceCell<Option<Arc<StarCurves>>>>;
 
 /// What the handlers share.
 pub struct WebState {
@@ -56,7 +56,7 @@ pub struct WebState {
     pub photometry: PhotometryStore,
     pub settings: WebSettings,
     pub sessions: Sessions,
-    curves: Mutex<HashMap<(i32, Field), (Instant, CurvesCell)>>,
+    curves: Mutex<HashMap<(i32, Field, String), (Instant, CurvesCell)>>,
     /// Requests served, by outcome class, for /metrics.
     pub requests: [AtomicU64; 3],
 }
@@ -66,24 +66,25 @@ impl WebState {
         WebState { reader, vetter, accounts, photometry, settings, sessions: Sessions::default(), curves: Mutex::new(HashMap::new()), requests: Default::default() }
     }
 
-    /// The photometry of one field-season, read once per minute at most however many thumbnails
-    /// ask for it at once.
-    pub async fn field_curves(&self, season: i32, field: Field) -> Result<Arc<Vec<StarCurves>>, WebError> {
+    /// One star's photometry of a season (None when the store has none), read alone (only the
+    /// row groups that can hold it) and kept a minute; concurrent requests share one read.
+    pub async fn star_curves(&self, season: i32, field: Field, star: &str) -> Result<Option<Arc<StarCurves>>, WebError> {
+        let key = (season, field, star.to_string());
         let cell = {
             let mut map = self.curves.lock().expect("curves cache");
             let now = Instant::now();
             map.retain(|_, (at, _)| now.duration_since(*at) < CURVES_TTL);
-            if !map.contains_key(&(season, field)) && map.len() >= CURVES_KEPT {
-                if let Some(oldest) = map.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| *k) {
+            if !map.contains_key(&key) && map.len() >= CURVES_KEPT {
+                if let Some(oldest) = map.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone()) {
                     map.remove(&oldest);
                 }
             }
-            map.entry((season, field)).or_insert_with(|| (now, Arc::new(OnceCell::new()))).1.clone()
+            map.entry(key).or_insert_with(|| (now, Arc::new(OnceCell::new()))).1.clone()
         };
         let curves = cell
-            .get_or_try_init(|| async { read_photometry(&self.photometry, season, field, None).await.map(Arc::new) })
+            .get_or_try_init(|| async { read_star(&self.photometry, season, field, star).await.map(|o| o.map(Arc::new)) })
             .await
-            .map_err(|e| WebError::Internal(format!("reading the photometry of {field} season {season}: {e}")))?;
+            .map_err(|e| WebError::Internal(format!("reading the photometry of {star} ({field} season {season}): {e}")))?;
         Ok(curves.clone())
     }
 

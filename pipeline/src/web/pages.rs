@@ -222,15 +222,15 @@ async fn star_season(state: &WebState, field: Field, star: &str, as_of: Option<f
     seasons.sort();
     seasons.dedup();
     for s in seasons.into_iter().rev() {
-        if state.field_curves(s, field).await?.iter().any(|c| c.star.0 == star) {
+        if state.star_curves(s, field, star).await?.is_some() {
             return Ok(s);
         }
     }
     Err(WebError::NotFound(format!("no star {star} in field {field}")))
 }
 
-async fn star_curves(state: &WebState, field: Field, star: &str, season: i32) -> Result<Option<StarCurves>, WebError> {
-    Ok(state.field_curves(season, field).await?.iter().find(|c| c.star.0 == star).cloned())
+async fn star_curves(state: &WebState, field: Field, star: &str, season: i32) -> Result<Option<Arc<StarCurves>>, WebError> {
+    state.star_curves(season, field, star).await
 }
 
 /// The star's figure as SVG or PNG. Without `as_of`, the line is at the newest candidate (the

@@ -203,6 +203,11 @@ pub enum PartCodec {
     Zstd,
 }
 
+/// Rows per row group: parts are sorted by star, so the `star` column's statistics let a reader
+/// of one star ([`read_star`]) fetch only the row groups that can hold it (about 20 stars of a
+/// prime field per group).
+pub const ROW_GROUP_ROWS: usize = 65_536;
+
 fn writer_props(codec: PartCodec) -> Result<WriterProperties, IngestError> {
     let compression = match codec {
         PartCodec::Snappy => Compression::SNAPPY,
@@ -210,6 +215,7 @@ fn writer_props(codec: PartCodec) -> Result<WriterProperties, IngestError> {
     };
     Ok(WriterProperties::builder()
         .set_compression(compression)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_sorting_columns(Some(vec![
             SortingColumn { column_idx: 0, descending: false, nulls_first: false },
             SortingColumn { column_idx: 2, descending: false, nulls_first: false },
@@ -442,6 +448,41 @@ impl PhotometryStore {
         Ok(out)
     }
 
+    /// The rows of `star` in one part: only the row groups whose `star` statistics can hold it
+    /// are decoded (the object is fetched whole: parts are at most a few tens of MB).
+    async fn read_part_for_star(&self, key: &PartitionKey, name: &str, star: &str) -> Result<Vec<RecordBatch>, IngestError> {
+        let path = self.partition_dir(key).join(name);
+        let bytes = self.store.get(&path).await?.bytes().await?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+        let want = star.as_bytes();
+        let groups: Vec<usize> = builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .enumerate()
+            .filter(|(_, rg)| match rg.column(0).statistics().map(|s| (s.min_bytes_opt(), s.max_bytes_opt())) {
+                // Truncated statistics are still bounds (a prefix below, an incremented prefix above).
+                Some((Some(lo), Some(hi))) => lo <= want && want <= hi,
+                _ => true,
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for b in builder.with_row_groups(groups).with_batch_size(64 * 1024).build()? {
+            let b = b?;
+            let col = str_col(&b, "star")?;
+            let mask: arrow::array::BooleanArray = (0..b.num_rows()).map(|i| Some(col.value(i) == star)).collect();
+            let f = arrow::compute::filter_record_batch(&b, &mask)?;
+            if f.num_rows() > 0 {
+                out.push(f);
+            }
+        }
+        Ok(out)
+    }
+
     /// The batches of every part the manifest lists (file schema, no partition columns).
     pub async fn read_partition(&self, key: &PartitionKey) -> Result<Vec<RecordBatch>, IngestError> {
         let m = self.read_manifest(key).await?;
@@ -659,29 +700,7 @@ pub async fn read_photometry(
     for site in store.sites(season, field).await? {
         let key = PartitionKey { season, field, site: site.clone() };
         for b in store.read_partition(&key).await? {
-            let star = str_col(&b, "star")?;
-            let band = str_col(&b, "band")?;
-            let cols = ["hjd", "flux", "flux_err", "mag", "mag_err", "fwhm", "sky", "airmass"]
-                .map(|n| f64_col(&b, n));
-            let [hjd, flux, flux_err, mag, mag_err, fwhm, sky, airmass] = cols;
-            let (hjd, flux, flux_err, mag, mag_err, fwhm, sky, airmass) =
-                (hjd?, flux?, flux_err?, mag?, mag_err?, fwhm?, sky?, airmass?);
-            for i in 0..b.num_rows() {
-                let curves = stars.entry(star.value(i).to_string()).or_default();
-                let c = curves.entry((site.clone(), band.value(i).to_string())).or_insert_with(|| SiteCurve {
-                    site: site.parse::<Site>().ok(),
-                    band: band.value(i).parse::<Band>().ok(),
-                    ..Default::default()
-                });
-                c.hjd.push(hjd.value(i));
-                c.flux.push(flux.value(i));
-                c.flux_err.push(flux_err.value(i));
-                c.mag.push(mag.value(i));
-                c.mag_err.push(mag_err.value(i));
-                c.fwhm.push(fwhm.value(i));
-                c.sky.push(sky.value(i));
-                c.airmass.push(airmass.value(i));
-            }
+            absorb_batch(&mut stars, &site, &b)?;
         }
     }
     let mut out = Vec::with_capacity(stars.len());
@@ -697,6 +716,51 @@ pub async fn read_photometry(
         out.push(StarCurves { star: StarId(star), field, curves });
     }
     Ok(out)
+}
+
+/// One star's photometry of a field-season (None when the store has none), reading only the row
+/// groups that can hold it: what a star page or a single-star tool needs, without the field.
+pub async fn read_star(store: &PhotometryStore, season: i32, field: Field, star: &str) -> Result<Option<StarCurves>, IngestError> {
+    let mut stars: BTreeMap<String, HashMap<(String, String), SiteCurve>> = BTreeMap::new();
+    for site in store.sites(season, field).await? {
+        let key = PartitionKey { season, field, site: site.clone() };
+        let m = store.read_manifest(&key).await?;
+        let reads = m.files.iter().map(|p| store.read_part_for_star(&key, &p.name, star));
+        for b in futures::future::try_join_all(reads).await?.into_iter().flatten() {
+            absorb_batch(&mut stars, &site, &b)?;
+        }
+    }
+    Ok(stars.into_iter().next().map(|(id, curves)| {
+        let mut list: Vec<((String, String), SiteCurve)> = curves.into_iter().collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        StarCurves { star: StarId(id), field, curves: list.into_iter().map(|(_, c)| sort_curve(c)).collect() }
+    }))
+}
+
+/// Appends a batch's rows to the per-star, per-(site, band) curves.
+fn absorb_batch(stars: &mut BTreeMap<String, HashMap<(String, String), SiteCurve>>, site: &str, b: &RecordBatch) -> Result<(), IngestError> {
+    let star = str_col(b, "star")?;
+    let band = str_col(b, "band")?;
+    let cols = ["hjd", "flux", "flux_err", "mag", "mag_err", "fwhm", "sky", "airmass"].map(|n| f64_col(b, n));
+    let [hjd, flux, flux_err, mag, mag_err, fwhm, sky, airmass] = cols;
+    let (hjd, flux, flux_err, mag, mag_err, fwhm, sky, airmass) = (hjd?, flux?, flux_err?, mag?, mag_err?, fwhm?, sky?, airmass?);
+    for i in 0..b.num_rows() {
+        let curves = stars.entry(star.value(i).to_string()).or_default();
+        let c = curves.entry((site.to_string(), band.value(i).to_string())).or_insert_with(|| SiteCurve {
+            site: site.parse::<Site>().ok(),
+            band: band.value(i).parse::<Band>().ok(),
+            ..Default::default()
+        });
+        c.hjd.push(hjd.value(i));
+        c.flux.push(flux.value(i));
+        c.flux_err.push(flux_err.value(i));
+        c.mag.push(mag.value(i));
+        c.mag_err.push(mag_err.value(i));
+        c.fwhm.push(fwhm.value(i));
+        c.sky.push(sky.value(i));
+        c.airmass.push(airmass.value(i));
+    }
+    Ok(())
 }
 
 /// Sorts a curve's columns by time (parts of different nights interleave after appends).
