@@ -259,11 +259,20 @@ impl LocalPg {
         let sock = path_str(&self.socket_dir());
         let port = SOCKET_PORT.to_string();
         let args = ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", &sock, "-p", &port, "-U", SUPERUSER, "-d", db, "-c", sql];
-        let out = self.pg_cmd_full("psql", &args, password.map(|p| ("PGPASSWORD", p)), None)?;
-        if !out.status.success() {
-            return Err(failed("psql", &out, None));
+        // A server that was killed while being created recovers at its next start, and may
+        // still say "the database system is starting up" for a moment after pg_ctl returned.
+        let started = std::time::Instant::now();
+        loop {
+            let out = self.pg_cmd_full("psql", &args, password.map(|p| ("PGPASSWORD", p)), None)?;
+            if out.status.success() {
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            let starting = String::from_utf8_lossy(&out.stderr).contains("the database system is starting up");
+            if !starting || started.elapsed() > std::time::Duration::from_secs(60) {
+                return Err(failed("psql", &out, None));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Creates the cluster in `data.init` and renames it to `data` once it is complete, so a
