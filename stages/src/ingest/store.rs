@@ -448,12 +448,12 @@ impl PhotometryStore {
         Ok(out)
     }
 
-    /// The rows of `star` in one part: only the row groups whose `star` statistics can hold it
-    /// are decoded (the object is fetched whole: parts are at most a few tens of MB).
-    async fn read_part_for_star(&self, key: &PartitionKey, name: &str, star: &str) -> Result<Vec<RecordBatch>, IngestError> {
-        let path = self.partition_dir(key).join(name);
-        let bytes = self.store.get(&path).await?.bytes().await?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    /// The rows of `star` in one part: the footer, then only the column chunks of the row
+    /// groups whose `star` statistics can hold it, are fetched (ranged reads) and decoded.
+    async fn read_part_for_star(&self, key: &PartitionKey, part: &PartInfo, star: &str) -> Result<Vec<RecordBatch>, IngestError> {
+        let path = self.partition_dir(key).join(part.name.as_str());
+        let reader = RangeReader { store: self.store.clone(), path, size: part.bytes };
+        let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?;
         let want = star.as_bytes();
         let groups: Vec<usize> = builder
             .metadata()
@@ -470,9 +470,9 @@ impl PhotometryStore {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
+        let batches: Vec<RecordBatch> = builder.with_row_groups(groups).with_batch_size(64 * 1024).build()?.try_collect().await?;
         let mut out = Vec::new();
-        for b in builder.with_row_groups(groups).with_batch_size(64 * 1024).build()? {
-            let b = b?;
+        for b in batches {
             let col = str_col(&b, "star")?;
             let mask: arrow::array::BooleanArray = (0..b.num_rows()).map(|i| Some(col.value(i) == star)).collect();
             let f = arrow::compute::filter_record_batch(&b, &mask)?;
@@ -725,7 +725,7 @@ pub async fn read_star(store: &PhotometryStore, season: i32, field: Field, star:
     for site in store.sites(season, field).await? {
         let key = PartitionKey { season, field, site: site.clone() };
         let m = store.read_manifest(&key).await?;
-        let reads = m.files.iter().map(|p| store.read_part_for_star(&key, &p.name, star));
+        let reads = m.files.iter().map(|p| store.read_part_for_star(&key, p, star));
         for b in futures::future::try_join_all(reads).await?.into_iter().flatten() {
             absorb_batch(&mut stars, &site, &b)?;
         }
@@ -735,6 +735,32 @@ pub async fn read_star(store: &PhotometryStore, season: i32, field: Field, star:
         list.sort_by(|a, b| a.0.cmp(&b.0));
         StarCurves { star: StarId(id), field, curves: list.into_iter().map(|(_, c)| sort_curve(c)).collect() }
     }))
+}
+
+/// Ranged reads of one part object for parquet's async reader (the footer, then the chunks it
+/// asks for).
+struct RangeReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+impl parquet::arrow::async_reader::AsyncFileReader for RangeReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> futures::future::BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
+        let (store, path) = (self.store.clone(), self.path.clone());
+        Box::pin(async move { store.get_range(&path, range).await.map_err(|e| parquet::errors::ParquetError::External(Box::new(e))) })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a parquet::arrow::arrow_reader::ArrowReaderOptions>,
+    ) -> futures::future::BoxFuture<'a, parquet::errors::Result<Arc<parquet::file::metadata::ParquetMetaData>>> {
+        let size = self.size;
+        Box::pin(async move {
+            let md = parquet::file::metadata::ParquetMetaDataReader::new().with_prefetch_hint(Some(64 * 1024)).load_and_finish(&mut *self, size).await?;
+            Ok(Arc::new(md))
+        })
+    }
 }
 
 /// Appends a batch's rows to the per-star, per-(site, band) curves.
