@@ -474,3 +474,22 @@ async fn a_new_yes_alert_is_posted_once_per_star_and_model_and_a_failing_receive
     good_task.abort();
     broken_task.abort();
 }
+
+/// With DATABASE_URL (an external server), the pages' pools take their roles with SET ROLE at
+/// connect: the reader reads and cannot write, the vetter adds labels and cannot read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_database_url_the_role_pools_hold_the_roles_privileges() {
+    let db = TestDb::new().await;
+    let Some(url) = db.url() else { return };
+    let cfg = lensnet::config::Config::load(&lensnet::config::Sources { file: None, env: vec![("DATABASE_URL".into(), url)] }).unwrap();
+    let reader = lensnet::db::role_pool(&cfg, lensnet::db::READER_ROLE, 2).await.unwrap();
+    let vetter = lensnet::db::role_pool(&cfg, lensnet::db::VETTER_ROLE, 2).await.unwrap();
+    for (pool, role) in [(&reader, "lensnet_reader"), (&vetter, "lensnet_vetter")] {
+        let who: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(pool).await.unwrap();
+        assert_eq!(who, role);
+    }
+    assert!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM candidates").fetch_one(&reader).await.is_ok());
+    assert!(sqlx::query("DELETE FROM candidates").execute(&reader).await.is_err());
+    assert!(sqlx::query("SELECT * FROM web_users").fetch_all(&reader).await.is_err());
+    assert!(sqlx::query("SELECT count(*) FROM vetting").fetch_all(&vetter).await.is_err());
+}
