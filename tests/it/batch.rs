@@ -5,7 +5,7 @@
 //! sequential replay; a shard that never ran is listed with `replay-report` and resubmitted
 //! alone; a shard run again, or twice at once, changes nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,8 @@ use lensnet_stages::Field;
 
 use crate::harness::TestDb;
 use crate::orchestration::{event_rich, tables};
+use crate::harness::root;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The environment of one lensnet "site": its database, store and data folder.
 struct Site {

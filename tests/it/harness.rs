@@ -132,3 +132,8 @@ impl TestDb {
         }
     }
 }
+
+/// The repository's root (the integration tests belong to the `lensnet` package in pipeline/).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}

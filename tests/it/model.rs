@@ -8,20 +8,17 @@
 //! tests/fixtures/model/<v>_inputs.parquet), then `.venv/bin/python models/eval/fixture.py <v>`
 //! for each version, and review the diff.
 
-use std::path::PathBuf;
 
 use lensnet_stages::alertfinder::{diagnosis_vector, scan_star, AlertParams, Scratch, Status, N_DIAGNOSIS};
 use lensnet_stages::photometry::{Band, Field, MergedCurve, StarCurves};
 use lensnet_stages::preprocess::{self, parquet::write_tensors, Candidate, PreprocessStats, SEQ_VALUES};
 use lensnet_stages::score::{ScoreOptions, Scorer};
 use lensnet_stages::simulate::{ClassMix, Label, Season, SimConfig};
+use crate::harness::root;
 
 /// Candidates in the fixture.
 const N: usize = 8;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The first `N` AlertFinder candidates among fixed stars of a season and simulator seed that
 /// no training or test export uses (exports derive their simulator seeds from a master seed

@@ -14,6 +14,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::harness::TestDb;
+use crate::harness::root;
 
 const MODEL_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const MODEL_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -455,9 +456,6 @@ async fn coordinators_read_the_views_as_lensnet_reader() {
     conn.close().await.ok();
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 const VIEWS_MIGRATION: &str = "migrations/20261125000002_views.sql";
 /// sql/view_*.sql files whose views a later migration creates.

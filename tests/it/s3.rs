@@ -17,10 +17,8 @@ use lensnet_stages::Field;
 
 use crate::harness::TestDb;
 use crate::orchestration::{event_rich, tables};
+use crate::harness::root;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

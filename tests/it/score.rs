@@ -2,14 +2,11 @@
 //! probabilities that Python onnxruntime (checked against PyTorch) stored in
 //! tests/fixtures/score/standin_expected.json, to 1e-4.
 
-use std::path::PathBuf;
 
 use lensnet_stages::alertfinder::diagnosis::{DIAGNOSIS_NAMES, N_DIAGNOSIS};
 use lensnet_stages::score::{verdict, Class, ExecutionProvider, ScoreOptions, Scorer, Thresholds, SEQ_LEN, SEQ_VALUES};
+use crate::harness::root;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The fixture's inputs, from the exact integer formula of models/train/standin.py.
 fn fixture_inputs(lengths: &[[usize; 3]]) -> (Vec<f32>, Vec<f32>) {
