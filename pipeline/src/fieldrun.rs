@@ -430,7 +430,7 @@ impl FieldRunner {
             self.lock_sessions.lock().expect("lock sessions").insert(field, lock);
             return Err(FieldRunError::Busy(field));
         }
-        let result: Result<FieldRun, FieldRunError> = async {
+        let mut result: Result<FieldRun, FieldRunError> = async {
             // We hold the field's lock: any run of it still marked running belongs to a process
             // that died (killed, machine lost); say so instead of leaving it running for ever.
             publish::abandon_running(&self.pool, publish::DeadRuns::Field(&field.to_string())).await?;
@@ -473,7 +473,6 @@ impl FieldRunner {
         }
         // After the run, outside its lock: a slow or failing receiver delays nothing but this
         // call's return, and never changes the run's outcome.
-        let mut result = result;
         if let (Ok(run), Some(n)) = (&mut result, &self.notifier) {
             if n.notifies(kind) {
                 run.notified = Some(n.after_run(&field.to_string()).await).filter(|_| n.has_receivers());

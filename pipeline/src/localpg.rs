@@ -141,13 +141,6 @@ impl LocalPg {
         self.url_with(VETTER, self.vetter_password().ok().as_deref(), db)
     }
 
-    /// The read-only and the vetters' roles exist and log in with the passwords in their secret
-    /// files (the vetters' is made here the first time): for a cluster that already ran before
-    /// the vetters' role existed. The cluster runs.
-    pub fn ensure_login_roles(&self) -> Result<(), LocalPgError> {
-        self.ensure_reader()
-    }
-
     /// URL of database `db` on this cluster as the superuser (unix socket, password auth).
     pub fn url(&self, db: &str) -> String {
         self.url_with(SUPERUSER, self.password().ok().as_deref(), db)
@@ -195,7 +188,7 @@ impl LocalPg {
         if !self.secret_file().exists() {
             self.upgrade_legacy(&lock)?;
         }
-        self.ensure_reader()
+        self.ensure_login_roles()
     }
 
     /// An exclusive lock on `root/lock`, held while the cluster is created, started or stopped.
@@ -370,33 +363,27 @@ impl LocalPg {
             return Err(failed("pg_ctl stop", &out, None));
         }
         self.start_server(lock)?;
-        self.ensure_reader()
+        self.ensure_login_roles()
     }
 
-    /// The read-only role and the vetters' role exist and log in with the passwords in
-    /// `reader.secret` and `vetter.secret`.
-    fn ensure_reader(&self) -> Result<(), LocalPgError> {
-        let password = self.reader_password()?;
-        self.psql(
-            "postgres",
-            &format!(
-                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{READER}') THEN CREATE ROLE {READER} LOGIN; END IF; \
-                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
-                 ALTER ROLE {READER} LOGIN PASSWORD '{password}'"
-            ),
-        )?;
-        if !self.vetter_secret_file().exists() {
-            write_private(&self.vetter_secret_file(), &new_secret()?)?;
+    /// The read-only and the vetters' roles exist and log in with the passwords in
+    /// `reader.secret` and `vetter.secret` (a missing secret file is made first: the vetters'
+    /// is, in a cluster made before that role). The cluster runs.
+    pub fn ensure_login_roles(&self) -> Result<(), LocalPgError> {
+        for (role, file) in [(READER, self.reader_secret_file()), (VETTER, self.vetter_secret_file())] {
+            if !file.exists() {
+                write_private(&file, &new_secret()?)?;
+            }
+            let password = read_secret(&file)?;
+            self.psql(
+                "postgres",
+                &format!(
+                    "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} LOGIN; END IF; \
+                     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+                     ALTER ROLE {role} LOGIN PASSWORD '{password}'"
+                ),
+            )?;
         }
-        let vetter = self.vetter_password()?;
-        self.psql(
-            "postgres",
-            &format!(
-                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{VETTER}') THEN CREATE ROLE {VETTER} LOGIN; END IF; \
-                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
-                 ALTER ROLE {VETTER} LOGIN PASSWORD '{vetter}'"
-            ),
-        )?;
         Ok(())
     }
 

@@ -88,11 +88,9 @@ pub struct ReplayResult {
 }
 
 /// The id of a replay: the same season, fields, step and model give the same id, so running
-/// a replay again resumes it and adds nothing.
+/// a replay again resumes it and adds nothing (a one-season [`crate::shards::ReplayJob`]).
 pub fn replay_id(opts: &ReplayOptions, model_sha256: &str) -> Uuid {
-    let mut fields: Vec<String> = opts.fields.iter().map(|f| f.to_string()).collect();
-    fields.sort();
-    crate::fieldrun::uuid_of(&format!("replay|{}|{}|{:.6}|{}|{}", opts.kind, opts.season, opts.step_days, fields.join(","), model_sha256))
+    crate::shards::ReplayJob { seasons: vec![opts.season], fields: opts.fields.clone(), step_days: opts.step_days, kind: opts.kind }.replay_id(model_sha256)
 }
 
 /// The as-of times of a replay over epochs `first..=last`: whole-day grid points (JD noon)

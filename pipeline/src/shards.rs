@@ -261,7 +261,6 @@ pub struct ShardRow {
 #[derive(Debug, Clone)]
 pub struct JobReport {
     pub job: ReplayJob,
-    pub model_sha256: String,
     pub shards: Vec<ShardRow>,
     pub result: ReplayResult,
 }
@@ -362,7 +361,7 @@ pub async fn report(pool: &PgPool, replay_id: Uuid) -> Result<JobReport, ShardEr
             *alerts_by_day.entry(t.floor() as i64).or_insert(0) += 1;
         }
     }
-    Ok(JobReport { job, model_sha256: model.clone(), shards, result: ReplayResult { replay_id, model_sha256: model, fields, stars, alerts_by_day } })
+    Ok(JobReport { job, shards, result: ReplayResult { replay_id, model_sha256: model, fields, stars, alerts_by_day } })
 }
 
 /// The season a step belongs to: that of its as-of time, except the last step of a season,
@@ -397,9 +396,12 @@ mod tests {
         let all: Vec<_> = (0..4).map(|i| job.shard(i).unwrap()).collect();
         assert_eq!(all, vec![(2024, Field(2)), (2024, Field(14)), (2025, Field(2)), (2025, Field(14))]);
         assert_eq!(job.shard(4), None);
+        // The id the demo's replay has had since before sharding (README), whatever the order
+        // of the fields.
+        let demo = ReplayJob { seasons: vec![2025], fields: vec![Field(14), Field(2)], step_days: 1.0, kind: "demo" };
+        let v2 = "140192a198a8ea7425159dbe30803521b3a2e48eb7276b5e2137747d8f625b1f";
+        assert_eq!(demo.replay_id(v2).to_string(), "f40c449a-e926-8f9f-b49b-74e19e06d74a");
         let one = ReplayJob { seasons: vec![2025], ..job.clone() };
-        let opts = crate::replay::ReplayOptions { season: 2025, fields: vec![Field(14), Field(2)], step_days: 1.0, kind: "replay" };
-        assert_eq!(one.replay_id("m"), crate::replay::replay_id(&opts, "m"));
         assert_ne!(job.replay_id("m"), one.replay_id("m"));
     }
 }

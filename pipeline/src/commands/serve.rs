@@ -72,7 +72,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
             next.insert(f, t);
         }
     }
-    let shutdown = shutdown_signal();
+    let shutdown = super::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let Some(due) = next.values().min().copied() else {
@@ -140,25 +140,4 @@ fn spawn_run(tasks: &mut JoinSet<()>, runner: Arc<FieldRunner>, field: Field, li
         }
         running.lock().expect("running set").remove(&field);
     });
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -10,7 +10,6 @@ use lensnet::shards::{parse_seasons, resolve_fields, ReplayJob};
 use lensnet::submit::{absolute, k8s_manifest, slurm_array_script, slurm_report_script, K8sOptions, SlurmOptions, TaskSpec};
 use lensnet::app;
 use lensnet_stages::score::find_model;
-use sha2::{Digest, Sha256};
 
 use crate::cli::{ShardSpecArgs, SubmitCommand};
 
@@ -22,8 +21,8 @@ async fn spec(cfg: &Config, config_file: Option<PathBuf>, a: &ShardSpecArgs, bin
     let fields = resolve_fields(&a.fields, &photometry, &seasons).await?;
     let found = find_model(a.model.as_deref().or(cfg.model.as_deref()))?;
     let model = std::fs::canonicalize(&found).unwrap_or_else(|_| absolute(&found));
-    let bytes = std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
-    let sha = hex::encode(Sha256::digest(&bytes));
+    // The scorer's model_sha256 is the file's sha256, as here.
+    let sha = lensnet_stages::preprocess::training::sha256_file(&model).with_context(|| format!("reading {}", model.display()))?;
     let job = ReplayJob { seasons, fields, step_days: step, kind: "replay" };
     let replay_id = job.replay_id(&sha);
     let dir = absolute(&a.out.clone().unwrap_or_else(|| cfg.data_dir.join("submit").join(replay_id.to_string())));

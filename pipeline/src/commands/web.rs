@@ -30,22 +30,7 @@ pub async fn run(mut cfg: Config, args: WebArgs) -> anyhow::Result<ExitCode> {
     let state = Arc::new(WebState::new(reader, vetter, accounts, photometry, cfg.web.clone()));
     println!("lensnet web: http://{addr}/ (Ctrl-C to stop)");
     info!(%addr, "web server listening");
-    serve(state, listener, shutdown_signal()).await.context("web server")?;
+    serve(state, listener, super::shutdown_signal()).await.context("web server")?;
     println!("lensnet web: stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -318,15 +318,14 @@ pub async fn star(State(state): St, headers: HeaderMap, Path((field_s, star)): P
     if !has_curves && history.is_empty() {
         return Err(WebError::NotFound(format!("no star {star} in field {field}")));
     }
-    let here0 = star_link(&f, &star);
+    let here = star_link(&f, &star);
     let query = format!("{}{}", as_of.map(|a| format!("as_of={a}&")).unwrap_or_default(), if magnitude { "y=mag" } else { "" });
     let figure = if has_curves {
-        format!("<img src=\"{here0}/lc.png?{query}\" width=\"1100\" height=\"620\" alt=\"light curve of {} in season {season}\">", esc(&star))
+        format!("<img src=\"{here}/lc.png?{query}\" width=\"1100\" height=\"620\" alt=\"light curve of {} in season {season}\">", esc(&star))
     } else {
         format!("<p class=\"err\">no photometry of star {} in field {f}, season {season}</p>", esc(&star))
     };
     let mut body = String::new();
-    let here = star_link(&f, &star);
     let as_of_q = as_of.map(|a| format!("as_of={a}&")).unwrap_or_default();
     let _ = write!(
         body,
