@@ -67,6 +67,8 @@ pub fn field_runner(
         lock_sessions: Default::default(),
         score_stats,
         alert_thresholds: cfg.alert_thresholds.clone(),
+        stream_budget_bytes: cfg.stream_budget_bytes,
+        replay_whole_field_max_rows: cfg.replay_whole_field_max_rows,
         notifier: Some(std::sync::Arc::new(
             crate::notify::Notifier::new(pool_for_notify, cfg.notify.clone(), cfg.web.base_url.clone()).map_err(|e| crate::fieldrun::FieldRunError::Notify(e.to_string()))?,
         )),

@@ -161,6 +161,29 @@ pub struct SimulateArgs {
     /// Folder of real KMTNet pySIS files to compare against (for --report).
     #[arg(long, value_name = "DIR")]
     pub real: Option<PathBuf>,
+    /// Write the stars straight into the configured store's photometry dataset (no pySIS text;
+    /// bucket by bucket in bounded memory, for field-scale seasons).
+    #[arg(long, conflicts_with = "out")]
+    pub store: bool,
+    /// With --store: only these days since the season's first night, e.g. 0..30 (a range of
+    /// nights gives the rows a whole-season build holds for them).
+    #[arg(long, value_name = "A..B", value_parser = parse_days)]
+    pub days: Option<std::ops::Range<u32>>,
+    /// Class mix: `training` (the simulator's, rich in events and variables) or `field` (a real
+    /// field: 95 % constant stars, events rare).
+    #[arg(long, default_value = "training", value_parser = ["training", "field"])]
+    pub mix: String,
+}
+
+/// `A..B` days since the season's first night.
+fn parse_days(s: &str) -> Result<std::ops::Range<u32>, String> {
+    let (a, b) = s.split_once("..").ok_or_else(|| format!("`{s}` is not a range of days like 0..30"))?;
+    let a: u32 = a.trim().parse().map_err(|_| format!("`{a}` is not a day number"))?;
+    let b: u32 = b.trim().parse().map_err(|_| format!("`{b}` is not a day number"))?;
+    if b <= a {
+        return Err(format!("`{s}` is empty: the end must follow the start"));
+    }
+    Ok(a..b)
 }
 
 #[derive(Debug, Args)]
@@ -396,6 +419,9 @@ pub enum StoreCommand {
     /// Under the store's writer lock: delete orphan parts, drop lost parts from their manifests
     /// (naming the files to ingest again), and compact.
     Repair,
+    /// Under the store's writer lock: rewrite field-seasons stored before star buckets existed
+    /// into the bucketed layout (safe to kill and run again).
+    Migrate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -408,12 +434,28 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Which stage to measure.
-    #[arg(value_parser = ["simulate", "ingest", "alertfinder", "preprocess", "score"])]
+    /// Which stage to measure (`field`: a nightly run and a replay step of a whole simulated field).
+    #[arg(value_parser = ["simulate", "ingest", "alertfinder", "preprocess", "score", "field"])]
     pub stage: String,
     /// Scale factor for the workload (1 = the documented default size).
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
+    /// `field`: the field simulated (its cadence: BLG14 sub-prime, BLG02 prime).
+    #[arg(long, default_value = "BLG14")]
+    pub field: String,
+    /// `field`: stars in the field.
+    #[arg(long, default_value_t = 10_000)]
+    pub stars: u64,
+    /// `field`: nights stored before the measured night (the season so far).
+    #[arg(long, default_value_t = 6)]
+    pub nights: u32,
+    /// `field`: folder for the field's store (default: a new folder under the data folder,
+    /// deleted at the end unless --keep).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// `field`: keep the folder.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// An as-of time: a finite HJD - 2450000 between 1968 and 2077 (HJD 2440000 .. 2480000).

@@ -30,6 +30,17 @@ pub struct RawConfig {
     pub score: RawScore,
     pub web: RawWeb,
     pub notify: RawNotify,
+    pub stream: RawStream,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    /// Photometry a streaming stage holds at once (MiB).
+    pub memory_mb: u64,
+    /// A replay holds a field-season in memory when its photometry has at most this many rows,
+    /// and streams it otherwise; live runs always stream.
+    pub replay_whole_field_max_rows: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,6 +271,9 @@ pub struct Config {
     pub web: WebSettings,
     /// Alert webhooks.
     pub notify: NotifySettings,
+    /// Streaming stages: memory budget (bytes) and the replays' whole-field limit (rows).
+    pub stream_budget_bytes: usize,
+    pub replay_whole_field_max_rows: u64,
     /// The layered raw configuration, for `config show` and the audit hash.
     pub raw: RawConfig,
     /// sha256 of the canonical raw configuration (secrets excluded): goes into audit rows.
@@ -616,6 +630,9 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
     let alert_thresholds = alert_thresholds(&raw.alertfinder, &mut bad);
 
     let (web, notify) = web_and_notify(&raw, sources, &mut bad);
+    if raw.stream.memory_mb < 16 {
+        bad("stream.memory_mb", "must be at least 16".into());
+    }
 
     // What decides the results: the pages' and webhooks' settings are left out, so that
     // changing them does not make new run ids.
@@ -624,6 +641,8 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
         if let Some(t) = value.as_table_mut() {
             t.remove("web");
             t.remove("notify");
+            // Streaming changes how much is held at once, never what is found.
+            t.remove("stream");
         }
         let canonical = toml::to_string(&value).unwrap_or_default();
         hex::encode(Sha256::digest(canonical.as_bytes()))
@@ -650,6 +669,8 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
         alert_thresholds,
         web,
         notify,
+        stream_budget_bytes: (raw.stream.memory_mb.max(1) as usize) << 20,
+        replay_whole_field_max_rows: raw.stream.replay_whole_field_max_rows,
         raw,
         hash,
     })

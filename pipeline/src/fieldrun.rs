@@ -319,6 +319,10 @@ pub struct FieldRunner {
     pub alert_thresholds: lensnet_stages::alertfinder::stage::FieldThresholds,
     /// Alert webhooks: after a live run (lock released), the field's new "yes" alerts are sent.
     pub notifier: Option<Arc<crate::notify::Notifier>>,
+    /// Streaming: the photometry a stage holds at once (bytes), and the largest field-season (rows)
+    /// that a replay holds in memory instead of streaming (`[stream]`).
+    pub stream_budget_bytes: usize,
+    pub replay_whole_field_max_rows: u64,
 }
 
 /// The result of one field run.
@@ -369,6 +373,11 @@ pub fn lock_key(field: Field) -> i64 {
 }
 
 impl FieldRunner {
+    /// What a live run reads its photometry through: nothing held, streamed.
+    pub fn live_cache(&self) -> PhotometryCache {
+        PhotometryCache::streaming(self.stream_budget_bytes)
+    }
+
     pub fn model_sha256(&self) -> &str {
         &self.scorer.model().sha256
     }

@@ -156,23 +156,33 @@ pub async fn replay_field(
     replay_id: Uuid,
     progress: &(dyn Fn(Field, usize, usize) + Sync),
 ) -> Result<Option<(FieldReplay, Vec<f64>)>, FieldRunError> {
-    let cache = PhotometryCache::new();
     let photometry = PhotometryStore::new(runner.store.clone(), runner.root.clone());
-    let fp = cache.get(&photometry, season, field).await.map_err(|e| {
+    let read_err = |e: lensnet_stages::ingest::IngestError| {
         let message = format!("reading the photometry of {field}, season {season}: {e}");
         lensnet_stages::StageError::Permanent { stage: "replay", message }
-    })?;
-    let stars = &fp.stars;
-    let (first, last) = stars
-        .iter()
-        .flat_map(|s| s.curves.iter().flat_map(|c| c.hjd.iter().copied()))
-        .filter(|t| t.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), t| (a.min(t), b.max(t)));
-    if stars.is_empty() || !first.is_finite() {
+    };
+    // A small field-season is held in memory for the whole replay; a large one is streamed
+    // step by step, like a live run.
+    let rows = photometry.field_rows(season, field).await.map_err(read_err)?;
+    let (cache, n_stars, first, last) = if rows <= runner.replay_whole_field_max_rows {
+        let cache = PhotometryCache::new();
+        let fp = cache.get(&photometry, season, field).await.map_err(read_err)?;
+        let (first, last) = fp
+            .stars
+            .iter()
+            .flat_map(|s| s.curves.iter().flat_map(|c| c.hjd.iter().copied()))
+            .filter(|t| t.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), t| (a.min(t), b.max(t)));
+        (cache, fp.stars.len(), first, last)
+    } else {
+        let (_, n, first, last) = photometry.field_summary(season, field).await.map_err(read_err)?;
+        (runner.live_cache(), n, first, last)
+    };
+    if n_stars == 0 || !first.is_finite() {
         return Ok(None);
     }
     let times = step_times(first, last, step_days);
-    info!(%field, season, stars = stars.len(), first, last, steps = times.len(), %replay_id, "replaying");
+    info!(%field, season, stars = n_stars, rows, streamed = cache.streaming_budget().is_some(), first, last, steps = times.len(), %replay_id, "replaying");
     let mut candidates = 0u64;
     let mut failed_steps = 0;
     for (k, &t) in times.iter().enumerate() {
@@ -199,7 +209,7 @@ pub async fn replay_field(
         steps: times.len(),
         first_as_of: times.first().copied().unwrap_or(f64::NAN),
         last_as_of: times.last().copied().unwrap_or(f64::NAN),
-        stars: stars.len(),
+        stars: n_stars,
         candidates,
         failed_steps,
     };

@@ -50,15 +50,39 @@ impl FieldPhotometry {
     }
 }
 
-/// Photometry by (season, field), whole histories.
+/// Photometry by (season, field), whole histories; or, streaming, nothing held: the stages
+/// then work bucket by bucket and read only the stars they need (the nightly path, for fields
+/// of any size).
 #[derive(Debug, Clone, Default)]
 pub struct PhotometryCache {
     inner: Arc<Mutex<HashMap<(i32, Field), Arc<FieldPhotometry>>>>,
+    /// Streaming, with this memory budget for photometry (bytes).
+    streaming: Option<usize>,
 }
 
 impl PhotometryCache {
     pub fn new() -> PhotometryCache {
         PhotometryCache::default()
+    }
+
+    /// A cache that holds nothing: stages stream within `budget_bytes`.
+    pub fn streaming(budget_bytes: usize) -> PhotometryCache {
+        PhotometryCache { streaming: Some(budget_bytes), ..Default::default() }
+    }
+
+    /// The memory budget when streaming.
+    pub fn streaming_budget(&self) -> Option<usize> {
+        self.streaming
+    }
+
+    /// The whole curves of `ids`: from the cached field-season, or (streaming) read from the
+    /// store, those stars only.
+    pub async fn stars(&self, store: &PhotometryStore, season: i32, field: Field, ids: &[String]) -> Result<Arc<FieldPhotometry>, IngestError> {
+        if self.streaming.is_none() {
+            return self.get(store, season, field).await;
+        }
+        let stars = crate::ingest::read_stars(store, season, field, ids).await?;
+        Ok(Arc::new(FieldPhotometry::new(stars)))
     }
 
     /// The field's photometry, read from `store` the first time.

@@ -70,9 +70,9 @@ async fn store_rows(dir: &Path) -> Vec<(String, String, u64)> {
     keys
 }
 
-/// The alertfinder's per-star history state files (path, bytes).
+/// The alertfinder's state files (path, bytes): watermarks, screening states, histories.
 fn history_state(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let root = dir.join("state/alertfinder/history");
+    let root = dir.join("state/alertfinder");
     let mut out = Vec::new();
     let mut stack = vec![root.clone()];
     while let Some(d) = stack.pop() {
@@ -110,7 +110,8 @@ async fn ingest_and_runs_killed_at_random_moments_end_like_uninterrupted_ones() 
     let expected_rows = store_rows(&ref_work.path().join(".lensnet/store")).await;
     assert!(!expected_rows.is_empty());
     let expected_history = history_state(&ref_work.path().join(".lensnet/store"));
-    assert_eq!(expected_history.len(), 2, "the season's start state and the run's: {:?}", expected_history.iter().map(|h| &h.0).collect::<Vec<_>>());
+    // A live run streams: the field's watermarks and the run's screening state of its one bucket.
+    assert_eq!(expected_history.len(), 2, "the watermarks and the run's screening state: {:?}", expected_history.iter().map(|h| &h.0).collect::<Vec<_>>());
     let verdicts: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts").fetch_one(&ref_db.pool).await.unwrap();
     assert!(verdicts > 0, "the reference run published verdicts");
 

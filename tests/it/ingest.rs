@@ -111,7 +111,7 @@ async fn real_files_ingest_once_grow_and_quarantine_with_the_pg_ledger() {
     let peak = kmtc.flux.iter().cloned().fold(f64::MIN, f64::max);
     assert!((peak - 189_538.0).abs() < 1.0, "brightest epoch is +189538 after ingest, got {peak}");
     let parts = store.partitions().await.unwrap();
-    assert!(parts.contains(&PartitionKey { season: 2018, field: Field(12), site: "KMTA".into() }));
+    assert!(parts.contains(&PartitionKey { season: 2018, field: Field(12), site: "KMTA".into(), bucket: Some(0) }));
 
     // polars reads the part files as they are: every row once, the documented columns, sorted.
     use polars::prelude::{ParquetReader, SerReader};
@@ -365,8 +365,8 @@ async fn store_check_finds_debris_and_repair_mends_it() {
     assert!(cmd(&["store", "check"]).status.success(), "a fresh ingest leaves a clean store");
     // Debris: an unlisted part (a crashed writer's), and a listed part deleted behind our back.
     let store = local_store(&work.path().join(".lensnet/store"));
-    let kmta = PartitionKey { season: 2018, field: Field(14), site: "KMTA".into() };
-    let kmtc = PartitionKey { season: 2018, field: Field(14), site: "KMTC".into() };
+    let kmta = PartitionKey { season: 2018, field: Field(14), site: "KMTA".into(), bucket: Some(0) };
+    let kmtc = PartitionKey { season: 2018, field: Field(14), site: "KMTC".into(), bucket: Some(0) };
     let dir = work.path().join(".lensnet/store").join(store.partition_dir(&kmta).as_ref());
     std::fs::write(dir.join("part-00000000deadbeef.parquet"), b"not parquet").unwrap();
     let lost = store.read_manifest(&kmtc).await.unwrap().files[0].name.clone();
@@ -374,8 +374,8 @@ async fn store_check_finds_debris_and_repair_mends_it() {
     let check = cmd(&["store", "check"]);
     let out = String::from_utf8_lossy(&check.stdout).to_string();
     assert_eq!(check.status.code(), Some(1), "{out}");
-    assert!(out.contains("site=KMTA: 1 orphan part(s)") && out.contains("part-00000000deadbeef.parquet"), "{out}");
-    assert!(out.contains("site=KMTC: 1 listed part(s) missing"), "{out}");
+    assert!(out.contains("site=KMTA/bucket=0000: 1 orphan part(s)") && out.contains("part-00000000deadbeef.parquet"), "{out}");
+    assert!(out.contains("site=KMTC/bucket=0000: 1 listed part(s) missing"), "{out}");
     let repair = cmd(&["store", "repair"]);
     let out = String::from_utf8_lossy(&repair.stdout).to_string();
     assert!(repair.status.success(), "{out}");

@@ -63,6 +63,8 @@ pub(crate) fn runner(pool: &PgPool, inbox: &Path) -> Setup {
         score_stats: lensnet_stages::score::stage::ScoreStage::stats_of(&scorer()).unwrap(),
         alert_thresholds: Default::default(),
         notifier: None,
+        stream_budget_bytes: 256 << 20,
+        replay_whole_field_max_rows: 20_000_000,
     };
     Setup { runner, _lake: lake }
 }
@@ -440,3 +442,28 @@ async fn a_run_left_running_by_a_dead_process_is_marked_abandoned() {
     assert_eq!((run.as_str(), attempt.as_str()), ("abandoned", "abandoned"));
     assert_eq!(count(&db.pool, "SELECT count(*) FROM stage_attempts WHERE status = 'running'").await, 0);
 }
+
+/// Streaming does not change results: a replay that holds the field-season in memory and one
+/// that streams it (as live runs and replays of large fields do) write the same candidates,
+/// fits and verdicts, a prime and a sub-prime field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_replay_writes_the_candidates_and_verdicts_of_a_whole_field_one() {
+    let all = tempfile::tempdir().unwrap();
+    let cfg = SimConfig { fields: vec![Field(2), Field(14)], stars: 24, seed: 23, mix: event_rich(), ..Default::default() };
+    write_season(&cfg, all.path()).unwrap();
+    let opts = ReplayOptions { season: 2025, fields: vec![Field(2), Field(14)], step_days: 2.0, kind: "replay" };
+    let mut results = Vec::new();
+    for whole_field_max_rows in [u64::MAX, 0] {
+        let db = TestDb::new().await;
+        let mut s = runner(&db.pool, all.path());
+        s.runner.replay_whole_field_max_rows = whole_field_max_rows;
+        ingest_dir(&s, all.path()).await;
+        let r = replay(&s.runner, &opts, &|_, _, _| {}).await.unwrap();
+        assert!(r.fields.iter().all(|f| f.failed_steps == 0 && f.stars == 24), "{:?}", r.fields);
+        let verdicts = count(&db.pool, "SELECT count(*) FROM verdicts").await;
+        results.push((tables(&db.pool).await, verdicts));
+    }
+    assert!(results[0].1 > 10, "the season has verdicts to compare: {}", results[0].1);
+    assert!(results[0].0 == results[1].0, "streamed and whole-field replays differ");
+}
+

@@ -104,7 +104,7 @@ async fn one_star_read_alone_equals_that_star_of_the_whole_field() {
     let store = PhotometryStore::new(Arc::new(LocalFileSystem::new_with_prefix(lake.path()).unwrap()), "".into());
     let opts = IngestOptions { compaction: Some(CompactionPolicy::default()), ..IngestOptions::default() };
     ingest_location(out.to_str().unwrap(), &store, &ledger, &opts).await.unwrap();
-    let key = lensnet_stages::ingest::PartitionKey { season: 2025, field: Field(2), site: "KMTC".into() };
+    let key = lensnet_stages::ingest::PartitionKey { season: 2025, field: Field(2), site: "KMTC".into(), bucket: Some(0) };
     let rows: u64 = store.read_manifest(&key).await.unwrap().files.iter().map(|p| p.rows).sum();
     assert!(rows > 2 * lensnet_stages::ingest::store::ROW_GROUP_ROWS as u64, "{rows} rows: several row groups");
     let all = read_photometry(&store, 2025, Field(2), None).await.unwrap();

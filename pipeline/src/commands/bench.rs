@@ -159,3 +159,218 @@ async fn ingest(scale: f64) -> anyhow::Result<ExitCode> {
 fn rayon_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
+
+/// Resident memory (kB) sampled every 10 ms with wall-clock times, so that any interval's
+/// peak (a phase, or a stage as `stage_attempts` timed it) can be read off afterwards.
+struct RssSampler {
+    samples: Arc<std::sync::Mutex<Vec<(f64, u64)>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+impl RssSampler {
+    fn start() -> RssSampler {
+        let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, st) = (samples.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                let v = (unix_now(), rss_kb());
+                s.lock().expect("sampler").push(v);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        });
+        RssSampler { samples, stop, thread: Some(thread) }
+    }
+
+    /// Peak resident memory (MB) between two wall-clock times.
+    fn peak_mb(&self, from: f64, to: f64) -> f64 {
+        let s = self.samples.lock().expect("sampler");
+        s.iter().filter(|(t, _)| *t >= from - 0.01 && *t <= to + 0.01).map(|x| x.1).max().unwrap_or_else(rss_kb) as f64 / 1024.0
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The measured night: days since the season's first night (mid-June, about 8 h of bulge).
+const MID_SEASON_DAY: u32 = 110;
+
+/// `lensnet bench field`: a simulated field (the `field` class mix: mostly constant stars) of
+/// `--stars` stars with `--nights` nights stored and run night by night, then one more night
+/// ingested (its rows written) and run as a live nightly run would (alertfinder, score,
+/// publish, streamed), then a replay step over the same data. Prints wall time, photometry rows
+/// read and peak resident memory per stage. Its own store (under the data folder) and its own
+/// database (`<name>_bench`): production tables are never touched.
+pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use lensnet::config::DatabaseSource;
+    use lensnet::fieldrun::Plan;
+    use lensnet::{app, db};
+    use lensnet_stages::simulate::store::{season_first_night, simulate_to_store};
+    use lensnet_stages::simulate::{ClassMix, Season};
+    let field: Field = args.field.parse().map_err(|e: String| anyhow::anyhow!(e)).context("--field")?;
+    anyhow::ensure!(args.stars > 0 && args.nights >= 1, "--stars and --nights must be at least 1");
+    let dir = match &args.dir {
+        Some(d) => {
+            anyhow::ensure!(!d.exists() || std::fs::read_dir(d)?.next().is_none(), "--dir {} is not empty", d.display());
+            d.clone()
+        }
+        None => {
+            let d = cfg.data_dir.join("bench-field").join(format!("{field}-{}", args.stars));
+            if d.exists() {
+                std::fs::remove_dir_all(&d).with_context(|| format!("removing the previous bench folder {}", d.display()))?;
+            }
+            d
+        }
+    };
+    std::fs::create_dir_all(dir.join("store"))?;
+    let mut bcfg = cfg.clone();
+    bcfg.store_url = format!("file://{}", dir.join("store").canonicalize()?.display());
+    let db_name = match &cfg.database {
+        DatabaseSource::Local { name, .. } => format!("{name}_bench"),
+        DatabaseSource::Url(_) => "lensnet_bench".to_string(),
+    };
+    let pool = db::open_named(&bcfg, &db_name).await?;
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = current_schema() AND tablename <> '_sqlx_migrations'").fetch_all(&pool).await?;
+    if !tables.is_empty() {
+        sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {} CASCADE", tables.join(", ")))).execute(&pool).await?;
+    }
+    let scorer = Arc::new(app::scorer(&bcfg, None).context("loading the model")?);
+    let runner = app::field_runner(&bcfg, pool.clone(), scorer).context("setting up the field runner")?;
+    let (_, photometry) = app::photometry(&bcfg).context("opening the bench store")?;
+    let sim = SimConfig { season: 2025, fields: vec![field], stars: args.stars, seed: 7, mix: ClassMix::field(), ..SimConfig::default() };
+    let season = Season::new(&sim).context("building the season's schedules")?;
+    let first = season_first_night(&season, field)?;
+    // Mid-season (June: the longest nights), the stored nights just before the measured one.
+    // Nights start at a day boundary after the season's first night; a night's run sees it all.
+    let start = MID_SEASON_DAY.saturating_sub(args.nights);
+    let night_end = |d: u32| first + d as f64 + 0.999;
+    let sampler = RssSampler::start();
+    println!(
+        "bench field: {field}, {} stars (class mix `field`), {} nights stored before the measured night; store {}, database {db_name}; {} threads",
+        args.stars,
+        args.nights,
+        dir.display(),
+        rayon_threads()
+    );
+    let lock = runner.ledger.lock_writer(&photometry.identity()).await?;
+    // Night by night, compacted after each as an ingest does, so that the parts are those a
+    // nightly ingest leaves.
+    let t = std::time::Instant::now();
+    let (mut rows, mut write) = (0u64, 0.0);
+    let mut buckets = 0;
+    let policy = lensnet_stages::ingest::CompactionPolicy::default();
+    for d in start..MID_SEASON_DAY {
+        let r = simulate_to_store(&season, field, Some(d..d + 1), &photometry).await?;
+        (rows, write, buckets) = (rows + r.rows, write + r.write_seconds, r.buckets);
+        for k in photometry.field_partitions(2025, field).await? {
+            photometry.compact(&k, &policy).await?;
+        }
+    }
+    drop(lock);
+    let parts: usize = {
+        let mut n = 0;
+        for k in photometry.field_partitions(2025, field).await? {
+            n += photometry.read_manifest(&k).await?.files.len();
+        }
+        n
+    };
+    println!(
+        "  the season so far: {rows} rows, {parts} parts in {buckets} bucket(s) x sites, written night by night in {:.1} s ({write:.1} s of it encoding and writing)",
+        t.elapsed().as_secs_f64()
+    );
+    let cache = runner.live_cache();
+    for d in start..MID_SEASON_DAY {
+        let t0 = unix_now();
+        let run = runner.run("run", Plan::Reprocess, field, 2025, night_end(d), None, &cache).await?;
+        anyhow::ensure!(run.outcome.succeeded(), "night {d}: {}", run.outcome.first_error().unwrap_or_default());
+        let a = run.report("alertfinder");
+        let detail = |k: &str| a.and_then(|r| r.details.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
+        println!(
+            "  night {d:>2}: {:>6.1} s, {:>8} stars with new points, {:>8} searched in full, {:>5} candidates, {:>10} rows read ({} for new points), peak {:>6.0} MB",
+            unix_now() - t0,
+            a.map_or(0, |r| r.rows_in),
+            detail("searched_in_full"),
+            a.map_or(0, |r| r.rows_out),
+            detail("photometry_rows_read"),
+            detail("photometry_rows_read_for_new_points"),
+            sampler.peak_mb(t0, unix_now())
+        );
+    }
+    // Tonight: its rows arrive (written as ingest writes parsed rows), then the nightly run.
+    let tonight = MID_SEASON_DAY;
+    let lock = runner.ledger.lock_writer(&photometry.identity()).await?;
+    let t0 = unix_now();
+    let night = simulate_to_store(&season, field, Some(tonight..tonight + 1), &photometry).await?;
+    let w = std::time::Instant::now();
+    for k in photometry.field_partitions(2025, field).await? {
+        photometry.compact(&k, &policy).await?;
+    }
+    let compact_s = w.elapsed().as_secs_f64();
+    let t1 = unix_now();
+    drop(lock);
+    println!("\nthe measured night (day {tonight} of the season): {} new rows", night.rows);
+    println!("  {:<34} {:>8} {:>14} {:>12} {:>10}", "stage", "wall s", "rows read", "rows out", "peak MB");
+    println!(
+        "  {:<34} {:>8.2} {:>14} {:>12} {:>10.0}",
+        "ingest (write the night, compact)",
+        night.write_seconds + compact_s,
+        0,
+        night.rows,
+        sampler.peak_mb(t0, t1)
+    );
+    let mut total = night.write_seconds + compact_s;
+    for (label, kind, replay) in [("nightly run", "run", None), ("replay step", "replay", Some(uuid::Uuid::new_v4()))] {
+        let t0 = unix_now();
+        let run = runner.run(kind, Plan::Reprocess, field, 2025, night_end(tonight), replay, &cache).await?;
+        let t1 = unix_now();
+        anyhow::ensure!(run.outcome.succeeded(), "{label}: {}", run.outcome.first_error().unwrap_or_default());
+        let rows = sqlx::query_as::<_, (String, f64, f64)>(
+            "SELECT stage, extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8 FROM stage_attempts WHERE run_id = $1 AND status = 'succeeded' ORDER BY started_at",
+        )
+        .bind(run.run_id)
+        .fetch_all(&pool)
+        .await?;
+        for (stage, from, to) in &rows {
+            let r = run.report(stage);
+            let read = r.and_then(|r| r.details.get("photometry_rows_read")).and_then(|v| v.as_u64());
+            let secs = to - from;
+            if label == "nightly run" {
+                total += secs;
+            }
+            println!(
+                "  {:<34} {:>8.2} {:>14} {:>12} {:>10.0}",
+                format!("{label}: {stage}"),
+                secs,
+                read.map_or("-".to_string(), |v| v.to_string()),
+                r.map_or(0, |r| r.rows_out),
+                sampler.peak_mb(*from, *to)
+            );
+        }
+        println!("  {:<34} {:>8.2} {:>14} {:>12} {:>10.0}", format!("{label}: all"), t1 - t0, "", "", sampler.peak_mb(t0, t1));
+    }
+    println!("  nightly total (ingest + run)       {total:>8.2} s; peak resident memory of the whole bench {:.0} MB", sampler.peak_mb(0.0, f64::INFINITY));
+    drop(sampler);
+    if !args.keep {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -53,6 +53,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evaluate(args) => evaluate::run(load_config(cli.config)?, args).await,
         Command::Plot(args) => plot::run(load_config(cli.config)?, args).await,
         Command::Demo(args) => demo::run(load_config(cli.config)?, args).await,
+        Command::Simulate(args) if args.store => simulate::run_store(load_config(cli.config)?, args).await,
         Command::Simulate(args) => tokio::task::spawn_blocking(move || simulate::run(args)).await?,
         Command::Ingest(args) => ingest::run(load_config(cli.config)?, args).await,
         Command::Run(args) => run::run(load_config(cli.config)?, args).await,
@@ -65,6 +66,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Web(args) => web::run(load_config(cli.config)?, args).await,
         Command::User(cmd) => user::run(load_config(cli.config)?, cmd).await,
+        Command::Bench(args) if args.stage == "field" => bench::field(load_config(cli.config)?, args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::ExportTrainingSet(args) if args.vetted => export::run_vetted(load_config(cli.config)?, args).await,
         Command::ExportTrainingSet(args) => {

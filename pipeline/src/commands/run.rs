@@ -10,7 +10,7 @@ use lensnet::fieldrun::{now_hjd, FieldRun, FieldRunError, Plan};
 use lensnet::runner::StageOutcome;
 use lensnet::{app, db};
 use lensnet_stages::ingest::season_of;
-use lensnet_stages::{Field, PhotometryCache};
+use lensnet_stages::Field;
 
 use crate::cli::RunArgs;
 
@@ -24,7 +24,7 @@ pub async fn run(cfg: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let pool = db::open(&cfg).await?;
     let scorer = Arc::new(app::scorer(&cfg, None).context("loading the model")?);
     let runner = app::field_runner(&cfg, pool, scorer).context("setting up the field runner")?;
-    match runner.run("run", Plan::Live, field, season, as_of, None, &PhotometryCache::new()).await {
+    match runner.run("run", Plan::Live, field, season, as_of, None, &runner.live_cache()).await {
         Ok(run) => {
             print_run(&run);
             Ok(if run.outcome.succeeded() { ExitCode::SUCCESS } else { ExitCode::FAILURE })

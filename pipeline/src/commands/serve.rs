@@ -20,7 +20,7 @@ use lensnet::fieldrun::{now_hjd, FieldRunError, FieldRunner, Plan};
 use lensnet::publish::{finish_run, RetryPolicy, Status};
 use lensnet::{app, db};
 use lensnet_stages::ingest::season_of;
-use lensnet_stages::{Field, PhotometryCache};
+use lensnet_stages::Field;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -130,7 +130,7 @@ fn spawn_run(tasks: &mut JoinSet<()>, runner: Arc<FieldRunner>, field: Field, li
         let as_of = now_hjd();
         let season = season_of(as_of);
         info!(field = %field, as_of, "scheduled run starting");
-        match runner.run("serve", Plan::Live, field, season, as_of, None, &PhotometryCache::new()).await {
+        match runner.run("serve", Plan::Live, field, season, as_of, None, &runner.live_cache()).await {
             Ok(run) if run.outcome.succeeded() => {
                 info!(field = %field, run_id = %run.run_id, summary = %super::run::summary_line(&run), "scheduled run succeeded")
             }

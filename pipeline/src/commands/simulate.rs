@@ -25,6 +25,40 @@ pub fn real_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         .context("no real KMTNet files found: pass --real DIR (a folder of KMTNet pySIS files of one star)")
 }
 
+/// `lensnet simulate --store`: the fields straight into the configured store, under its writer
+/// lock (one writer per store).
+pub async fn run_store(cfg: lensnet::config::Config, args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    use lensnet_stages::ingest::ledger::FileLedger;
+    let mut sim = sim_config(args.season, &args.fields, args.stars, args.seed)?;
+    if args.mix == "field" {
+        sim.mix = lensnet_stages::simulate::ClassMix::field();
+    }
+    let (opened, photometry) = lensnet::app::photometry(&cfg).context("opening the object store")?;
+    let pool = lensnet::db::open(&cfg).await?;
+    let ledger = lensnet::ledger::PgLedger::new(pool.clone());
+    let _writer = ledger.lock_writer(&photometry.identity()).await?;
+    let season = lensnet_stages::simulate::Season::new(&sim).context("building the season's schedules")?;
+    for field in &sim.fields {
+        let t = std::time::Instant::now();
+        let r = lensnet_stages::simulate::store::simulate_to_store(&season, *field, args.days.clone(), &photometry)
+            .await
+            .with_context(|| format!("writing {field} into {}", opened.location))?;
+        println!(
+            "{field}: {} stars, {} rows in {} parts ({} buckets), days {}..{} of season {}, {:.1} s; store {}",
+            r.stars,
+            r.rows,
+            r.parts,
+            r.buckets,
+            r.first_day,
+            r.end_day,
+            sim.season,
+            t.elapsed().as_secs_f64(),
+            opened.location
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn sim_config(season: i32, fields: &[String], stars: usize, seed: u64) -> anyhow::Result<SimConfig> {
     let fields = fields
         .iter()
@@ -34,6 +68,9 @@ pub fn sim_config(season: i32, fields: &[String], stars: usize, seed: u64) -> an
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    if args.days.is_some() {
+        bail!("--days needs --store");
+    }
     if args.out.is_none() && !args.report {
         bail!("nothing to do: give --out DIR to write a season, --report to compare with real files, or both");
     }

@@ -18,6 +18,21 @@ use crate::cli::StoreCommand;
 pub async fn run(cfg: Config, cmd: StoreCommand) -> anyhow::Result<ExitCode> {
     let (opened, photometry) = app::photometry(&cfg).context("opening the object store")?;
     let policy = CompactionPolicy::default();
+    if matches!(cmd, StoreCommand::Migrate) {
+        let pool = db::open(&cfg).await?;
+        let _writer = PgLedger::new(pool).lock_writer(&photometry.identity()).await?;
+        let mut seen = std::collections::BTreeSet::new();
+        for k in photometry.partitions().await? {
+            if !seen.insert((k.season, k.field)) {
+                continue;
+            }
+            if let Some((rows, buckets)) = photometry.migrate_field(k.season, k.field).await? {
+                println!("season {} {}: {rows} rows rewritten into {buckets} bucket(s)", k.season, k.field);
+            }
+        }
+        println!("{} field-season(s) checked; store {}", seen.len(), opened.location);
+        return Ok(ExitCode::SUCCESS);
+    }
     let repair = matches!(cmd, StoreCommand::Repair);
     // Repair changes the store: it waits for any running writer and keeps others out.
     let _writer = if repair {

@@ -24,6 +24,7 @@ pub mod brokenline;
 pub mod diagnosis;
 pub mod grid;
 pub mod history;
+pub mod nightly;
 pub mod stage;
 pub mod synth;
 #[cfg(test)]

@@ -99,6 +99,9 @@ impl Stage for AlertFinderStage {
     async fn input_digest(&self, ctx: &RunCtx) -> Result<Option<String>, StageError> {
         let Some(cache) = &self.cache else { return Ok(None) };
         let photometry = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
+        if cache.streaming_budget().is_some() {
+            return super::nightly::manifests_digest(&photometry, ctx.season, ctx.field).await.map(Some);
+        }
         let field = cache.get(&photometry, ctx.season, ctx.field).await.map_err(|e| {
             if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
         })?;
@@ -106,6 +109,23 @@ impl Stage for AlertFinderStage {
     }
 
     async fn run(&self, ctx: &RunCtx) -> Result<StageReport, StageError> {
+        if let Some(budget) = self.cache.as_ref().and_then(PhotometryCache::streaming_budget) {
+            let (out, n) = super::nightly::find_candidates_nightly(ctx, self.thresholds.for_field(ctx.field), budget).await?;
+            return Ok(StageReport {
+                rows_in: out.stars_searched as u64,
+                rows_out: out.candidates as u64,
+                inputs: serde_json::json!({ "photometry": format!("photometry/season={}/field={}", ctx.season, ctx.field), "since": finite_or_null(out.since) }),
+                outputs: serde_json::json!({ "objects": [out.object.to_string()] }),
+                details: serde_json::Map::from_iter([
+                    ("as_of".to_string(), serde_json::json!(out.as_of)),
+                    ("failed_stars".to_string(), serde_json::json!(out.failed)),
+                    ("buckets".to_string(), serde_json::json!(n.buckets)),
+                    ("searched_in_full".to_string(), serde_json::json!(n.screened_in)),
+                    ("photometry_rows_read".to_string(), serde_json::json!(n.rows_read)),
+                    ("photometry_rows_read_for_new_points".to_string(), serde_json::json!(n.new_rows_read)),
+                ]),
+            });
+        }
         let out = find_candidates_with(ctx, self.thresholds.for_field(ctx.field), self.cache.as_ref()).await?;
         Ok(StageReport {
             rows_in: out.stars_searched as u64,
@@ -405,7 +425,7 @@ pub fn candidates_path(root: &Path, season: i32, field: Field, as_of: f64) -> Pa
     if root.as_ref().is_empty() { Path::from(p) } else { Path::from(format!("{root}/{p}")) }
 }
 
-fn state_path(root: &Path, season: i32, field: Field) -> Path {
+pub(crate) fn state_path(root: &Path, season: i32, field: Field) -> Path {
     let p = format!("state/alertfinder/season={season}/field={field}.json");
     if root.as_ref().is_empty() { Path::from(p) } else { Path::from(format!("{root}/{p}")) }
 }
@@ -455,7 +475,7 @@ impl WatermarkState {
     }
 }
 
-async fn read_state(store: &dyn ObjectStore, path: &Path) -> Result<WatermarkState, StageError> {
+pub(crate) async fn read_state(store: &dyn ObjectStore, path: &Path) -> Result<WatermarkState, StageError> {
     match store.get(path).await {
         Ok(r) => {
             let bytes = r.bytes().await.map_err(|e| transient(format!("cannot read {path}: {e}")))?;
@@ -466,7 +486,7 @@ async fn read_state(store: &dyn ObjectStore, path: &Path) -> Result<WatermarkSta
     }
 }
 
-async fn write_state(store: &dyn ObjectStore, path: &Path, state: &WatermarkState) -> Result<(), StageError> {
+pub(crate) async fn write_state(store: &dyn ObjectStore, path: &Path, state: &WatermarkState) -> Result<(), StageError> {
     let json = serde_json::to_vec_pretty(state).map_err(|e| permanent(format!("cannot encode watermarks: {e}")))?;
     store.put(path, PutPayload::from(json)).await.map_err(|e| transient(format!("cannot write {path}: {e}")))?;
     Ok(())
@@ -499,7 +519,7 @@ pub fn candidates_schema() -> SchemaRef {
     ]))
 }
 
-fn candidates_batch(field: Field, as_of: f64, rows: &[(usize, &StarResult)], stars: &[&str]) -> Result<RecordBatch, arrow::error::ArrowError> {
+pub(crate) fn candidates_batch(field: Field, as_of: f64, rows: &[(usize, &StarResult)], stars: &[&str]) -> Result<RecordBatch, arrow::error::ArrowError> {
     let nan = f64::NAN;
     let col_f = |f: &dyn Fn(&StarResult) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(rows.iter().map(|(_, r)| f(r)))) };
     let col_u = |f: &dyn Fn(&StarResult) -> u32| -> ArrayRef { Arc::new(UInt32Array::from_iter_values(rows.iter().map(|(_, r)| f(r)))) };
@@ -541,7 +561,7 @@ fn candidates_batch(field: Field, as_of: f64, rows: &[(usize, &StarResult)], sta
     RecordBatch::try_new(candidates_schema(), columns)
 }
 
-fn to_parquet(batch: &RecordBatch) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+pub(crate) fn to_parquet(batch: &RecordBatch) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(

@@ -102,7 +102,7 @@ pub async fn bench_write(out: &PhotometryStore, text: &[u8], iterations: usize) 
     let path = "bench/BENCH0001/KMTC14_I.pysis";
     let (_, obs) = crate::ingest::pysis::parse(text, 0, 1, path, &SourceOverrides::default(), None, true)?;
     let idx: Vec<usize> = (0..obs.len()).collect();
-    let key = PartitionKey { season: 1900, field: Field(99), site: "BENCH".into() };
+    let key = PartitionKey { season: 1900, field: Field(99), site: "BENCH".into(), bucket: None };
     let start = Instant::now();
     let mut output_bytes = 0;
     for i in 0..iterations.max(1) {

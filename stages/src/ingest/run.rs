@@ -301,7 +301,8 @@ fn prepare(key: &str, mut e: LedgerEntry, text: &[u8], start: usize, scan: &Scan
     }
     let mut parts = Vec::new();
     for (season, rows) in by_season {
-        let pk = PartitionKey { season, field: obs.meta.field, site: obs.meta.site.clone() };
+        // The bucket is resolved when the part is staged (it needs the store's layout).
+        let pk = PartitionKey { season, field: obs.meta.field, site: obs.meta.site.clone(), bucket: None };
         let name = part_name(format!("{key}\n{start}\n{}\n{chunk_sha}\n{season}", scan.end).as_bytes());
         parts.push((pk, name, observations_batch(obs, key, &rows)?));
     }
@@ -356,8 +357,10 @@ impl Prepared {
     /// Step 2: write the part files (invisible until committed).
     pub async fn stage(self, out: &PhotometryStore) -> Result<Staged, IngestError> {
         let mut parts = Vec::with_capacity(self.parts.len());
+        let star = self.entry.star.clone().unwrap_or_default();
         for (pk, name, batch) in &self.parts {
-            parts.push((pk.clone(), out.stage_part(pk, name, batch).await?));
+            let pk = out.partition_for(pk.season, pk.field, &pk.site, &star).await?;
+            parts.push((pk.clone(), out.stage_part(&pk, name, batch).await?));
         }
         Ok(Staged { entry: self.entry, deferred_line: self.deferred_line, skipped: self.skipped, parts })
     }
@@ -485,7 +488,11 @@ async fn sign_from_i_band(
     let mut i = planned.get(&(star.clone(), site.clone())).cloned().unwrap_or_default();
     if i.is_empty() {
         for (pk, _, _) in &p.parts {
-            for b in out.read_partition(pk).await? {
+            // The partition the star's stored rows are in (the parts' own keys are resolved
+            // to a bucket only when they are staged).
+            let bucket = out.layout(pk.season, pk.field).await?.map(|l| crate::ingest::bucket_of(&star, l.buckets));
+            let pk = PartitionKey { bucket, ..pk.clone() };
+            for b in out.read_partition(&pk).await? {
                 let stars = b.column_by_name("star").and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>().cloned());
                 let bands = b.column_by_name("band").and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>().cloned());
                 let col = |n: &str| b.column_by_name(n).and_then(|c| c.as_any().downcast_ref::<arrow::array::Float64Array>().cloned());
@@ -763,6 +770,16 @@ pub async fn ingest_location_locked(
         let key = format!("{}/{}", opened.location.trim_end_matches('/'), rel.strip_prefix(opened.prefix.as_ref()).unwrap_or(&rel).trim_start_matches('/'));
         inputs.push((path, key, sidecar_path));
     }
+    // A field-season written for the first time gets its bucket count from the field's size:
+    // each input file is one star's curve at one site in one band, about four files a star
+    // (three sites' I band, and V).
+    let hinted;
+    let out = if out.bucket_hint == 0 {
+        hinted = out.with_bucket_hint((inputs.len() as u64).div_ceil(4));
+        &hinted
+    } else {
+        out
+    };
     // In batches: read each file and its ledger row, parse the batch in parallel (the CPU-bound
     // part), then stage the files' parts one after the other in name order. Every
     // COMMIT_GROUP_FILES files (and at the end) the staged parts are listed in their manifests,
@@ -944,7 +961,7 @@ mod tests {
         let keys = out.partitions().await.unwrap();
         let sites: Vec<String> = keys.iter().map(|k| format!("{}/{}/{}", k.season, k.field, k.site)).collect();
         assert_eq!(sites.len(), 6, "{sites:?}"); // 2018 × {BLG12, BLG14} × 3 sites
-        assert!(dir.path().join("photometry/season=2018/field=BLG14/site=KMTC/_manifest.json").is_file());
+        assert!(dir.path().join("photometry/season=2018/field=BLG14/site=KMTC/bucket=0000/_manifest.json").is_file());
 
         // Again: nothing new, and no duplicates.
         let r2 = ingest_location(DATA, &out, &ledger, &opts).await.unwrap();
@@ -984,7 +1001,7 @@ mod tests {
         let out = local_store(dir.path());
         let f = format!("{DATA}/BLG14-2018-season/KMTC14_I.pysis");
         ingest_location(&f, &out, &MemoryLedger::new(), &IngestOptions::default()).await.unwrap();
-        let part_dir = dir.path().join("photometry/season=2018/field=BLG14/site=KMTC");
+        let part_dir = dir.path().join("photometry/season=2018/field=BLG14/site=KMTC/bucket=0000");
         let part = std::fs::read_dir(&part_dir)
             .unwrap()
             .flatten()
@@ -1121,7 +1138,7 @@ mod tests {
         assert!(r.files.iter().all(|f| matches!(f.outcome, FileOutcome::Ingested { rows, .. } if rows > 0)), "{r:?}");
         assert!(r.files.windows(2).all(|w| w[0].path < w[1].path), "reported in name order");
         for site in ["KMTA", "KMTC", "KMTS"] {
-            let m = out.read_manifest(&PartitionKey { season: 2018, field: Field(14), site: site.into() }).await.unwrap();
+            let m = out.read_manifest(&PartitionKey { season: 2018, field: Field(14), site: site.into(), bucket: Some(0) }).await.unwrap();
             assert_eq!(m.generation, 1, "{site}: one manifest swap for the whole run");
             assert_eq!(m.files.len(), if site == "KMTA" { 1 } else { 2 });
         }
@@ -1143,7 +1160,7 @@ mod tests {
             let v = lines[..end].join("\n") + "\n";
             ingest_bytes(key, v.as_bytes(), None, &out, &ledger, &IngestOptions::default()).await.unwrap();
         }
-        (out, PartitionKey { season: 2018, field: Field(14), site: "KMTA".into() })
+        (out, PartitionKey { season: 2018, field: Field(14), site: "KMTA".into(), bucket: Some(0) })
     }
 
     #[tokio::test]
@@ -1153,7 +1170,7 @@ mod tests {
         let rows: Vec<u64> = before.files.iter().map(|f| f.rows).collect();
         assert_eq!(rows.iter().sum::<u64>(), 889);
         // Merged runs of at most 450 rows, in manifest order; a part alone in its run stays.
-        let policy = CompactionPolicy { max_parts: 4, small_part_bytes: 1 << 30, target_part_rows: 450 };
+        let policy = CompactionPolicy { max_parts: 4, small_part_bytes: 1 << 30, target_part_rows: 450, hold_days: 0.0 };
         let c = out.compact(&pk, &policy).await.unwrap().unwrap();
         let after = out.read_manifest(&pk).await.unwrap();
         let mut want = Vec::new();
@@ -1178,7 +1195,7 @@ mod tests {
         let again = out.compact(&pk, &CompactionPolicy { max_parts: 1, ..policy }).await.unwrap();
         assert!(again.is_none(), "{again:?}");
         // Full parts are never rewritten.
-        let full = CompactionPolicy { max_parts: 1, small_part_bytes: 1 << 30, target_part_rows: 1 };
+        let full = CompactionPolicy { max_parts: 1, small_part_bytes: 1 << 30, target_part_rows: 1, hold_days: 0.0 };
         assert!(out.compact(&pk, &full).await.unwrap().is_none());
     }
 
@@ -1369,7 +1386,7 @@ mod tests {
     async fn concurrent_manifest_swaps_lose_no_part() {
         // No writer lock here: the compare-and-swap alone (InMemory has conditional puts).
         let out = mem_store();
-        let pk = PartitionKey { season: 2018, field: Field(14), site: "KMTC".into() };
+        let pk = PartitionKey { season: 2018, field: Field(14), site: "KMTC".into(), bucket: Some(0) };
         let mut tasks = Vec::new();
         for w in 0..8 {
             let out = out.clone();
@@ -1396,7 +1413,7 @@ mod tests {
         let Plan::Write(p) = plan("/other/KMTA14_I.pysis", text.as_bytes(), None, &MemoryLedger::new(), &IngestOptions::default()).await.unwrap() else { panic!() };
         let staged = p.stage(&out).await.unwrap();
         let name = staged.parts[0].1.name.clone();
-        let policy = CompactionPolicy { max_parts: 1, small_part_bytes: 1 << 30, target_part_rows: 1_000_000 };
+        let policy = CompactionPolicy { max_parts: 1, small_part_bytes: 1 << 30, target_part_rows: 1_000_000, hold_days: 0.0 };
         out.compact(&pk, &policy).await.unwrap().unwrap();
         let h = out.inspect(&pk, &policy).await.unwrap();
         assert_eq!(h.orphans, vec![name.clone()], "the other writer's part survives compaction");

@@ -98,12 +98,64 @@ pub fn photometry_schema() -> SchemaRef {
     ]))
 }
 
-/// One Hive partition.
+/// One Hive partition: (season, field, site) and, in the bucketed layout, the star bucket
+/// (`None`: a partition of the first layout, which has no bucket level).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PartitionKey {
     pub season: i32,
     pub field: Field,
     pub site: String,
+    pub bucket: Option<u32>,
+}
+
+impl std::fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "season={}/field={}/site={}", self.season, self.field.name(), self.site)?;
+        if let Some(b) = self.bucket {
+            write!(f, "/bucket={b:04}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The layout of one field-season: how many star buckets its partitions are split into.
+/// Written once, by the first writer of the field-season (`_layout.json` beside the site
+/// folders), and never changed; a field-season with first-layout partitions and no layout
+/// file stays in the first layout until `lensnet store migrate` rewrites it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub buckets: u32,
+}
+
+pub const LAYOUT: &str = "_layout.json";
+pub const LAYOUT_FORMAT: &str = "lensnet-layout/1";
+/// Stars per bucket that the bucket count aims at (a power of two of buckets, at most
+/// [`MAX_BUCKETS`]): small enough that a bucket's night, state and windows fit a stage's memory
+/// budget, large enough that a small field is one bucket.
+pub const BUCKET_STARS: u64 = 16_384;
+pub const MAX_BUCKETS: u32 = 1024;
+
+/// The bucket count for a field of about `stars` stars.
+pub fn buckets_for(stars: u64) -> u32 {
+    let want = stars.div_ceil(BUCKET_STARS).max(1);
+    (want.next_power_of_two().min(MAX_BUCKETS as u64)) as u32
+}
+
+/// A star's bucket: FNV-1a (64 bit) of its id modulo the bucket count, the same on every
+/// machine and in every season.
+pub fn bucket_of(star: &str, buckets: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in star.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % buckets.max(1) as u64) as u32
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LayoutFile {
+    format: String,
+    buckets: u32,
 }
 
 /// A listed part file.
@@ -143,11 +195,16 @@ pub struct CompactionPolicy {
     pub small_part_bytes: u64,
     /// Rows of a full part.
     pub target_part_rows: u64,
+    /// Parts that start within this many days of the partition's newest epoch are recent: they
+    /// are merged only with each other, and only while small, never into older parts, so that a nightly run finds
+    /// the night's points in a few small parts instead of inside season-long ones (its reads
+    /// are then the night's data). 0: no distinction.
+    pub hold_days: f64,
 }
 
 impl Default for CompactionPolicy {
     fn default() -> Self {
-        CompactionPolicy { max_parts: 8, small_part_bytes: 1 << 20, target_part_rows: 2_000_000 }
+        CompactionPolicy { max_parts: 8, small_part_bytes: 1 << 20, target_part_rows: 2_000_000, hold_days: 2.0 }
     }
 }
 
@@ -192,6 +249,14 @@ pub struct Compacted {
 pub struct PhotometryStore {
     pub store: Arc<dyn ObjectStore>,
     pub root: Path,
+    /// Stars a writer expects in a field-season that has no layout yet (sets its bucket count).
+    pub bucket_hint: u64,
+    /// Layouts read so far (they never change once written), and the layout new parts of a
+    /// field-season are written in (`None`: the first layout), decided once per process.
+    layouts: Arc<std::sync::Mutex<HashMap<(i32, Field), Layout>>>,
+    writing: Arc<std::sync::Mutex<HashMap<(i32, Field), Option<Layout>>>>,
+    /// Rows decoded by this store's readers (its clones included): what a benchmark reports.
+    rows_read: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How a part is compressed: the small parts that each file's commit adds use Snappy, because
@@ -207,6 +272,8 @@ pub enum PartCodec {
 /// of one star ([`read_star`]) fetch only the row groups that can hold it (about 20 stars of a
 /// prime field per group).
 pub const ROW_GROUP_ROWS: usize = 65_536;
+/// Rows per data page (at most): the unit a reader of chosen stars decodes.
+pub const DATA_PAGE_ROWS: usize = 1024;
 
 fn writer_props(codec: PartCodec) -> Result<WriterProperties, IngestError> {
     let compression = match codec {
@@ -216,6 +283,9 @@ fn writer_props(codec: PartCodec) -> Result<WriterProperties, IngestError> {
     Ok(WriterProperties::builder()
         .set_compression(compression)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        // Small pages, each with its `star` bounds in the page index: a reader of a few stars
+        // decodes the pages that hold them, not whole row groups.
+        .set_data_page_row_count_limit(DATA_PAGE_ROWS)
         .set_sorting_columns(Some(vec![
             SortingColumn { column_idx: 0, descending: false, nulls_first: false },
             SortingColumn { column_idx: 2, descending: false, nulls_first: false },
@@ -291,7 +361,260 @@ pub fn part_name(seed: &[u8]) -> String {
 
 impl PhotometryStore {
     pub fn new(store: Arc<dyn ObjectStore>, root: Path) -> Self {
-        PhotometryStore { store, root }
+        PhotometryStore { store, root, bucket_hint: 0, layouts: Default::default(), writing: Default::default(), rows_read: Default::default() }
+    }
+
+    /// Rows decoded so far by readers of this store.
+    pub fn rows_read(&self) -> u64 {
+        self.rows_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_rows(&self, batches: &[RecordBatch]) {
+        let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        self.rows_read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Rows, distinct stars and the epoch range of a field-season from its manifests and its
+    /// parts' `star` column (one bucket at a time): what a streaming replay plans with.
+    pub async fn field_summary(&self, season: i32, field: Field) -> Result<(u64, usize, f64, f64), IngestError> {
+        let (mut rows, mut stars, mut lo, mut hi) = (0u64, 0usize, f64::INFINITY, f64::NEG_INFINITY);
+        for (_, keys) in self.bucket_groups(season, field).await? {
+            let mut ids: std::collections::HashSet<String> = std::collections::HashSet::new();
+            for key in &keys {
+                for p in self.read_manifest(key).await?.files {
+                    rows += p.rows;
+                    lo = lo.min(p.min_hjd);
+                    hi = hi.max(p.max_hjd);
+                    let bytes = self.store.get(&self.partition_dir(key).join(p.name.as_str())).await?.bytes().await?;
+                    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+                    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0]);
+                    for b in builder.with_projection(mask).with_batch_size(64 * 1024).build()? {
+                        let b = b?;
+                        let col = str_col(&b, "star")?;
+                        for i in 0..b.num_rows() {
+                            if !ids.contains(col.value(i)) {
+                                ids.insert(col.value(i).to_string());
+                            }
+                        }
+                    }
+                }
+            }
+            stars += ids.len();
+        }
+        Ok((rows, stars, lo, hi))
+    }
+
+    /// Rows listed by the manifests of a field-season.
+    pub async fn field_rows(&self, season: i32, field: Field) -> Result<u64, IngestError> {
+        let mut rows = 0;
+        for key in self.field_partitions(season, field).await? {
+            rows += self.read_manifest(&key).await?.files.iter().map(|p| p.rows).sum::<u64>();
+        }
+        Ok(rows)
+    }
+
+    /// The partitions of a field-season grouped by bucket (`None`: the first layout), in
+    /// bucket order: the unit the streaming stages work in.
+    pub async fn bucket_groups(&self, season: i32, field: Field) -> Result<Vec<(Option<u32>, Vec<PartitionKey>)>, IngestError> {
+        let mut groups: BTreeMap<Option<u32>, Vec<PartitionKey>> = BTreeMap::new();
+        for k in self.field_partitions(season, field).await? {
+            groups.entry(k.bucket).or_default().push(k);
+        }
+        Ok(groups.into_iter().collect())
+    }
+
+    /// The rows of `keys` with an epoch in `(since, upto]` (columns star, band, hjd, flux,
+    /// flux_err), reading only the parts whose time range can hold one, each paired
+    /// with its partition's site. What a nightly run reads of the photometry besides the stars
+    /// it then searches.
+    pub async fn read_new_rows(&self, keys: &[PartitionKey], since: f64, upto: f64) -> Result<Vec<(String, RecordBatch)>, IngestError> {
+        let mut jobs = Vec::new();
+        for key in keys {
+            let m = self.read_manifest(key).await?;
+            for p in m.files.iter().filter(|p| p.max_hjd > since && p.min_hjd <= upto) {
+                jobs.push((key.clone(), p.name.clone()));
+            }
+        }
+        let reads = jobs.iter().map(|(key, name)| async move {
+            let path = self.partition_dir(key).join(name.as_str());
+            let bytes = self.store.get(&path).await?.bytes().await?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+            let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2, 3, 4]);
+            let reader = builder.with_projection(mask).with_batch_size(64 * 1024).build()?;
+            let mut out = Vec::new();
+            for b in reader {
+                let b = b?;
+                self.count_rows(std::slice::from_ref(&b));
+                let hjd = f64_col(&b, "hjd")?;
+                let mask: arrow::array::BooleanArray = (0..b.num_rows()).map(|i| Some(hjd.value(i) > since && hjd.value(i) <= upto)).collect();
+                let f = arrow::compute::filter_record_batch(&b, &mask)?;
+                if f.num_rows() > 0 {
+                    out.push((key.site.clone(), f));
+                }
+            }
+            Ok::<_, IngestError>(out)
+        });
+        Ok(futures::future::try_join_all(reads).await?.into_iter().flatten().collect())
+    }
+
+    /// The whole curves of the stars `ids` (sorted, unique) in the partitions `keys`, reading
+    /// only the row groups whose `star` statistics can hold one of them. Stars sorted by id, as
+    /// [`read_photometry`] gives them.
+    pub async fn read_stars_in(&self, keys: &[PartitionKey], ids: &[String], field: Field) -> Result<Vec<StarCurves>, IngestError> {
+        let mut stars: BTreeMap<String, HashMap<(String, String), SiteCurve>> = BTreeMap::new();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut jobs = Vec::new();
+        for key in keys {
+            let m = self.read_manifest(key).await?;
+            for p in m.files {
+                jobs.push((key.clone(), p));
+            }
+        }
+        let reads = jobs.iter().map(|(key, part)| self.read_part_for_stars(key, part, ids));
+        for (batches, (key, _)) in futures::future::try_join_all(reads).await?.into_iter().zip(&jobs) {
+            for b in batches {
+                absorb_batch(&mut stars, &key.site, &b)?;
+            }
+        }
+        Ok(finish_stars(stars, field, None))
+    }
+
+    async fn read_part_for_stars(&self, key: &PartitionKey, part: &PartInfo, ids: &[String]) -> Result<Vec<RecordBatch>, IngestError> {
+        let path = self.partition_dir(key).join(part.name.as_str());
+        let reader = RangeReader { store: self.store.clone(), path, size: part.bytes, page_index: true };
+        let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?;
+        let holds = |lo: &[u8], hi: &[u8]| {
+            let k = ids.partition_point(|id| id.as_bytes() < lo);
+            k < ids.len() && ids[k].as_bytes() <= hi
+        };
+        let groups: Vec<usize> = builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .enumerate()
+            .filter(|(_, rg)| match rg.column(0).statistics().map(|s| (s.min_bytes_opt(), s.max_bytes_opt())) {
+                Some((Some(lo), Some(hi))) => holds(lo, hi),
+                _ => true,
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Within the groups, only the pages whose `star` bounds can hold one of the stars
+        // (every page when the part has no page index: parts written before it).
+        let md = builder.metadata().clone();
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut offset = 0usize;
+        for &g in &groups {
+            let n = md.row_group(g).num_rows() as usize;
+            let pi = md.page_index_for_row_group(g);
+            match (pi.column_index(0), pi.offset_index(0)) {
+                (Some(parquet::file::page_index::column_index::ColumnIndexMetaData::BYTE_ARRAY(ci)), Some(oi)) => {
+                    let locs = oi.page_locations();
+                    for p in 0..locs.len() {
+                        let start = locs[p].first_row_index as usize;
+                        let end = locs.get(p + 1).map_or(n, |l| l.first_row_index as usize);
+                        let keep = match (ci.min_value(p), ci.max_value(p)) {
+                            (Some(lo), Some(hi)) => holds(lo, hi),
+                            _ => true,
+                        };
+                        if keep {
+                            ranges.push(offset + start..offset + end);
+                        }
+                    }
+                }
+                _ => ranges.push(offset..offset + n),
+            }
+            offset += n;
+        }
+        let selection = parquet::arrow::arrow_reader::RowSelection::from_consecutive_ranges(ranges.into_iter(), offset);
+        let batches: Vec<RecordBatch> =
+            builder.with_row_groups(groups).with_row_selection(selection).with_batch_size(64 * 1024).build()?.try_collect().await?;
+        self.count_rows(&batches);
+        let mut out = Vec::new();
+        for b in batches {
+            let col = str_col(&b, "star")?;
+            let mask: arrow::array::BooleanArray = (0..b.num_rows()).map(|i| Some(ids.binary_search_by(|x| x.as_str().cmp(col.value(i))).is_ok())).collect();
+            let f = arrow::compute::filter_record_batch(&b, &mask)?;
+            if f.num_rows() > 0 {
+                out.push(f);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The same store, creating new field-seasons with the bucket count for `stars` stars.
+    pub fn with_bucket_hint(&self, stars: u64) -> Self {
+        PhotometryStore { bucket_hint: stars, ..self.clone() }
+    }
+
+    fn field_dir(&self, season: i32, field: Field) -> Path {
+        self.root.clone().join("photometry").join(format!("season={season}")).join(format!("field={}", field.name()))
+    }
+
+    /// The layout of a field-season, if it has one (`None`: nothing stored yet, or only
+    /// partitions of the first layout).
+    pub async fn layout(&self, season: i32, field: Field) -> Result<Option<Layout>, IngestError> {
+        if let Some(l) = self.layouts.lock().expect("layouts lock").get(&(season, field)) {
+            return Ok(Some(*l));
+        }
+        let path = self.field_dir(season, field).join(LAYOUT);
+        let l = match self.store.get(&path).await {
+            Ok(r) => {
+                let f: LayoutFile = serde_json::from_slice(&r.bytes().await?)?;
+                if f.format != LAYOUT_FORMAT || f.buckets == 0 {
+                    return Err(IngestError::Corrupt { path: path.to_string(), reason: format!("layout `{}` with {} buckets, expected `{LAYOUT_FORMAT}`", f.format, f.buckets) });
+                }
+                Some(Layout { buckets: f.buckets })
+            }
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(l) = l {
+            self.layouts.lock().expect("layouts lock").insert((season, field), l);
+        }
+        Ok(l)
+    }
+
+    /// The layout new parts of a field-season are written in: its layout file; else, when it
+    /// already holds first-layout partitions, the first layout (`None`); else a new layout for
+    /// [`Self::bucket_hint`] stars, written once (the first of two racing writers wins).
+    pub async fn write_layout(&self, season: i32, field: Field) -> Result<Option<Layout>, IngestError> {
+        if let Some(l) = self.writing.lock().expect("layouts lock").get(&(season, field)) {
+            return Ok(*l);
+        }
+        let l = self.decide_layout(season, field).await?;
+        self.writing.lock().expect("layouts lock").insert((season, field), l);
+        Ok(l)
+    }
+
+    async fn decide_layout(&self, season: i32, field: Field) -> Result<Option<Layout>, IngestError> {
+        if let Some(l) = self.layout(season, field).await? {
+            return Ok(Some(l));
+        }
+        let legacy = self.field_partitions(season, field).await?.iter().any(|k| k.bucket.is_none());
+        if legacy {
+            return Ok(None);
+        }
+        let path = self.field_dir(season, field).join(LAYOUT);
+        let body = serde_json::to_vec_pretty(&LayoutFile { format: LAYOUT_FORMAT.into(), buckets: buckets_for(self.bucket_hint) })?;
+        match self.store.put_opts(&path, PutPayload::from(body.clone()), PutOptions::from(PutMode::Create)).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {}
+            Err(object_store::Error::NotImplemented { .. }) => {
+                self.store.put(&path, PutPayload::from(body)).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.layout(season, field).await
+    }
+
+    /// The partition a star's rows of (season, field, site) go to.
+    pub async fn partition_for(&self, season: i32, field: Field, site: &str, star: &str) -> Result<PartitionKey, IngestError> {
+        let bucket = self.write_layout(season, field).await?.map(|l| bucket_of(star, l.buckets));
+        Ok(PartitionKey { season, field, site: site.to_string(), bucket })
     }
 
     /// A name of this store that is the same in every process and on every host that opens it
@@ -301,12 +624,11 @@ impl PhotometryStore {
     }
 
     pub fn partition_dir(&self, key: &PartitionKey) -> Path {
-        self.root
-            .clone()
-            .join("photometry")
-            .join(format!("season={}", key.season))
-            .join(format!("field={}", key.field.name()))
-            .join(format!("site={}", key.site))
+        let site = self.field_dir(key.season, key.field).join(format!("site={}", key.site));
+        match key.bucket {
+            Some(b) => site.join(format!("bucket={b:04}")),
+            None => site,
+        }
     }
 
     /// Writes a part file (not yet visible: no manifest lists it). Rewriting the same `name`
@@ -445,6 +767,7 @@ impl PhotometryStore {
         for b in reader {
             out.push(b?);
         }
+        self.count_rows(&out);
         Ok(out)
     }
 
@@ -452,7 +775,7 @@ impl PhotometryStore {
     /// groups whose `star` statistics can hold it, are fetched (ranged reads) and decoded.
     async fn read_part_for_star(&self, key: &PartitionKey, part: &PartInfo, star: &str) -> Result<Vec<RecordBatch>, IngestError> {
         let path = self.partition_dir(key).join(part.name.as_str());
-        let reader = RangeReader { store: self.store.clone(), path, size: part.bytes };
+        let reader = RangeReader { store: self.store.clone(), path, size: part.bytes, page_index: false };
         let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?;
         let want = star.as_bytes();
         let groups: Vec<usize> = builder
@@ -471,6 +794,7 @@ impl PhotometryStore {
             return Ok(Vec::new());
         }
         let batches: Vec<RecordBatch> = builder.with_row_groups(groups).with_batch_size(64 * 1024).build()?.try_collect().await?;
+        self.count_rows(&batches);
         let mut out = Vec::new();
         for b in batches {
             let col = str_col(&b, "star")?;
@@ -493,13 +817,102 @@ impl PhotometryStore {
 
     /// Sites present in one field-season.
     pub async fn sites(&self, season: i32, field: Field) -> Result<Vec<String>, IngestError> {
-        Ok(self
-            .partitions()
-            .await?
-            .into_iter()
-            .filter(|k| k.season == season && k.field == field)
-            .map(|k| k.site)
-            .collect())
+        let mut sites: Vec<String> = self.field_partitions(season, field).await?.into_iter().map(|k| k.site).collect();
+        sites.dedup();
+        Ok(sites)
+    }
+
+    /// The partitions of one field-season (every site and bucket), sorted: the bucketed ones
+    /// when the field-season has a layout, else those of the first layout (so that a
+    /// migration's new partitions become visible all at once, when it writes the layout).
+    pub async fn field_partitions(&self, season: i32, field: Field) -> Result<Vec<PartitionKey>, IngestError> {
+        let bucketed = self.layout(season, field).await?.is_some();
+        Ok(self.all_field_partitions(season, field).await?.into_iter().filter(|k| k.bucket.is_some() == bucketed).collect())
+    }
+
+    async fn all_field_partitions(&self, season: i32, field: Field) -> Result<Vec<PartitionKey>, IngestError> {
+        let prefix = self.field_dir(season, field);
+        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        let mut keys: Vec<PartitionKey> = metas.iter().filter(|m| m.location.filename() == Some(MANIFEST)).filter_map(|m| parse_partition(&m.location)).collect();
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Rewrites a field-season of the first layout into buckets: every part is split by bucket
+    /// into new parts (one part in memory at a time), then the layout file is written (the
+    /// moment readers switch to the new partitions), then the old partitions are deleted. The
+    /// caller holds the writer lock. Killed at any point and run again, it ends the same:
+    /// new part names derive from the old ones, commits skip names already listed, and a
+    /// field-season whose layout exists only has its old partitions deleted. Returns the rows
+    /// moved and the bucket count (None: nothing to migrate).
+    pub async fn migrate_field(&self, season: i32, field: Field) -> Result<Option<(u64, u32)>, IngestError> {
+        let all = self.all_field_partitions(season, field).await?;
+        let legacy: Vec<PartitionKey> = all.iter().filter(|k| k.bucket.is_none()).cloned().collect();
+        if legacy.is_empty() {
+            return Ok(None);
+        }
+        let mut moved = 0u64;
+        let buckets = match self.layout(season, field).await? {
+            Some(l) => l.buckets,
+            None => {
+                let (_, stars, _, _) = self.field_summary(season, field).await?;
+                let buckets = buckets_for(stars as u64);
+                for key in &legacy {
+                    let mut staged: BTreeMap<u32, Vec<PartInfo>> = BTreeMap::new();
+                    for part in self.read_manifest(key).await?.files {
+                        let batches = self.read_part(key, &part.name).await?;
+                        let batch = concat_batches(&photometry_schema(), &batches)?;
+                        drop(batches);
+                        let star = str_col(&batch, "star")?;
+                        let mut rows: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+                        for i in 0..batch.num_rows() {
+                            rows.entry(bucket_of(star.value(i), buckets)).or_default().push(i as u32);
+                        }
+                        for (b, idx) in rows {
+                            let taken = take_record_batch(&batch, &UInt32Array::from(idx))?;
+                            let nk = PartitionKey { bucket: Some(b), ..key.clone() };
+                            let name = part_name(format!("migrate\n{}\n{b}", part.name).as_bytes());
+                            staged.entry(b).or_default().push(self.stage_part_with(&nk, &name, &taken, PartCodec::Zstd).await?);
+                        }
+                        moved += batch.num_rows() as u64;
+                    }
+                    for (b, infos) in staged {
+                        self.commit_parts(&PartitionKey { bucket: Some(b), ..key.clone() }, &infos).await?;
+                    }
+                }
+                let path = self.field_dir(season, field).join(LAYOUT);
+                let body = serde_json::to_vec_pretty(&LayoutFile { format: LAYOUT_FORMAT.into(), buckets })?;
+                match self.store.put_opts(&path, PutPayload::from(body.clone()), PutOptions::from(PutMode::Create)).await {
+                    Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {}
+                    Err(object_store::Error::NotImplemented { .. }) => {
+                        self.store.put(&path, PutPayload::from(body)).await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                self.writing.lock().expect("layouts lock").remove(&(season, field));
+                buckets
+            }
+        };
+        // The switch is made: the old partitions go (parts first, the manifest last).
+        for key in &legacy {
+            let dir = self.partition_dir(key);
+            let listed: Vec<_> = self.store.list(Some(&dir)).try_collect().await?;
+            for m in listed.iter().filter(|m| m.location.filename() != Some(MANIFEST)) {
+                // Only this partition's own objects (not the bucket folders below it).
+                if m.location.parts().count() == dir.parts().count() + 1 {
+                    match self.store.delete(&m.location).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            match self.store.delete(&dir.clone().join(MANIFEST)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some((moved, buckets)))
     }
 
     /// Merges a partition's parts that are not full into sorted parts of about
@@ -516,17 +929,24 @@ impl PhotometryStore {
             return Ok(None);
         }
         // Runs of open parts, in manifest order, of at most `target` rows (a part alone in its
-        // run stays as it is).
-        let mut chunks: Vec<Vec<usize>> = vec![vec![]];
-        let mut rows = 0u64;
-        for &i in &open {
-            let r = m.files[i].rows;
-            if !chunks.last().expect("one chunk").is_empty() && rows + r > target {
-                chunks.push(vec![]);
-                rows = 0;
+        // run stays as it is); recent parts only with recent ones.
+        let newest = m.files.iter().map(|p| p.max_hjd).fold(f64::NEG_INFINITY, f64::max);
+        let recent = |i: usize| policy.hold_days > 0.0 && m.files[i].min_hjd > newest - policy.hold_days;
+        let mut chunks: Vec<Vec<usize>> = Vec::new();
+        for group in [false, true] {
+            chunks.push(vec![]);
+            let mut rows = 0u64;
+            // Of the recent parts only the small ones (one file's, one ingest batch's) merge.
+            let takes = |i: usize| recent(i) == group && (!group || m.files[i].bytes < policy.small_part_bytes);
+            for &i in open.iter().filter(|&&i| takes(i)) {
+                let r = m.files[i].rows;
+                if !chunks.last().expect("one chunk").is_empty() && rows + r > target {
+                    chunks.push(vec![]);
+                    rows = 0;
+                }
+                chunks.last_mut().expect("one chunk").push(i);
+                rows += r;
             }
-            chunks.last_mut().expect("one chunk").push(i);
-            rows += r;
         }
         chunks.retain(|c| c.len() >= 2);
         if chunks.is_empty() {
@@ -672,7 +1092,7 @@ impl PhotometryStore {
 }
 
 fn parse_partition(manifest: &Path) -> Option<PartitionKey> {
-    let (mut season, mut field, mut site) = (None, None, None);
+    let (mut season, mut field, mut site, mut bucket) = (None, None, None, None);
     for part in manifest.parts() {
         let s = part.as_ref();
         if let Some(v) = s.strip_prefix("season=") {
@@ -681,9 +1101,11 @@ fn parse_partition(manifest: &Path) -> Option<PartitionKey> {
             field = v.parse().ok();
         } else if let Some(v) = s.strip_prefix("site=") {
             site = Some(v.to_string());
+        } else if let Some(v) = s.strip_prefix("bucket=") {
+            bucket = Some(v.parse().ok()?);
         }
     }
-    Some(PartitionKey { season: season?, field: field?, site: site? })
+    Some(PartitionKey { season: season?, field: field?, site: site?, bucket })
 }
 
 /// The stars of one field-season with their whole history, as `StarCurves` (one `SiteCurve` per
@@ -697,12 +1119,17 @@ pub async fn read_photometry(
     since: Option<f64>,
 ) -> Result<Vec<StarCurves>, IngestError> {
     let mut stars: BTreeMap<String, HashMap<(String, String), SiteCurve>> = BTreeMap::new();
-    for site in store.sites(season, field).await? {
-        let key = PartitionKey { season, field, site: site.clone() };
+    for key in store.field_partitions(season, field).await? {
         for b in store.read_partition(&key).await? {
-            absorb_batch(&mut stars, &site, &b)?;
+            absorb_batch(&mut stars, &key.site, &b)?;
         }
     }
+    Ok(finish_stars(stars, field, since))
+}
+
+/// Per-star curves from [`absorb_batch`]: curves in (site, band) order, each sorted by time;
+/// with `since`, only stars with an epoch after it.
+fn finish_stars(stars: BTreeMap<String, HashMap<(String, String), SiteCurve>>, field: Field, since: Option<f64>) -> Vec<StarCurves> {
     let mut out = Vec::with_capacity(stars.len());
     for (star, curves) in stars {
         if let Some(t) = since {
@@ -715,6 +1142,26 @@ pub async fn read_photometry(
         let curves = list.into_iter().map(|(_, c)| sort_curve(c)).collect();
         out.push(StarCurves { star: StarId(star), field, curves });
     }
+    out
+}
+
+/// The whole curves of the stars `ids` of a field-season (sorted by id; stars without
+/// photometry are left out), reading each star's bucket only, and in it only the row groups
+/// that can hold one of them: what the score stage reads of a field.
+pub async fn read_stars(store: &PhotometryStore, season: i32, field: Field, ids: &[String]) -> Result<Vec<StarCurves>, IngestError> {
+    let mut ids: Vec<String> = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let layout = store.layout(season, field).await?;
+    let mut out = Vec::new();
+    for (bucket, keys) in store.bucket_groups(season, field).await? {
+        let mine: Vec<String> = match (bucket, layout) {
+            (Some(b), Some(l)) => ids.iter().filter(|id| bucket_of(id, l.buckets) == b).cloned().collect(),
+            _ => ids.clone(),
+        };
+        out.extend(store.read_stars_in(&keys, &mine, field).await?);
+    }
+    out.sort_by(|a, b| a.star.0.cmp(&b.star.0));
     Ok(out)
 }
 
@@ -722,12 +1169,17 @@ pub async fn read_photometry(
 /// groups that can hold it: what a star page or a single-star tool needs, without the field.
 pub async fn read_star(store: &PhotometryStore, season: i32, field: Field, star: &str) -> Result<Option<StarCurves>, IngestError> {
     let mut stars: BTreeMap<String, HashMap<(String, String), SiteCurve>> = BTreeMap::new();
-    for site in store.sites(season, field).await? {
-        let key = PartitionKey { season, field, site: site.clone() };
+    let layout = store.layout(season, field).await?;
+    for key in store.field_partitions(season, field).await? {
+        if let (Some(b), Some(l)) = (key.bucket, layout) {
+            if b != bucket_of(star, l.buckets) {
+                continue;
+            }
+        }
         let m = store.read_manifest(&key).await?;
         let reads = m.files.iter().map(|p| store.read_part_for_star(&key, p, star));
         for b in futures::future::try_join_all(reads).await?.into_iter().flatten() {
-            absorb_batch(&mut stars, &site, &b)?;
+            absorb_batch(&mut stars, &key.site, &b)?;
         }
     }
     Ok(stars.into_iter().next().map(|(id, curves)| {
@@ -743,6 +1195,8 @@ struct RangeReader {
     store: Arc<dyn ObjectStore>,
     path: Path,
     size: u64,
+    /// Load the page index (column and offset indexes) with the footer.
+    page_index: bool,
 }
 
 impl parquet::arrow::async_reader::AsyncFileReader for RangeReader {
@@ -757,7 +1211,12 @@ impl parquet::arrow::async_reader::AsyncFileReader for RangeReader {
     ) -> futures::future::BoxFuture<'a, parquet::errors::Result<Arc<parquet::file::metadata::ParquetMetaData>>> {
         let size = self.size;
         Box::pin(async move {
-            let md = parquet::file::metadata::ParquetMetaDataReader::new().with_prefetch_hint(Some(64 * 1024)).load_and_finish(&mut *self, size).await?;
+            let policy = if self.page_index { parquet::file::metadata::PageIndexPolicy::Optional } else { parquet::file::metadata::PageIndexPolicy::Skip };
+            let md = parquet::file::metadata::ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(64 * 1024))
+                .with_page_index_policy(policy)
+                .load_and_finish(&mut *self, size)
+                .await?;
             Ok(Arc::new(md))
         })
     }

@@ -91,7 +91,8 @@ impl Stage for ScoreStage {
         let photometry_of_field = if records.is_empty() {
             Arc::new(crate::cache::FieldPhotometry::default())
         } else {
-            self.cache.get(&photometry, ctx.season, ctx.field).await.map_err(|e| {
+            let ids: Vec<String> = records.iter().map(|r| r.star.clone()).collect();
+            self.cache.stars(&photometry, ctx.season, ctx.field, &ids).await.map_err(|e| {
                 if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
             })?
         };

@@ -83,6 +83,12 @@ impl Default for ClassMix {
 }
 
 impl ClassMix {
+    /// The stars of a real field: mostly constant, a few per cent variable, events rare (a
+    /// 10⁶-star KMTNet field has of the order of a hundred events a season).
+    pub fn field() -> ClassMix {
+        ClassMix { microlensing: 0.0002, constant: 0.95, variable: 0.04, cataclysmic: 0.0005, flare: 0.002, asteroid: 0.005, artefact: 0.002 }
+    }
+
     fn draw(&self, rng: &mut ChaCha8Rng) -> Class {
         let w = [
             (Class::Microlensing, self.microlensing),
