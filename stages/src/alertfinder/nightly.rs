@@ -377,7 +377,7 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
         let before = photometry.rows_read();
         let new_rows = photometry.read_new_rows(keys, since, as_of).await.map_err(store_err)?;
         counts.new_rows_read += photometry.rows_read() - before;
-        let mut per_star: BTreeMap<String, Vec<(f64, f64, f64, u8)>> = BTreeMap::new();
+        let mut per_star: HashMap<&str, Vec<(f64, f64, f64, u8)>> = HashMap::new();
         for (site, b) in &new_rows {
             let s = site.parse::<Site>().map(|s| s as u8).unwrap_or(u8::MAX);
             let star = b.column(0).as_string::<i32>();
@@ -389,22 +389,26 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
                 let key = site_max.entry(site.clone()).or_insert(f64::NEG_INFINITY);
                 *key = key.max(t);
                 if band.value(i) == "I" && super::baseline::valid(t, f, e, s) {
-                    per_star.entry(star.value(i).to_string()).or_default().push((t, f, e, s));
+                    per_star.entry(star.value(i)).or_default().push((t, f, e, s));
                 }
             }
         }
-        drop(new_rows);
         let mut passed: Vec<String> = Vec::new();
         for (star, pts) in per_star.iter_mut() {
             pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.3.cmp(&b.3)));
-            let sc = screens.entry(star.clone()).or_default();
+            let sc = match screens.get_mut(*star) {
+                Some(sc) => sc,
+                None => screens.entry(star.to_string()).or_default(),
+            };
             if sc.screen(pts, params) {
-                passed.push(star.clone());
+                passed.push(star.to_string());
             }
         }
+        passed.sort_unstable();
         counts.stars_with_new_points += per_star.len();
         counts.screened_in += passed.len();
         drop(per_star);
+        drop(new_rows);
         // The stars that passed, in batches of about `budget_rows` stored rows.
         let mut start = 0;
         while start < passed.len() {
@@ -420,7 +424,7 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
             }
             let ids = &passed[start..end];
             start = end;
-            let stars = photometry.read_stars_in(keys, ids, ctx.field).await.map_err(store_err)?;
+            let stars = photometry.read_stars_with(keys, ids, ctx.field, true).await.map_err(store_err)?;
             let mut histories: HashMap<String, StarHistory> =
                 if params.use_history { start_histories(&photometry, ctx.season, ctx.field, ids).await? } else { HashMap::new() };
             let merged: Vec<MergedCurve> = stars.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();

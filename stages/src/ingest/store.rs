@@ -272,7 +272,8 @@ pub enum PartCodec {
 /// of one star ([`read_star`]) fetch only the row groups that can hold it (about 20 stars of a
 /// prime field per group).
 pub const ROW_GROUP_ROWS: usize = 65_536;
-/// Rows per data page (at most): the unit a reader of chosen stars decodes.
+/// Rows per data page (at most): the unit a reader of chosen stars decodes. (256 read 28 %
+/// fewer rows in `bench field` at 10⁵ stars and took 30 % longer: the pages' own overhead.)
 pub const DATA_PAGE_ROWS: usize = 1024;
 
 fn writer_props(codec: PartCodec) -> Result<WriterProperties, IngestError> {
@@ -461,6 +462,12 @@ impl PhotometryStore {
     /// only the row groups whose `star` statistics can hold one of them. Stars sorted by id, as
     /// [`read_photometry`] gives them.
     pub async fn read_stars_in(&self, keys: &[PartitionKey], ids: &[String], field: Field) -> Result<Vec<StarCurves>, IngestError> {
+        self.read_stars_with(keys, ids, field, false).await
+    }
+
+    /// [`Self::read_stars_in`]; with `search_columns`, only the columns the alertfinder's
+    /// search uses (star, band, hjd, flux, flux_err, fwhm, sky; the others are NaN).
+    pub async fn read_stars_with(&self, keys: &[PartitionKey], ids: &[String], field: Field, search_columns: bool) -> Result<Vec<StarCurves>, IngestError> {
         let mut stars: BTreeMap<String, HashMap<(String, String), SiteCurve>> = BTreeMap::new();
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -472,7 +479,7 @@ impl PhotometryStore {
                 jobs.push((key.clone(), p));
             }
         }
-        let reads = jobs.iter().map(|(key, part)| self.read_part_for_stars(key, part, ids));
+        let reads = jobs.iter().map(|(key, part)| self.read_part_for_stars(key, part, ids, search_columns));
         for (batches, (key, _)) in futures::future::try_join_all(reads).await?.into_iter().zip(&jobs) {
             for b in batches {
                 absorb_batch(&mut stars, &key.site, &b)?;
@@ -481,7 +488,7 @@ impl PhotometryStore {
         Ok(finish_stars(stars, field, None))
     }
 
-    async fn read_part_for_stars(&self, key: &PartitionKey, part: &PartInfo, ids: &[String]) -> Result<Vec<RecordBatch>, IngestError> {
+    async fn read_part_for_stars(&self, key: &PartitionKey, part: &PartInfo, ids: &[String], search_columns: bool) -> Result<Vec<RecordBatch>, IngestError> {
         let path = self.partition_dir(key).join(part.name.as_str());
         let reader = RangeReader { store: self.store.clone(), path, size: part.bytes, page_index: true };
         let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?;
@@ -531,6 +538,12 @@ impl PhotometryStore {
             offset += n;
         }
         let selection = parquet::arrow::arrow_reader::RowSelection::from_consecutive_ranges(ranges.into_iter(), offset);
+        let builder = if search_columns {
+            let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2, 3, 4, 7, 8]);
+            builder.with_projection(mask)
+        } else {
+            builder
+        };
         let batches: Vec<RecordBatch> =
             builder.with_row_groups(groups).with_row_selection(selection).with_batch_size(64 * 1024).build()?.try_collect().await?;
         self.count_rows(&batches);
@@ -1226,24 +1239,38 @@ impl parquet::arrow::async_reader::AsyncFileReader for RangeReader {
 fn absorb_batch(stars: &mut BTreeMap<String, HashMap<(String, String), SiteCurve>>, site: &str, b: &RecordBatch) -> Result<(), IngestError> {
     let star = str_col(b, "star")?;
     let band = str_col(b, "band")?;
-    let cols = ["hjd", "flux", "flux_err", "mag", "mag_err", "fwhm", "sky", "airmass"].map(|n| f64_col(b, n));
-    let [hjd, flux, flux_err, mag, mag_err, fwhm, sky, airmass] = cols;
-    let (hjd, flux, flux_err, mag, mag_err, fwhm, sky, airmass) = (hjd?, flux?, flux_err?, mag?, mag_err?, fwhm?, sky?, airmass?);
-    for i in 0..b.num_rows() {
-        let curves = stars.entry(star.value(i).to_string()).or_default();
-        let c = curves.entry((site.to_string(), band.value(i).to_string())).or_insert_with(|| SiteCurve {
+    let (hjd, flux, flux_err) = (f64_col(b, "hjd")?, f64_col(b, "flux")?, f64_col(b, "flux_err")?);
+    // Columns a projected read left out are NaN.
+    let opt = |n: &str| if b.column_by_name(n).is_some() { f64_col(b, n).map(Some) } else { Ok(None) };
+    let (mag, mag_err, fwhm, sky, airmass) = (opt("mag")?, opt("mag_err")?, opt("fwhm")?, opt("sky")?, opt("airmass")?);
+    let n = b.num_rows();
+    let mut i = 0;
+    // Rows come sorted by star: one map look-up per run of a star's rows in one band.
+    while i < n {
+        let (s, bd) = (star.value(i), band.value(i));
+        let mut j = i + 1;
+        while j < n && star.value(j) == s && band.value(j) == bd {
+            j += 1;
+        }
+        let curves = if stars.contains_key(s) { stars.get_mut(s).expect("present") } else { stars.entry(s.to_string()).or_default() };
+        let c = curves.entry((site.to_string(), bd.to_string())).or_insert_with(|| SiteCurve {
             site: site.parse::<Site>().ok(),
-            band: band.value(i).parse::<Band>().ok(),
+            band: bd.parse::<Band>().ok(),
             ..Default::default()
         });
-        c.hjd.push(hjd.value(i));
-        c.flux.push(flux.value(i));
-        c.flux_err.push(flux_err.value(i));
-        c.mag.push(mag.value(i));
-        c.mag_err.push(mag_err.value(i));
-        c.fwhm.push(fwhm.value(i));
-        c.sky.push(sky.value(i));
-        c.airmass.push(airmass.value(i));
+        let put = |dst: &mut Vec<f64>, col: Option<&Float64Array>| match col {
+            Some(a) => dst.extend_from_slice(&a.values()[i..j]),
+            None => dst.extend(std::iter::repeat_n(f64::NAN, j - i)),
+        };
+        put(&mut c.hjd, Some(hjd));
+        put(&mut c.flux, Some(flux));
+        put(&mut c.flux_err, Some(flux_err));
+        put(&mut c.mag, mag);
+        put(&mut c.mag_err, mag_err);
+        put(&mut c.fwhm, fwhm);
+        put(&mut c.sky, sky);
+        put(&mut c.airmass, airmass);
+        i = j;
     }
     Ok(())
 }
