@@ -210,6 +210,25 @@ impl Drop for RssSampler {
     }
 }
 
+/// Compaction of every partition of the field-season, two at a time, as ingest compacts.
+async fn compact_all(photometry: &PhotometryStore, field: Field, policy: &lensnet_stages::ingest::CompactionPolicy) -> anyhow::Result<()> {
+    let keys = photometry.field_partitions(2025, field).await?;
+    for pair in keys.chunks(2) {
+        let tasks: Vec<_> = pair
+            .iter()
+            .cloned()
+            .map(|k| {
+                let (o, p) = (photometry.clone(), *policy);
+                tokio::spawn(async move { o.compact(&k, &p).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+    }
+    Ok(())
+}
+
 /// The measured night: days since the season's first night (mid-June, about 8 h of bulge).
 const MID_SEASON_DAY: u32 = 110;
 
@@ -281,9 +300,7 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
     for d in start..MID_SEASON_DAY {
         let r = simulate_to_store(&season, field, Some(d..d + 1), &photometry).await?;
         (rows, write, buckets) = (rows + r.rows, write + r.write_seconds, r.buckets);
-        for k in photometry.field_partitions(2025, field).await? {
-            photometry.compact(&k, &policy).await?;
-        }
+        compact_all(&photometry, field, &policy).await?;
     }
     drop(lock);
     let parts: usize = {
@@ -321,9 +338,7 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
     let t0 = unix_now();
     let night = simulate_to_store(&season, field, Some(tonight..tonight + 1), &photometry).await?;
     let w = std::time::Instant::now();
-    for k in photometry.field_partitions(2025, field).await? {
-        photometry.compact(&k, &policy).await?;
-    }
+    compact_all(&photometry, field, &policy).await?;
     let compact_s = w.elapsed().as_secs_f64();
     let t1 = unix_now();
     drop(lock);

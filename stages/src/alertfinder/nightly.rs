@@ -364,99 +364,30 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
             site_max.insert(k.clone(), *v);
         }
     }
-    for (bucket, keys) in &groups {
-        if !as_of.is_finite() {
-            break;
+    // Two buckets at a time (each with half the budget): reads and searches on both cores.
+    if as_of.is_finite() {
+        use futures::StreamExt;
+        let jobs = groups.iter().cloned().map(|(bucket, keys)| {
+            let (ctx, params) = (ctx.clone(), params.clone());
+            async move {
+                tokio::spawn(search_bucket(ctx, params, bucket, keys, since, as_of, (budget_rows / 2).max(1)))
+                    .await
+                    .map_err(|e| permanent(format!("a bucket's search died: {e}")))?
+            }
+        });
+        let done: Vec<Result<BucketOut, StageError>> = futures::stream::iter(jobs).buffered(2).collect().await;
+        for d in done {
+            let d = d?;
+            rows.extend(d.rows);
+            for (k, v) in d.site_max {
+                let e = site_max.entry(k).or_insert(f64::NEG_INFINITY);
+                *e = e.max(v);
+            }
+            counts.stars_with_new_points += d.counts.stars_with_new_points;
+            counts.screened_in += d.counts.screened_in;
+            counts.rows_read += d.counts.rows_read;
+            counts.new_rows_read += d.counts.new_rows_read;
         }
-        let earlier = earlier_screens(ctx, *bucket, as_of).await?;
-        let mut screens = match earlier.last() {
-            Some((_, p)) => read_screens(ctx.store.as_ref(), p).await?,
-            None => HashMap::new(),
-        };
-        // The new I-band points of the bucket, per star, in merged time order.
-        let before = photometry.rows_read();
-        let new_rows = photometry.read_new_rows(keys, since, as_of).await.map_err(store_err)?;
-        counts.new_rows_read += photometry.rows_read() - before;
-        let mut per_star: HashMap<&str, Vec<(f64, f64, f64, u8)>> = HashMap::new();
-        for (site, b) in &new_rows {
-            let s = site.parse::<Site>().map(|s| s as u8).unwrap_or(u8::MAX);
-            let star = b.column(0).as_string::<i32>();
-            let band = b.column(1).as_string::<i32>();
-            let (t, f, e) = (b.column(2).as_primitive::<Float64Type>(), b.column(3).as_primitive::<Float64Type>(), b.column(4).as_primitive::<Float64Type>());
-            for i in 0..b.num_rows() {
-                let (t, f, e) = (t.value(i), f.value(i), e.value(i));
-                // The watermark counts every band's epochs, as the whole-field path does.
-                let key = site_max.entry(site.clone()).or_insert(f64::NEG_INFINITY);
-                *key = key.max(t);
-                if band.value(i) == "I" && super::baseline::valid(t, f, e, s) {
-                    per_star.entry(star.value(i)).or_default().push((t, f, e, s));
-                }
-            }
-        }
-        let mut passed: Vec<String> = Vec::new();
-        for (star, pts) in per_star.iter_mut() {
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.3.cmp(&b.3)));
-            let sc = match screens.get_mut(*star) {
-                Some(sc) => sc,
-                None => screens.entry(star.to_string()).or_default(),
-            };
-            if sc.screen(pts, params) {
-                passed.push(star.to_string());
-            }
-        }
-        passed.sort_unstable();
-        counts.stars_with_new_points += per_star.len();
-        counts.screened_in += passed.len();
-        drop(per_star);
-        drop(new_rows);
-        // The stars that passed, in batches of about `budget_rows` stored rows.
-        let mut start = 0;
-        while start < passed.len() {
-            let mut end = start;
-            let mut rows_in = 0usize;
-            while end < passed.len() {
-                let est: usize = screens.get(&passed[end]).map_or(1, |s| s.sites.iter().map(|x| x.level.n as usize).sum::<usize>().max(1));
-                if end > start && rows_in + est > budget_rows {
-                    break;
-                }
-                rows_in += est;
-                end += 1;
-            }
-            let ids = &passed[start..end];
-            start = end;
-            let stars = photometry.read_stars_with(keys, ids, ctx.field, true).await.map_err(store_err)?;
-            let mut histories: HashMap<String, StarHistory> =
-                if params.use_history { start_histories(&photometry, ctx.season, ctx.field, ids).await? } else { HashMap::new() };
-            let merged: Vec<MergedCurve> = stars.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
-            let views: Vec<LightCurve<'_>> = merged.iter().map(MergedCurve::view).collect();
-            let upto = as_of - params.window_days.max(0.0);
-            let mut hs: Vec<Option<StarHistory>> = Vec::with_capacity(stars.len());
-            let mut buf = NightBuffers::default();
-            for (s, v) in stars.iter().zip(&views) {
-                if params.use_history {
-                    let mut h = histories.remove(&s.star.0).unwrap_or_default();
-                    h.absorb(v, upto, &mut buf);
-                    hs.push(Some(h));
-                } else {
-                    hs.push(None);
-                }
-            }
-            let hrefs: Vec<Option<&StarHistory>> = hs.iter().map(Option::as_ref).collect();
-            let results = scan_batch_with(&views, &hrefs, as_of, since, params);
-            for ((s, r), h) in stars.iter().zip(results).zip(&hs) {
-                if let Some(sc) = screens.get_mut(&s.star.0) {
-                    sc.sticky = is_sticky(&r);
-                    if !sc.prior_known {
-                        sc.set_prior(h.as_ref(), params);
-                    }
-                }
-                if matches!(r.status, Status::Candidate | Status::Failed) {
-                    rows.push((s.star.0.clone(), r));
-                }
-            }
-            drop(stars);
-        }
-        write_screens(ctx, *bucket, as_of, &screens).await?;
     }
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let ids: Vec<&str> = rows.iter().map(|(s, _)| s.as_str()).collect();
@@ -469,11 +400,118 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
         state.record(as_of, site_max);
         write_state(ctx.store.as_ref(), &state_path, &state).await?;
     }
-    counts.rows_read = photometry.rows_read();
     let candidates = rows.iter().filter(|(_, r)| r.status == Status::Candidate).count();
     let failed = rows.len() - candidates;
     tracing::info!(field = %ctx.field, as_of, stars = counts.stars_with_new_points, searched = counts.screened_in, candidates, failed, rows_read = counts.rows_read, "alertfinder (nightly) finished");
     Ok((AlertFinderOutput { as_of, since, stars_searched: counts.stars_with_new_points, candidates, failed, object }, counts))
+}
+
+/// What one bucket's search found.
+struct BucketOut {
+    rows: Vec<(String, StarResult)>,
+    site_max: BTreeMap<String, f64>,
+    counts: NightlyCounts,
+}
+
+/// One bucket of [`find_candidates_nightly`]: screen its new points, search the stars that
+/// pass, store its screening state.
+async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, keys: Vec<PartitionKey>, since: f64, as_of: f64, budget_rows: usize) -> Result<BucketOut, StageError> {
+    let params = &params;
+    let photometry = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
+    let mut counts = NightlyCounts::default();
+    let mut rows: Vec<(String, StarResult)> = Vec::new();
+    let mut site_max: BTreeMap<String, f64> = BTreeMap::new();
+    let earlier = earlier_screens(&ctx, bucket, as_of).await?;
+    let mut screens = match earlier.last() {
+        Some((_, p)) => read_screens(ctx.store.as_ref(), p).await?,
+        None => HashMap::new(),
+    };
+    // The new I-band points of the bucket, per star, in merged time order.
+    let before = photometry.rows_read();
+    let new_rows = photometry.read_new_rows(&keys, since, as_of).await.map_err(store_err)?;
+    counts.new_rows_read += photometry.rows_read() - before;
+    let mut per_star: HashMap<&str, Vec<(f64, f64, f64, u8)>> = HashMap::new();
+    for (site, b) in &new_rows {
+        let s = site.parse::<Site>().map(|s| s as u8).unwrap_or(u8::MAX);
+        let star = b.column(0).as_string::<i32>();
+        let band = b.column(1).as_string::<i32>();
+        let (t, f, e) = (b.column(2).as_primitive::<Float64Type>(), b.column(3).as_primitive::<Float64Type>(), b.column(4).as_primitive::<Float64Type>());
+        for i in 0..b.num_rows() {
+            let (t, f, e) = (t.value(i), f.value(i), e.value(i));
+            // The watermark counts every band's epochs, as the whole-field path does.
+            let key = site_max.entry(site.clone()).or_insert(f64::NEG_INFINITY);
+            *key = key.max(t);
+            if band.value(i) == "I" && super::baseline::valid(t, f, e, s) {
+                per_star.entry(star.value(i)).or_default().push((t, f, e, s));
+            }
+        }
+    }
+    let mut passed: Vec<String> = Vec::new();
+    for (star, pts) in per_star.iter_mut() {
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.3.cmp(&b.3)));
+        let sc = match screens.get_mut(*star) {
+            Some(sc) => sc,
+            None => screens.entry(star.to_string()).or_default(),
+        };
+        if sc.screen(pts, params) {
+            passed.push(star.to_string());
+        }
+    }
+    passed.sort_unstable();
+    counts.stars_with_new_points += per_star.len();
+    counts.screened_in += passed.len();
+    drop(per_star);
+    drop(new_rows);
+    // The stars that passed, in batches of about `budget_rows` stored rows.
+    let mut start = 0;
+    while start < passed.len() {
+        let mut end = start;
+        let mut rows_in = 0usize;
+        while end < passed.len() {
+            let est: usize = screens.get(&passed[end]).map_or(1, |s| s.sites.iter().map(|x| x.level.n as usize).sum::<usize>().max(1));
+            if end > start && rows_in + est > budget_rows {
+                break;
+            }
+            rows_in += est;
+            end += 1;
+        }
+        let ids = &passed[start..end];
+        start = end;
+        let stars = photometry.read_stars_with(&keys, ids, ctx.field, true).await.map_err(store_err)?;
+        let mut histories: HashMap<String, StarHistory> =
+            if params.use_history { start_histories(&photometry, ctx.season, ctx.field, ids).await? } else { HashMap::new() };
+        let merged: Vec<MergedCurve> = stars.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
+        let views: Vec<LightCurve<'_>> = merged.iter().map(MergedCurve::view).collect();
+        let upto = as_of - params.window_days.max(0.0);
+        let mut hs: Vec<Option<StarHistory>> = Vec::with_capacity(stars.len());
+        let mut buf = NightBuffers::default();
+        for (s, v) in stars.iter().zip(&views) {
+            if params.use_history {
+                let mut h = histories.remove(&s.star.0).unwrap_or_default();
+                h.absorb(v, upto, &mut buf);
+                hs.push(Some(h));
+            } else {
+                hs.push(None);
+            }
+        }
+        let hrefs: Vec<Option<&StarHistory>> = hs.iter().map(Option::as_ref).collect();
+        let results = scan_batch_with(&views, &hrefs, as_of, since, params);
+        for ((s, r), h) in stars.iter().zip(results).zip(&hs) {
+            if let Some(sc) = screens.get_mut(&s.star.0) {
+                sc.sticky = is_sticky(&r);
+                if !sc.prior_known {
+                    sc.set_prior(h.as_ref(), params);
+                }
+            }
+            if matches!(r.status, Status::Candidate | Status::Failed) {
+                rows.push((s.star.0.clone(), r));
+            }
+        }
+        drop(stars);
+    }
+    write_screens(&ctx, bucket, as_of, &screens).await?;
+    counts.rows_read = photometry.rows_read();
+    Ok(BucketOut { rows, site_max, counts })
 }
 
 /// A digest of what a nightly run can read: every manifest of the field-season (part names and

@@ -881,8 +881,15 @@ pub async fn ingest_location_locked(
     let mut in_scope = out.partitions().await?;
     in_scope.retain(|k| opts.only_field.is_none_or(|f| f == k.field) || touched.contains(k));
     if let Some(policy) = &opts.compaction {
-        for k in &in_scope {
-            if let Some(c) = out.compact(k, policy).await? {
+        // Two partitions at a time (each merge holds at most one full part).
+        use futures::StreamExt;
+        let runs = in_scope.iter().cloned().map(|k| {
+            let (o, p) = (out.clone(), *policy);
+            async move { tokio::spawn(async move { o.compact(&k, &p).await }).await }
+        });
+        let done: Vec<_> = futures::stream::iter(runs).buffered(2).collect().await;
+        for r in done {
+            if let Some(c) = r.map_err(|e| IngestError::Corrupt { path: String::new(), reason: format!("a compaction task died: {e}") })?? {
                 report.compactions.push(c);
             }
         }

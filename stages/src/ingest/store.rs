@@ -58,7 +58,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
 use arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -436,8 +436,21 @@ impl PhotometryStore {
                 jobs.push((key.clone(), p.name.clone()));
             }
         }
-        let reads = jobs.iter().map(|(key, name)| async move {
-            let path = self.partition_dir(key).join(name.as_str());
+        // One task per part, so that the decoding runs on every worker thread.
+        let reads = jobs.into_iter().map(|(key, name)| {
+            let me = self.clone();
+            tokio::spawn(async move { me.read_new_part(&key, &name, since, upto).await })
+        });
+        let mut out = Vec::new();
+        for r in futures::future::join_all(reads).await {
+            out.extend(r.map_err(|e| IngestError::Corrupt { path: String::new(), reason: format!("a read task died: {e}") })??);
+        }
+        Ok(out)
+    }
+
+    async fn read_new_part(&self, key: &PartitionKey, name: &str, since: f64, upto: f64) -> Result<Vec<(String, RecordBatch)>, IngestError> {
+        {
+            let path = self.partition_dir(key).join(name);
             let bytes = self.store.get(&path).await?.bytes().await?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
             let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2, 3, 4]);
@@ -454,8 +467,7 @@ impl PhotometryStore {
                 }
             }
             Ok::<_, IngestError>(out)
-        });
-        Ok(futures::future::try_join_all(reads).await?.into_iter().flatten().collect())
+        }
     }
 
     /// The whole curves of the stars `ids` (sorted, unique) in the partitions `keys`, reading
@@ -479,9 +491,19 @@ impl PhotometryStore {
                 jobs.push((key.clone(), p));
             }
         }
-        let reads = jobs.iter().map(|(key, part)| self.read_part_for_stars(key, part, ids, search_columns));
-        for (batches, (key, _)) in futures::future::try_join_all(reads).await?.into_iter().zip(&jobs) {
-            for b in batches {
+        // One task per part (decoding on every worker thread), at most a few at a time.
+        let ids: Arc<Vec<String>> = Arc::new(ids.to_vec());
+        let reads = jobs.iter().cloned().map(|(key, part)| {
+            let (me, ids) = (self.clone(), ids.clone());
+            async move {
+                tokio::spawn(async move { me.read_part_for_stars(&key, &part, &ids, search_columns).await })
+                    .await
+                    .map_err(|e| IngestError::Corrupt { path: String::new(), reason: format!("a read task died: {e}") })?
+            }
+        });
+        let results: Vec<Result<Vec<RecordBatch>, IngestError>> = futures::stream::iter(reads).buffered(8).collect().await;
+        for (batches, (key, _)) in results.into_iter().zip(&jobs) {
+            for b in batches? {
                 absorb_batch(&mut stars, &key.site, &b)?;
             }
         }
