@@ -210,6 +210,75 @@ impl Drop for RssSampler {
     }
 }
 
+/// How the bench starts `lensnet run` and `lensnet replay` on its own store and database.
+struct ChildEnv {
+    store_url: String,
+    db_name: String,
+    inbox: std::path::PathBuf,
+}
+
+struct ChildRun {
+    run_id: uuid::Uuid,
+    wall: f64,
+    peak_mb: f64,
+}
+
+impl ChildEnv {
+    fn command(&self, args: &[String]) -> anyhow::Result<ChildRun> {
+        let exe = std::env::current_exe().context("finding the lensnet binary")?;
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new(exe)
+            .args(args)
+            .env("LENSNET__STORE__URL", &self.store_url)
+            .env("LENSNET__DATABASE__LOCAL_NAME", &self.db_name)
+            .env("LENSNET__INGEST__INBOX", &self.inbox)
+            .env_remove("DATABASE_URL")
+            .output()
+            .context("starting lensnet")?;
+        let wall = t.elapsed().as_secs_f64();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(out.status.success(), "lensnet {} failed: {stdout}\n{stderr}", args.join(" "));
+        let peak_mb = stderr.lines().find_map(|l| l.strip_prefix("peak resident memory ")?.strip_suffix(" MB")?.parse().ok()).unwrap_or(f64::NAN);
+        let run_id = stdout.lines().find_map(|l| l.strip_prefix("run ")?.split_whitespace().next()?.parse().ok()).unwrap_or_default();
+        Ok(ChildRun { run_id, wall, peak_mb })
+    }
+
+    fn run(&self, field: Field, as_of: f64) -> anyhow::Result<ChildRun> {
+        self.command(&["run".into(), "--field".into(), field.name(), "--as-of".into(), format!("{as_of:.5}"), "--season".into(), "2025".into()])
+    }
+
+    fn replay(&self, field: Field) -> anyhow::Result<ChildRun> {
+        self.command(&["replay".into(), "--season".into(), "2025".into(), "--fields".into(), field.name(), "--step".into(), "1d".into()])
+    }
+}
+
+/// One stage attempt of a run, as `stage_attempts` holds it.
+struct StageRow {
+    seconds: f64,
+    rows_in: i64,
+    rows_out: i64,
+    details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl StageRow {
+    fn detail(&self, k: &str) -> u64 {
+        self.details.get(k).and_then(|v| v.as_u64()).unwrap_or(0)
+    }
+}
+
+async fn stage_row(pool: &sqlx::PgPool, run_id: uuid::Uuid, stage: &str) -> anyhow::Result<StageRow> {
+    let r: Option<(f64, Option<i64>, Option<i64>, serde_json::Value)> = sqlx::query_as(
+        "SELECT coalesce(duration_ms, 0)::float8 / 1000, rows_in, rows_out, outputs FROM stage_attempts WHERE run_id = $1 AND stage = $2 AND status = 'succeeded' ORDER BY attempt DESC LIMIT 1",
+    )
+    .bind(run_id)
+    .bind(stage)
+    .fetch_optional(pool)
+    .await?;
+    let (seconds, rows_in, rows_out, outputs) = r.with_context(|| format!("run {run_id} has no successful {stage} attempt"))?;
+    let details = outputs.get("details").and_then(|d| d.as_object()).cloned().unwrap_or_default();
+    Ok(StageRow { seconds, rows_in: rows_in.unwrap_or(0), rows_out: rows_out.unwrap_or(0), details })
+}
+
 /// Compaction of every partition of the field-season, two at a time, as ingest compacts.
 async fn compact_all(photometry: &PhotometryStore, field: Field, policy: &lensnet_stages::ingest::CompactionPolicy) -> anyhow::Result<()> {
     let keys = photometry.field_partitions(2025, field).await?;
@@ -240,7 +309,6 @@ const MID_SEASON_DAY: u32 = 110;
 /// database (`<name>_bench`): production tables are never touched.
 pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
     use lensnet::config::DatabaseSource;
-    use lensnet::fieldrun::Plan;
     use lensnet::{app, db};
     use lensnet_stages::simulate::store::{season_first_night, simulate_to_store};
     use lensnet_stages::simulate::{ClassMix, Season};
@@ -314,22 +382,24 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
         "  the season so far: {rows} rows, {parts} parts in {buckets} bucket(s) x sites, written night by night in {:.1} s ({write:.1} s of it encoding and writing)",
         t.elapsed().as_secs_f64()
     );
-    let cache = runner.live_cache();
+    // Every run is a `lensnet run` process of its own, as cron starts it each night: its peak
+    // memory is its own.
+    anyhow::ensure!(matches!(cfg.database, DatabaseSource::Local { .. }), "bench field runs its nights as `lensnet run` processes on the local database: unset DATABASE_URL");
+    let inbox = dir.join("inbox");
+    std::fs::create_dir_all(&inbox)?;
+    let child = ChildEnv { store_url: bcfg.store_url.clone(), db_name: db_name.clone(), inbox };
     for d in start..MID_SEASON_DAY {
-        let t0 = unix_now();
-        let run = runner.run("run", Plan::Reprocess, field, 2025, night_end(d), None, &cache).await?;
-        anyhow::ensure!(run.outcome.succeeded(), "night {d}: {}", run.outcome.first_error().unwrap_or_default());
-        let a = run.report("alertfinder");
-        let detail = |k: &str| a.and_then(|r| r.details.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
+        let c = child.run(field, night_end(d))?;
+        let a = stage_row(&pool, c.run_id, "alertfinder").await?;
         println!(
-            "  night {d:>2}: {:>6.1} s, {:>8} stars with new points, {:>8} searched in full, {:>5} candidates, {:>10} rows read ({} for new points), peak {:>6.0} MB",
-            unix_now() - t0,
-            a.map_or(0, |r| r.rows_in),
-            detail("searched_in_full"),
-            a.map_or(0, |r| r.rows_out),
-            detail("photometry_rows_read"),
-            detail("photometry_rows_read_for_new_points"),
-            sampler.peak_mb(t0, unix_now())
+            "  night {d:>3}: {:>6.1} s, {:>8} stars with new points, {:>8} searched in full, {:>5} candidates, {:>10} rows read ({} for new points), peak {:>6.0} MB",
+            c.wall,
+            a.rows_in,
+            a.detail("searched_in_full"),
+            a.rows_out,
+            a.detail("photometry_rows_read"),
+            a.detail("photometry_rows_read_for_new_points"),
+            c.peak_mb
         );
     }
     // Tonight: its rows arrive (written as ingest writes parsed rows), then the nightly run.
@@ -353,36 +423,33 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
         sampler.peak_mb(t0, t1)
     );
     let mut total = night.write_seconds + compact_s;
-    for (label, kind, replay) in [("nightly run", "run", None), ("replay step", "replay", Some(uuid::Uuid::new_v4()))] {
-        let t0 = unix_now();
-        let run = runner.run(kind, Plan::Reprocess, field, 2025, night_end(tonight), replay, &cache).await?;
-        let t1 = unix_now();
-        anyhow::ensure!(run.outcome.succeeded(), "{label}: {}", run.outcome.first_error().unwrap_or_default());
-        let rows = sqlx::query_as::<_, (String, f64, f64)>(
-            "SELECT stage, extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8 FROM stage_attempts WHERE run_id = $1 AND status = 'succeeded' ORDER BY started_at",
-        )
-        .bind(run.run_id)
-        .fetch_all(&pool)
-        .await?;
-        for (stage, from, to) in &rows {
-            let r = run.report(stage);
-            let read = r.and_then(|r| r.details.get("photometry_rows_read")).and_then(|v| v.as_u64());
-            let secs = to - from;
-            if label == "nightly run" {
-                total += secs;
-            }
-            println!(
-                "  {:<34} {:>8.2} {:>14} {:>12} {:>10.0}",
-                format!("{label}: {stage}"),
-                secs,
-                read.map_or("-".to_string(), |v| v.to_string()),
-                r.map_or(0, |r| r.rows_out),
-                sampler.peak_mb(*from, *to)
-            );
-        }
-        println!("  {:<34} {:>8.2} {:>14} {:>12} {:>10.0}", format!("{label}: all"), t1 - t0, "", "", sampler.peak_mb(t0, t1));
+    let c = child.run(field, night_end(tonight))?;
+    for stage in ["ingest", "alertfinder", "score", "publish"] {
+        let Ok(r) = stage_row(&pool, c.run_id, stage).await else { continue };
+        let read = r.details.get("photometry_rows_read").and_then(|v| v.as_u64());
+        println!(
+            "  {:<34} {:>8.2} {:>14} {:>12} {:>10}",
+            format!("nightly run: {stage}"),
+            r.seconds,
+            read.map_or("-".to_string(), |v| v.to_string()),
+            r.rows_out,
+            "",
+        );
     }
-    println!("  nightly total (ingest + run)       {total:>8.2} s; peak resident memory of the whole bench {:.0} MB", sampler.peak_mb(0.0, f64::INFINITY));
+    println!("  {:<34} {:>8.2} {:>14} {:>12} {:>10.0}", "nightly run: the `lensnet run` process", c.wall, "", "", c.peak_mb);
+    total += c.wall;
+    // A replay of the stored nights (daily steps), streamed as replays of large fields are.
+    let r = child.replay(field)?;
+    let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE kind = 'replay'").fetch_one(&pool).await?;
+    println!(
+        "  {:<34} {:>8.2} {:>14} {:>12} {:>10.0}",
+        format!("replay: {steps} daily steps, per step"),
+        r.wall / steps.max(1) as f64,
+        "",
+        "",
+        r.peak_mb
+    );
+    println!("  nightly total (ingest + run)       {total:>8.2} s; peak resident memory of the bench process (simulation, ingest) {:.0} MB", sampler.peak_mb(0.0, f64::INFINITY));
     drop(sampler);
     if !args.keep {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;

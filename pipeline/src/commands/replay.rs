@@ -63,6 +63,7 @@ pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     let rep = lensnet::shards::report(&pool, replay_id).await?;
     print_report(&rep, truth.as_deref());
+    lensnet::print_peak_rss();
     Ok(if failed == 0 && rep.unfinished().is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

@@ -27,6 +27,7 @@ pub async fn run(cfg: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     match runner.run("run", Plan::Live, field, season, as_of, None, &runner.live_cache()).await {
         Ok(run) => {
             print_run(&run);
+            lensnet::print_peak_rss();
             Ok(if run.outcome.succeeded() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Err(FieldRunError::Busy(f)) => {
