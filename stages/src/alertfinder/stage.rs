@@ -111,32 +111,31 @@ impl Stage for AlertFinderStage {
     async fn run(&self, ctx: &RunCtx) -> Result<StageReport, StageError> {
         if let Some(budget) = self.cache.as_ref().and_then(PhotometryCache::streaming_budget) {
             let (out, n) = super::nightly::find_candidates_nightly(ctx, self.thresholds.for_field(ctx.field), budget).await?;
-            return Ok(StageReport {
-                rows_in: out.stars_searched as u64,
-                rows_out: out.candidates as u64,
-                inputs: serde_json::json!({ "photometry": format!("photometry/season={}/field={}", ctx.season, ctx.field), "since": finite_or_null(out.since) }),
-                outputs: serde_json::json!({ "objects": [out.object.to_string()] }),
-                details: serde_json::Map::from_iter([
-                    ("as_of".to_string(), serde_json::json!(out.as_of)),
-                    ("failed_stars".to_string(), serde_json::json!(out.failed)),
-                    ("buckets".to_string(), serde_json::json!(n.buckets)),
-                    ("searched_in_full".to_string(), serde_json::json!(n.screened_in)),
-                    ("photometry_rows_read".to_string(), serde_json::json!(n.rows_read)),
-                    ("photometry_rows_read_for_new_points".to_string(), serde_json::json!(n.new_rows_read)),
-                ]),
-            });
+            return Ok(stage_report(ctx, &out, [
+                ("buckets", serde_json::json!(n.buckets)),
+                ("searched_in_full", serde_json::json!(n.screened_in)),
+                ("photometry_rows_read", serde_json::json!(n.rows_read)),
+                ("photometry_rows_read_for_new_points", serde_json::json!(n.new_rows_read)),
+            ]));
         }
         let out = find_candidates_with(ctx, self.thresholds.for_field(ctx.field), self.cache.as_ref()).await?;
-        Ok(StageReport {
-            rows_in: out.stars_searched as u64,
-            rows_out: out.candidates as u64,
-            inputs: serde_json::json!({ "photometry": format!("photometry/season={}/field={}", ctx.season, ctx.field), "since": finite_or_null(out.since) }),
-            outputs: serde_json::json!({ "objects": [out.object.to_string()] }),
-            details: serde_json::Map::from_iter([
-                ("as_of".to_string(), serde_json::json!(out.as_of)),
-                ("failed_stars".to_string(), serde_json::json!(out.failed)),
-            ]),
-        })
+        Ok(stage_report(ctx, &out, []))
+    }
+}
+
+/// The audit report of one alertfinder run, with the path's own `extra` details.
+fn stage_report<const N: usize>(ctx: &RunCtx, out: &AlertFinderOutput, extra: [(&str, serde_json::Value); N]) -> StageReport {
+    let mut details = serde_json::Map::from_iter([
+        ("as_of".to_string(), serde_json::json!(out.as_of)),
+        ("failed_stars".to_string(), serde_json::json!(out.failed)),
+    ]);
+    details.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+    StageReport {
+        rows_in: out.stars_searched as u64,
+        rows_out: out.candidates as u64,
+        inputs: serde_json::json!({ "photometry": format!("photometry/season={}/field={}", ctx.season, ctx.field), "since": finite_or_null(out.since) }),
+        outputs: serde_json::json!({ "objects": [out.object.to_string()] }),
+        details,
     }
 }
 

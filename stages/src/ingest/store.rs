@@ -806,42 +806,6 @@ impl PhotometryStore {
         Ok(out)
     }
 
-    /// The rows of `star` in one part: the footer, then only the column chunks of the row
-    /// groups whose `star` statistics can hold it, are fetched (ranged reads) and decoded.
-    async fn read_part_for_star(&self, key: &PartitionKey, part: &PartInfo, star: &str) -> Result<Vec<RecordBatch>, IngestError> {
-        let path = self.partition_dir(key).join(part.name.as_str());
-        let reader = RangeReader { store: self.store.clone(), path, size: part.bytes, page_index: false };
-        let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?;
-        let want = star.as_bytes();
-        let groups: Vec<usize> = builder
-            .metadata()
-            .row_groups()
-            .iter()
-            .enumerate()
-            .filter(|(_, rg)| match rg.column(0).statistics().map(|s| (s.min_bytes_opt(), s.max_bytes_opt())) {
-                // Truncated statistics are still bounds (a prefix below, an incremented prefix above).
-                Some((Some(lo), Some(hi))) => lo <= want && want <= hi,
-                _ => true,
-            })
-            .map(|(i, _)| i)
-            .collect();
-        if groups.is_empty() {
-            return Ok(Vec::new());
-        }
-        let batches: Vec<RecordBatch> = builder.with_row_groups(groups).with_batch_size(64 * 1024).build()?.try_collect().await?;
-        self.count_rows(&batches);
-        let mut out = Vec::new();
-        for b in batches {
-            let col = str_col(&b, "star")?;
-            let mask: arrow::array::BooleanArray = (0..b.num_rows()).map(|i| Some(col.value(i) == star)).collect();
-            let f = arrow::compute::filter_record_batch(&b, &mask)?;
-            if f.num_rows() > 0 {
-                out.push(f);
-            }
-        }
-        Ok(out)
-    }
-
     /// The batches of every part the manifest lists (file schema, no partition columns).
     pub async fn read_partition(&self, key: &PartitionKey) -> Result<Vec<RecordBatch>, IngestError> {
         let m = self.read_manifest(key).await?;
@@ -1203,25 +1167,7 @@ pub async fn read_stars(store: &PhotometryStore, season: i32, field: Field, ids:
 /// One star's photometry of a field-season (None when the store has none), reading only the row
 /// groups that can hold it: what a star page or a single-star tool needs, without the field.
 pub async fn read_star(store: &PhotometryStore, season: i32, field: Field, star: &str) -> Result<Option<StarCurves>, IngestError> {
-    let mut stars: BTreeMap<String, HashMap<(String, String), SiteCurve>> = BTreeMap::new();
-    let layout = store.layout(season, field).await?;
-    for key in store.field_partitions(season, field).await? {
-        if let (Some(b), Some(l)) = (key.bucket, layout) {
-            if b != bucket_of(star, l.buckets) {
-                continue;
-            }
-        }
-        let m = store.read_manifest(&key).await?;
-        let reads = m.files.iter().map(|p| store.read_part_for_star(&key, p, star));
-        for b in futures::future::try_join_all(reads).await?.into_iter().flatten() {
-            absorb_batch(&mut stars, &key.site, &b)?;
-        }
-    }
-    Ok(stars.into_iter().next().map(|(id, curves)| {
-        let mut list: Vec<((String, String), SiteCurve)> = curves.into_iter().collect();
-        list.sort_by(|a, b| a.0.cmp(&b.0));
-        StarCurves { star: StarId(id), field, curves: list.into_iter().map(|(_, c)| sort_curve(c)).collect() }
-    }))
+    Ok(read_stars(store, season, field, &[star.to_string()]).await?.pop())
 }
 
 /// Ranged reads of one part object for parquet's async reader (the footer, then the chunks it
