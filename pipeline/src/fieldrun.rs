@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lensnet_stages::alertfinder::diagnosis::DIAGNOSIS_NAMES;
-use lensnet_stages::alertfinder::stage::{candidates_path, read_candidates, AlertFinderStage, CandidateRecord};
+use lensnet_stages::alertfinder::stage::{candidates_path, read_candidate_rows, AlertFinderStage, CandidateRecord};
 use lensnet_stages::ingest::ledger::FileLedger;
 use lensnet_stages::ingest::stage::IngestStage;
 use lensnet_stages::ingest::{CompactionPolicy, IngestOptions};
@@ -241,7 +241,7 @@ impl Stage for PublishStage {
     async fn run(&self, ctx: &RunCtx) -> Result<StageReport, StageError> {
         let as_of = ctx.as_of.ok_or_else(|| permanent("a publish run needs its as-of time".into()))?;
         let run_id = run_uuid(ctx).map_err(permanent)?;
-        let records = read_candidates(ctx.store.as_ref(), &ctx.root, ctx.season, ctx.field, as_of).await?;
+        let (records, stored_rows) = read_candidate_rows(ctx.store.clone(), &ctx.root, ctx.season, ctx.field, as_of).await?;
         let verdicts = read_verdicts(ctx.store.as_ref(), &ctx.root, ctx.season, ctx.field, as_of, &self.model_sha256).await?;
         let mut batch = PublishBatch { run_id, replay_id: self.replay_id, field: ctx.field.to_string(), ..Default::default() };
         let mut evidence = std::collections::HashMap::new();
@@ -269,7 +269,7 @@ impl Stage for PublishStage {
             let message = e.to_string();
             if e.is_retryable() { StageError::Transient { stage: "publish", message } } else { permanent(message) }
         })?;
-        let failed = records.iter().filter(|r| r.status != "candidate").count();
+        let failed = stored_rows.saturating_sub(records.len() as u64);
         Ok(StageReport {
             rows_in: (batch.candidates.len() + batch.verdicts.len()) as u64,
             rows_out: out.candidates + out.fits + out.verdicts,

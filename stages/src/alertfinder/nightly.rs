@@ -40,7 +40,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 
 use super::history::{NightBuffers, StarHistory, P2};
-use super::stage::{candidates_batch, candidates_path, read_state, state_path, to_parquet, write_state, AlertFinderOutput};
+use super::stage::{candidates_batch, candidates_path, read_state, state_path, write_state, AlertFinderOutput};
 use super::{scan_batch_with, AlertParams, Status, StarResult, N_SITES};
 use crate::ingest::{IngestError, PartitionKey, PhotometryStore};
 use crate::photometry::{Band, Field, LightCurve, MergedCurve, Site};
@@ -355,7 +355,6 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
     let since = state.since(as_of);
     let budget_rows = (budget_bytes / BYTES_PER_ROW).max(1);
     let mut counts = NightlyCounts { buckets: groups.len(), ..Default::default() };
-    let mut rows: Vec<(String, StarResult)> = Vec::new();
     let mut site_max: BTreeMap<String, f64> = BTreeMap::new();
     // A site without new points keeps its watermark (the whole-field path finds the same: the
     // newest epoch of the stars it searches).
@@ -364,6 +363,15 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
             site_max.insert(k.clone(), *v);
         }
     }
+    // The candidates file is written as the buckets finish, in bucket order and sorted by star
+    // within a bucket (a multipart upload: it appears whole or not at all), so that a night on
+    // which every star of the field fails (a season's first) holds one bucket's rows at a time.
+    let object = candidates_path(&ctx.root, ctx.season, ctx.field, as_of);
+    let encode = |e: parquet::errors::ParquetError| permanent(format!("cannot encode {object}: {e}"));
+    let props = super::stage::candidates_props().map_err(encode)?;
+    let writer = object_store::buffered::BufWriter::new(ctx.store.clone(), object.clone());
+    let mut out = parquet::arrow::AsyncArrowWriter::try_new(writer, super::stage::candidates_schema(), Some(props)).map_err(encode)?;
+    let (mut candidates, mut failed) = (0usize, 0usize);
     // Two buckets at a time (each with half the budget): reads and searches on both cores.
     if as_of.is_finite() {
         use futures::StreamExt;
@@ -375,10 +383,16 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
                     .map_err(|e| permanent(format!("a bucket's search died: {e}")))?
             }
         });
-        let done: Vec<Result<BucketOut, StageError>> = futures::stream::iter(jobs).buffered(2).collect().await;
-        for d in done {
-            let d = d?;
-            rows.extend(d.rows);
+        let mut done = futures::stream::iter(jobs).buffered(2);
+        while let Some(d) = done.next().await {
+            let mut d = d?;
+            d.rows.sort_by(|a, b| a.0.cmp(&b.0));
+            let ids: Vec<&str> = d.rows.iter().map(|(s, _)| s.as_str()).collect();
+            let indexed: Vec<(usize, &StarResult)> = d.rows.iter().enumerate().map(|(i, (_, r))| (i, r)).collect();
+            let batch = candidates_batch(ctx.field, as_of, &indexed, &ids).map_err(|e| permanent(format!("cannot build the candidates batch: {e}")))?;
+            out.write(&batch).await.map_err(encode)?;
+            candidates += d.rows.iter().filter(|(_, r)| r.status == Status::Candidate).count();
+            failed += d.rows.iter().filter(|(_, r)| r.status != Status::Candidate).count();
             for (k, v) in d.site_max {
                 let e = site_max.entry(k).or_insert(f64::NEG_INFINITY);
                 *e = e.max(v);
@@ -389,19 +403,11 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
             counts.new_rows_read += d.counts.new_rows_read;
         }
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    let ids: Vec<&str> = rows.iter().map(|(s, _)| s.as_str()).collect();
-    let indexed: Vec<(usize, &StarResult)> = rows.iter().enumerate().map(|(i, (_, r))| (i, r)).collect();
-    let batch = candidates_batch(ctx.field, as_of, &indexed, &ids).map_err(|e| permanent(format!("cannot build the candidates batch: {e}")))?;
-    let object = candidates_path(&ctx.root, ctx.season, ctx.field, as_of);
-    let bytes = to_parquet(&batch).map_err(|e| permanent(format!("cannot encode {object}: {e}")))?;
-    ctx.store.put(&object, PutPayload::from(bytes)).await.map_err(|e| transient(format!("cannot write {object}: {e}")))?;
+    out.close().await.map_err(|e| transient(format!("cannot write {object}: {e}")))?;
     if as_of.is_finite() {
         state.record(as_of, site_max);
         write_state(ctx.store.as_ref(), &state_path, &state).await?;
     }
-    let candidates = rows.iter().filter(|(_, r)| r.status == Status::Candidate).count();
-    let failed = rows.len() - candidates;
     tracing::info!(field = %ctx.field, as_of, stars = counts.stars_with_new_points, searched = counts.screened_in, candidates, failed, rows_read = counts.rows_read, "alertfinder (nightly) finished");
     Ok((AlertFinderOutput { as_of, since, stars_searched: counts.stars_with_new_points, candidates, failed, object }, counts))
 }
@@ -426,49 +432,73 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
         Some((_, p)) => read_screens(ctx.store.as_ref(), p).await?,
         None => HashMap::new(),
     };
-    // The new I-band points of the bucket, per star, in merged time order.
-    let before = photometry.rows_read();
-    let new_rows = photometry.read_new_rows(&keys, since, as_of).await.map_err(store_err)?;
-    counts.new_rows_read += photometry.rows_read() - before;
-    let mut per_star: HashMap<&str, Vec<(f64, f64, f64, u8)>> = HashMap::new();
-    for (site, b) in &new_rows {
-        let s = site.parse::<Site>().map(|s| s as u8).unwrap_or(u8::MAX);
-        let star = b.column(0).as_string::<i32>();
-        let band = b.column(1).as_string::<i32>();
-        let (t, f, e) = (b.column(2).as_primitive::<Float64Type>(), b.column(3).as_primitive::<Float64Type>(), b.column(4).as_primitive::<Float64Type>());
-        for i in 0..b.num_rows() {
-            let (t, f, e) = (t.value(i), f.value(i), e.value(i));
-            // The watermark counts every band's epochs, as the whole-field path does.
-            let key = site_max.entry(site.clone()).or_insert(f64::NEG_INFINITY);
-            *key = key.max(t);
-            if band.value(i) == "I" && super::baseline::valid(t, f, e, s) {
-                per_star.entry(star.value(i)).or_default().push((t, f, e, s));
+    // A bucket without a screening state (its first run, or the state lost) lists its stars
+    // from the `star` and `hjd` columns and searches every star with points in the run's range
+    // in full, building each one's screen from the points the new-rows path would have fed it;
+    // so a first run holds no more than a batch of stars either.
+    let first = screens.is_empty();
+    let mut passed: Vec<String> = Vec::new();
+    let mut stored: HashMap<String, u64> = HashMap::new();
+    if first {
+        let before = photometry.rows_read();
+        let listed = photometry.star_rows(&keys, since, as_of).await.map_err(store_err)?;
+        counts.new_rows_read += photometry.rows_read() - before;
+        site_max = listed.site_max;
+        for (star, (total, within)) in listed.stars {
+            if within > 0 {
+                stored.insert(star.clone(), total);
+                passed.push(star);
             }
         }
-    }
-    let mut passed: Vec<String> = Vec::new();
-    for (star, pts) in per_star.iter_mut() {
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.3.cmp(&b.3)));
-        let sc = match screens.get_mut(*star) {
-            Some(sc) => sc,
-            None => screens.entry(star.to_string()).or_default(),
-        };
-        if sc.screen(pts, params) {
-            passed.push(star.to_string());
+        counts.stars_with_new_points += passed.len();
+    } else {
+        // The new I-band points of the bucket, per star, in merged time order.
+        let before = photometry.rows_read();
+        let new_rows = photometry.read_new_rows(&keys, since, as_of).await.map_err(store_err)?;
+        counts.new_rows_read += photometry.rows_read() - before;
+        let mut per_star: HashMap<&str, Vec<(f64, f64, f64, u8)>> = HashMap::new();
+        for (site, b) in &new_rows {
+            let s = site.parse::<Site>().map(|s| s as u8).unwrap_or(u8::MAX);
+            let star = b.column(0).as_string::<i32>();
+            let band = b.column(1).as_string::<i32>();
+            let (t, f, e) = (b.column(2).as_primitive::<Float64Type>(), b.column(3).as_primitive::<Float64Type>(), b.column(4).as_primitive::<Float64Type>());
+            for i in 0..b.num_rows() {
+                let (t, f, e) = (t.value(i), f.value(i), e.value(i));
+                // The watermark counts every band's epochs, as the whole-field path does.
+                let key = site_max.entry(site.clone()).or_insert(f64::NEG_INFINITY);
+                *key = key.max(t);
+                if band.value(i) == "I" && super::baseline::valid(t, f, e, s) {
+                    per_star.entry(star.value(i)).or_default().push((t, f, e, s));
+                }
+            }
         }
+        for (star, pts) in per_star.iter_mut() {
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.3.cmp(&b.3)));
+            let sc = match screens.get_mut(*star) {
+                Some(sc) => sc,
+                None => screens.entry(star.to_string()).or_default(),
+            };
+            if sc.screen(pts, params) {
+                passed.push(star.to_string());
+            }
+        }
+        counts.stars_with_new_points += per_star.len();
     }
     passed.sort_unstable();
-    counts.stars_with_new_points += per_star.len();
     counts.screened_in += passed.len();
-    drop(per_star);
-    drop(new_rows);
     // The stars that passed, in batches of about `budget_rows` stored rows.
     let mut start = 0;
     while start < passed.len() {
         let mut end = start;
         let mut rows_in = 0usize;
         while end < passed.len() {
-            let est: usize = screens.get(&passed[end]).map_or(1, |s| s.sites.iter().map(|x| x.level.n as usize).sum::<usize>().max(1));
+            // Rows the search will hold: those stored (a first run) or about those the screen
+            // has seen, with the V band's.
+            let est: usize = match stored.get(&passed[end]) {
+                Some(&n) => n as usize,
+                None => screens.get(&passed[end]).map_or(1, |s| s.sites.iter().map(|x| x.level.n as usize).sum::<usize>() * 5 / 4),
+            }
+            .max(1);
             if end > start && rows_in + est > budget_rows {
                 break;
             }
@@ -477,7 +507,7 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
         }
         let ids = &passed[start..end];
         start = end;
-        let stars = photometry.read_stars_with(&keys, ids, ctx.field, true).await.map_err(store_err)?;
+        let stars = photometry.read_stars_with(&keys, ids, ctx.field, true, as_of).await.map_err(store_err)?;
         let mut histories: HashMap<String, StarHistory> =
             if params.use_history { start_histories(&photometry, ctx.season, ctx.field, ids).await? } else { HashMap::new() };
         let merged: Vec<MergedCurve> = stars.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
@@ -496,7 +526,18 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
         }
         let hrefs: Vec<Option<&StarHistory>> = hs.iter().map(Option::as_ref).collect();
         let results = scan_batch_with(&views, &hrefs, as_of, since, params);
-        for ((s, r), h) in stars.iter().zip(results).zip(&hs) {
+        for (((s, r), h), m) in stars.iter().zip(results).zip(&hs).zip(&merged) {
+            if first {
+                let pts: Vec<(f64, f64, f64, u8)> = (0..m.time.len())
+                    .map(|i| (m.time[i], m.flux[i], m.err[i], m.site[i]))
+                    .filter(|&(t, f, e, site)| t > since && t <= as_of && super::baseline::valid(t, f, e, site))
+                    .collect();
+                let mut pts = pts;
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.3.cmp(&b.3)));
+                if !pts.is_empty() {
+                    screens.entry(s.star.0.clone()).or_default().screen(&pts, params);
+                }
+            }
             if let Some(sc) = screens.get_mut(&s.star.0) {
                 sc.sticky = is_sticky(&r);
                 if !sc.prior_known {
@@ -600,7 +641,7 @@ mod tests {
             with_new += n.stars_with_new_points;
             let whole = super::super::stage::read_candidates(sa.as_ref(), &ra, 2025, Field(14), as_of).await.unwrap();
             let streamed = super::super::stage::read_candidates(sb.as_ref(), &rb, 2025, Field(14), as_of).await.unwrap();
-            let key = |v: &[super::super::stage::CandidateRecord]| v.iter().map(|c| (c.star.clone(), c.status.clone(), c.result_json.clone())).collect::<Vec<_>>();
+            let key = |v: &[super::super::stage::CandidateRecord]| { let mut k = v.iter().map(|c| (c.star.clone(), c.status.clone(), c.result_json.clone())).collect::<Vec<_>>(); k.sort(); k };
             let (kw, ks) = (key(&whole), key(&streamed));
             if kw != ks {
                 let only_w: Vec<_> = kw.iter().filter(|x| !ks.contains(x)).map(|x| (&x.0, &x.1, &x.2[..120.min(x.2.len())])).collect();

@@ -560,14 +560,20 @@ pub(crate) fn candidates_batch(field: Field, as_of: f64, rows: &[(usize, &StarRe
     RecordBatch::try_new(candidates_schema(), columns)
 }
 
-pub(crate) fn to_parquet(batch: &RecordBatch) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let props = WriterProperties::builder()
+/// How a candidates file is written (both alertfinder paths).
+pub(crate) fn candidates_props() -> Result<WriterProperties, parquet::errors::ParquetError> {
+    Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(16 * 1024))
         .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
             "lensnet.diagnosis_names".to_string(),
             DIAGNOSIS_NAMES.join(","),
         )]))
-        .build();
+        .build())
+}
+
+pub(crate) fn to_parquet(batch: &RecordBatch) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    let props = candidates_props()?;
     let mut buf = Vec::new();
     let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
     w.write(batch)?;
@@ -612,6 +618,31 @@ pub async fn read_candidates(store: &dyn ObjectStore, root: &Path, season: i32, 
         decode_batch(&b, &mut out).map_err(|e| permanent(format!("unexpected columns in {path}: {e}")))?;
     }
     Ok(out)
+}
+
+/// The rows of status `candidate` of a candidates file, read a row group at a time (ranged
+/// reads): what score and publish need, without the failed rows (a season's first night has a
+/// failed row for nearly every star of the field), with the file's number of rows.
+pub async fn read_candidate_rows(store: Arc<dyn ObjectStore>, root: &Path, season: i32, field: Field, as_of: f64) -> Result<(Vec<CandidateRecord>, u64), StageError> {
+    use futures::TryStreamExt;
+    let path = candidates_path(root, season, field, as_of);
+    let meta = store.head(&path).await.map_err(|e| match e {
+        object_store::Error::NotFound { .. } => permanent(format!("{path} does not exist: run {STAGE} first")),
+        e => StageError::Transient { stage: STAGE, message: format!("cannot read {path}: {e}") },
+    })?;
+    let reader = crate::ingest::store::RangeReader { store, path: path.clone(), size: meta.size, page_index: false };
+    let corrupt = |e: parquet::errors::ParquetError| permanent(format!("corrupt {path}: {e}"));
+    let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await.map_err(corrupt)?;
+    let total = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    let mut stream = builder.with_batch_size(8192).build().map_err(corrupt)?;
+    let mut out = Vec::new();
+    while let Some(b) = stream.try_next().await.map_err(corrupt)? {
+        let status = b.column_by_name("status").and_then(|c| c.as_any().downcast_ref::<StringArray>()).ok_or_else(|| permanent(format!("unexpected columns in {path}: no status")))?;
+        let keep: arrow::array::BooleanArray = (0..b.num_rows()).map(|i| Some(status.value(i) == Status::Candidate.name())).collect();
+        let b = arrow::compute::filter_record_batch(&b, &keep).map_err(|e| permanent(format!("corrupt {path}: {e}")))?;
+        decode_batch(&b, &mut out).map_err(|e| permanent(format!("unexpected columns in {path}: {e}")))?;
+    }
+    Ok((out, total))
 }
 
 fn decode_batch(b: &RecordBatch, out: &mut Vec<CandidateRecord>) -> Result<(), String> {

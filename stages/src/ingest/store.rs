@@ -132,8 +132,17 @@ pub const LAYOUT_FORMAT: &str = "lensnet-layout/1";
 /// Stars per bucket that the bucket count aims at (a power of two of buckets, at most
 /// [`MAX_BUCKETS`]): small enough that a bucket's night, state and windows fit a stage's memory
 /// budget, large enough that a small field is one bucket.
-pub const BUCKET_STARS: u64 = 16_384;
+pub const BUCKET_STARS: u64 = 8_192;
 pub const MAX_BUCKETS: u32 = 1024;
+
+/// What [`PhotometryStore::star_rows`] finds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StarRows {
+    /// Per star: rows stored, and rows with an epoch in the range asked.
+    pub stars: BTreeMap<String, (u64, u64)>,
+    /// Per site: the newest epoch in the range.
+    pub site_max: BTreeMap<String, f64>,
+}
 
 /// The bucket count for a field of about `stars` stars.
 pub fn buckets_for(stars: u64) -> u32 {
@@ -474,12 +483,13 @@ impl PhotometryStore {
     /// only the row groups whose `star` statistics can hold one of them. Stars sorted by id, as
     /// [`read_photometry`] gives them.
     pub async fn read_stars_in(&self, keys: &[PartitionKey], ids: &[String], field: Field) -> Result<Vec<StarCurves>, IngestError> {
-        self.read_stars_with(keys, ids, field, false).await
+        self.read_stars_with(keys, ids, field, false, f64::INFINITY).await
     }
 
     /// [`Self::read_stars_in`]; with `search_columns`, only the columns the alertfinder's
-    /// search uses (star, band, hjd, flux, flux_err, fwhm, sky; the others are NaN).
-    pub async fn read_stars_with(&self, keys: &[PartitionKey], ids: &[String], field: Field, search_columns: bool) -> Result<Vec<StarCurves>, IngestError> {
+    /// search uses (star, band, hjd, flux, flux_err, fwhm, sky; the others are NaN); only the
+    /// rows up to `upto` (the parts that start after it are not opened: what a replay step asks).
+    pub async fn read_stars_with(&self, keys: &[PartitionKey], ids: &[String], field: Field, search_columns: bool, upto: f64) -> Result<Vec<StarCurves>, IngestError> {
         let mut stars: BTreeMap<String, HashMap<(String, String), SiteCurve>> = BTreeMap::new();
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -487,7 +497,7 @@ impl PhotometryStore {
         let mut jobs = Vec::new();
         for key in keys {
             let m = self.read_manifest(key).await?;
-            for p in m.files {
+            for p in m.files.into_iter().filter(|p| p.min_hjd <= upto) {
                 jobs.push((key.clone(), p));
             }
         }
@@ -496,7 +506,7 @@ impl PhotometryStore {
         let reads = jobs.iter().cloned().map(|(key, part)| {
             let (me, ids) = (self.clone(), ids.clone());
             async move {
-                tokio::spawn(async move { me.read_part_for_stars(&key, &part, &ids, search_columns).await })
+                tokio::spawn(async move { me.read_part_for_stars(&key, &part, &ids, search_columns, upto).await })
                     .await
                     .map_err(|e| IngestError::Corrupt { path: String::new(), reason: format!("a read task died: {e}") })?
             }
@@ -510,7 +520,7 @@ impl PhotometryStore {
         Ok(finish_stars(stars, field, None))
     }
 
-    async fn read_part_for_stars(&self, key: &PartitionKey, part: &PartInfo, ids: &[String], search_columns: bool) -> Result<Vec<RecordBatch>, IngestError> {
+    async fn read_part_for_stars(&self, key: &PartitionKey, part: &PartInfo, ids: &[String], search_columns: bool, upto: f64) -> Result<Vec<RecordBatch>, IngestError> {
         let path = self.partition_dir(key).join(part.name.as_str());
         let reader = RangeReader { store: self.store.clone(), path, size: part.bytes, page_index: true };
         let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?;
@@ -572,10 +582,82 @@ impl PhotometryStore {
         let mut out = Vec::new();
         for b in batches {
             let col = str_col(&b, "star")?;
-            let mask: arrow::array::BooleanArray = (0..b.num_rows()).map(|i| Some(ids.binary_search_by(|x| x.as_str().cmp(col.value(i))).is_ok())).collect();
+            let hjd = f64_col(&b, "hjd")?;
+            let mask: arrow::array::BooleanArray =
+                (0..b.num_rows()).map(|i| Some(!(hjd.value(i) > upto) && ids.binary_search_by(|x| x.as_str().cmp(col.value(i))).is_ok())).collect();
             let f = arrow::compute::filter_record_batch(&b, &mask)?;
             if f.num_rows() > 0 {
                 out.push(f);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every star of the partitions `keys` with its stored rows, in total and with an epoch in
+    /// `(since, upto]`, and each site's newest epoch in that range, reading only the `star` and
+    /// `hjd` columns one batch at a time: how a nightly run without a screening state lists a
+    /// bucket's stars without holding its rows.
+    pub async fn star_rows(&self, keys: &[PartitionKey], since: f64, upto: f64) -> Result<StarRows, IngestError> {
+        let mut jobs = Vec::new();
+        for key in keys {
+            let m = self.read_manifest(key).await?;
+            for p in m.files.into_iter().filter(|p| p.min_hjd <= upto) {
+                jobs.push((key.clone(), p));
+            }
+        }
+        let reads = jobs.into_iter().map(|(key, part)| {
+            let me = self.clone();
+            async move {
+                tokio::spawn(async move {
+                    let path = me.partition_dir(&key).join(part.name.as_str());
+                    let reader = RangeReader { store: me.store.clone(), path, size: part.bytes, page_index: false };
+                    let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?;
+                    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0, 2]);
+                    let mut stream = builder.with_projection(mask).with_batch_size(64 * 1024).build()?;
+                    let mut out = StarRows::default();
+                    while let Some(b) = stream.try_next().await? {
+                        me.count_rows(std::slice::from_ref(&b));
+                        let (star, hjd) = (str_col(&b, "star")?, f64_col(&b, "hjd")?);
+                        let mut i = 0;
+                        while i < b.num_rows() {
+                            // Rows are sorted by star: one map entry per run of a star's rows.
+                            let id = star.value(i);
+                            let mut j = i;
+                            let (mut total, mut within) = (0u64, 0u64);
+                            while j < b.num_rows() && star.value(j) == id {
+                                let t = hjd.value(j);
+                                total += 1;
+                                if t > since && t <= upto {
+                                    within += 1;
+                                    let m = out.site_max.entry(key.site.clone()).or_insert(f64::NEG_INFINITY);
+                                    *m = m.max(t);
+                                }
+                                j += 1;
+                            }
+                            let e = out.stars.entry(id.to_string()).or_default();
+                            e.0 += total;
+                            e.1 += within;
+                            i = j;
+                        }
+                    }
+                    Ok::<_, IngestError>(out)
+                })
+                .await
+                .map_err(|e| IngestError::Corrupt { path: String::new(), reason: format!("a read task died: {e}") })?
+            }
+        });
+        let parts: Vec<Result<StarRows, IngestError>> = futures::stream::iter(reads).buffer_unordered(4).collect().await;
+        let mut out = StarRows::default();
+        for p in parts {
+            let p = p?;
+            for (k, (a, b)) in p.stars {
+                let e = out.stars.entry(k).or_default();
+                e.0 += a;
+                e.1 += b;
+            }
+            for (k, v) in p.site_max {
+                let m = out.site_max.entry(k).or_insert(f64::NEG_INFINITY);
+                *m = m.max(v);
             }
         }
         Ok(out)
@@ -1172,12 +1254,12 @@ pub async fn read_star(store: &PhotometryStore, season: i32, field: Field, star:
 
 /// Ranged reads of one part object for parquet's async reader (the footer, then the chunks it
 /// asks for).
-struct RangeReader {
-    store: Arc<dyn ObjectStore>,
-    path: Path,
-    size: u64,
+pub(crate) struct RangeReader {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) path: Path,
+    pub(crate) size: u64,
     /// Load the page index (column and offset indexes) with the footer.
-    page_index: bool,
+    pub(crate) page_index: bool,
 }
 
 impl parquet::arrow::async_reader::AsyncFileReader for RangeReader {

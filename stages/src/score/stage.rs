@@ -23,7 +23,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::{Probabilities, Scorer};
-use crate::alertfinder::stage::read_candidates;
+use crate::alertfinder::stage::read_candidate_rows;
 use crate::alertfinder::N_DIAGNOSIS;
 use crate::cache::PhotometryCache;
 use crate::ingest::PhotometryStore;
@@ -85,8 +85,7 @@ impl Stage for ScoreStage {
     }
     async fn run(&self, ctx: &RunCtx) -> Result<StageReport, StageError> {
         let as_of = ctx.as_of.ok_or_else(|| permanent("a score run needs its as-of time".into()))?;
-        let records = read_candidates(ctx.store.as_ref(), &ctx.root, ctx.season, ctx.field, as_of).await?;
-        let records: Vec<_> = records.into_iter().filter(|r| r.status == "candidate").collect();
+        let (records, _) = read_candidate_rows(ctx.store.clone(), &ctx.root, ctx.season, ctx.field, as_of).await?;
         let photometry = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
         let photometry_of_field = if records.is_empty() {
             Arc::new(crate::cache::FieldPhotometry::default())

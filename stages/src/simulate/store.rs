@@ -272,7 +272,7 @@ mod tests {
         let cfg = SimConfig { season: 2025, fields: vec![Field(14)], stars: 60, seed: 5, ..SimConfig::default() };
         let season = Season::new(&cfg).unwrap();
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let bucketed = store(a.path()).with_bucket_hint(40_000);
+        let bucketed = store(a.path()).with_bucket_hint(20_000);
         simulate_to_store(&season, Field(14), Some(0..20), &bucketed).await.unwrap();
         assert_eq!(bucketed.layout(2025, Field(14)).await.unwrap().map(|l| l.buckets), Some(4));
         // The same rows as first-layout partitions, one part per bucket of the bucketed store.
