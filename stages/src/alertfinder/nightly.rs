@@ -654,6 +654,11 @@ mod tests {
                 panic!("day {day}: whole-field only {only_w:?}; streamed only {only_s:?}");
             }
             found += whole.iter().filter(|c| c.status == "candidate").count();
+            // What score and publish read: the candidate rows only, and the file's row count.
+            let (only, total) = super::super::stage::read_candidate_rows(sb.clone(), &rb, 2025, Field(14), as_of).await.unwrap();
+            assert_eq!(total as usize, streamed.len(), "day {day}");
+            assert_eq!(key(&only), key(&streamed.iter().filter(|c| c.status == "candidate").cloned().collect::<Vec<_>>()), "day {day}");
+
             if day == 100 {
                 // A killed run started again: the same candidates bytes and screening state.
                 let cand = |s: &Arc<dyn ObjectStore>| { let s = s.clone(); let p = candidates_path(&rb, 2025, Field(14), as_of); async move { s.get(&p).await.unwrap().bytes().await.unwrap() } };
