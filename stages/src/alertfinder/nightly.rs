@@ -367,7 +367,11 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
     // within a bucket (a multipart upload: it appears whole or not at all), so that a night on
     // which every star of the field fails (a season's first) holds one bucket's rows at a time.
     let object = candidates_path(&ctx.root, ctx.season, ctx.field, as_of);
-    let encode = |e: parquet::errors::ParquetError| permanent(format!("cannot encode {object}: {e}"));
+    // The writer uploads as it goes: a store error is transient, anything else permanent.
+    let encode = |e: parquet::errors::ParquetError| match e {
+        parquet::errors::ParquetError::External(e) => transient(format!("cannot write {object}: {e}")),
+        e => permanent(format!("cannot encode {object}: {e}")),
+    };
     let props = super::stage::candidates_props().map_err(encode)?;
     let writer = object_store::buffered::BufWriter::new(ctx.store.clone(), object.clone());
     let mut out = parquet::arrow::AsyncArrowWriter::try_new(writer, super::stage::candidates_schema(), Some(props)).map_err(encode)?;

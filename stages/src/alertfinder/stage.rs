@@ -631,7 +631,12 @@ pub async fn read_candidate_rows(store: Arc<dyn ObjectStore>, root: &Path, seaso
         e => StageError::Transient { stage: STAGE, message: format!("cannot read {path}: {e}") },
     })?;
     let reader = crate::ingest::store::RangeReader { store, path: path.clone(), size: meta.size, page_index: false };
-    let corrupt = |e: parquet::errors::ParquetError| permanent(format!("corrupt {path}: {e}"));
+    // A failed ranged read (the store down, a dropped connection) is worth retrying; anything
+    // else the reader finds is a corrupt file.
+    let corrupt = |e: parquet::errors::ParquetError| match e {
+        parquet::errors::ParquetError::External(e) => StageError::Transient { stage: STAGE, message: format!("cannot read {path}: {e}") },
+        e => permanent(format!("corrupt {path}: {e}")),
+    };
     let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await.map_err(corrupt)?;
     let total = builder.metadata().file_metadata().num_rows().max(0) as u64;
     let mut stream = builder.with_batch_size(8192).build().map_err(corrupt)?;
