@@ -296,6 +296,11 @@ async fn write_screens(ctx: &RunCtx, bucket: Option<u32>, as_of: f64, screens: &
     Ok(())
 }
 
+/// The order the screen takes a star's points in: time, then site (both ways of feeding it).
+fn sort_screen_points(pts: &mut [(f64, f64, f64, u8)]) {
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.3.cmp(&b.3)));
+}
+
 /// What a nightly run did, beyond [`AlertFinderOutput`].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct NightlyCounts {
@@ -477,7 +482,7 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
             }
         }
         for (star, pts) in per_star.iter_mut() {
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.3.cmp(&b.3)));
+            sort_screen_points(pts);
             let sc = match screens.get_mut(*star) {
                 Some(sc) => sc,
                 None => screens.entry(star.to_string()).or_default(),
@@ -532,12 +537,11 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
         let results = scan_batch_with(&views, &hrefs, as_of, since, params);
         for (((s, r), h), m) in stars.iter().zip(results).zip(&hs).zip(&merged) {
             if first {
-                let pts: Vec<(f64, f64, f64, u8)> = (0..m.time.len())
+                let mut pts: Vec<(f64, f64, f64, u8)> = (0..m.time.len())
                     .map(|i| (m.time[i], m.flux[i], m.err[i], m.site[i]))
                     .filter(|&(t, f, e, site)| t > since && t <= as_of && super::baseline::valid(t, f, e, site))
                     .collect();
-                let mut pts = pts;
-                pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.3.cmp(&b.3)));
+                sort_screen_points(&mut pts);
                 if !pts.is_empty() {
                     screens.entry(s.star.0.clone()).or_default().screen(&pts, params);
                 }
