@@ -163,6 +163,11 @@ pub async fn run_dag(dag: &Dag, ctx: &RunCtx, log: &dyn AttemptLog, retry: &Retr
             if let (Ok(report), Some(d)) = (&mut result, &digest) {
                 record_digest(report, d);
             }
+            // The process's peak so far (it only grows): the first stage whose figure is the
+            // run's peak is the one that reached it (`lensnet bench field` prints it per stage).
+            if let (Ok(report), Some(mb)) = (&mut result, crate::peak_rss_mb()) {
+                report.details.insert("process_peak_rss_mb".to_string(), serde_json::json!(mb.round() as u64));
+            }
             let elapsed = started.elapsed();
             if let Err(e) = log.finish(ctx, name, attempt, elapsed, &result).await {
                 warn!(field = %ctx.field, stage = name, error = %e, "cannot record the attempt's end");

@@ -139,3 +139,15 @@ pub trait Stage: Send + Sync {
         Ok(None)
     }
 }
+
+/// Give the allocator's free pages back to the system. glibc's malloc keeps the pages its arenas
+/// freed, and a field run's buckets free and allocate tens of MB each: without this, a run's
+/// resident memory grows with the number of buckets it has worked through (`lensnet bench
+/// field`), not with what it holds. A no-op where the allocator is not glibc's.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the kernel; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -225,9 +225,22 @@ struct ChildRun {
 
 impl ChildEnv {
     fn command(&self, args: &[String]) -> anyhow::Result<ChildRun> {
+        self.command_wrapped(args, None)
+    }
+
+    /// `wrapper`: a profiler's command line (`heaptrack -o FILE`) that the child runs under.
+    fn command_wrapped(&self, args: &[String], wrapper: Option<&str>) -> anyhow::Result<ChildRun> {
         let exe = std::env::current_exe().context("finding the lensnet binary")?;
         let t = std::time::Instant::now();
-        let out = std::process::Command::new(exe)
+        let mut cmd = match wrapper.map(|w| w.split_whitespace().collect::<Vec<_>>()) {
+            Some(w) if !w.is_empty() => {
+                let mut c = std::process::Command::new(w[0]);
+                c.args(&w[1..]).arg(exe);
+                c
+            }
+            _ => std::process::Command::new(exe),
+        };
+        let out = cmd
             .args(args)
             .env("LENSNET__STORE__URL", &self.store_url)
             .env("LENSNET__DATABASE__LOCAL_NAME", &self.db_name)
@@ -244,7 +257,12 @@ impl ChildEnv {
     }
 
     fn run(&self, field: Field, as_of: f64) -> anyhow::Result<ChildRun> {
-        self.command(&["run".into(), "--field".into(), field.name(), "--as-of".into(), format!("{as_of:.5}"), "--season".into(), "2025".into()])
+        self.run_wrapped(field, as_of, None)
+    }
+
+    fn run_wrapped(&self, field: Field, as_of: f64, wrapper: Option<&str>) -> anyhow::Result<ChildRun> {
+        let args = ["run".into(), "--field".into(), field.name(), "--as-of".into(), format!("{as_of:.5}"), "--season".into(), "2025".into()];
+        self.command_wrapped(&args, wrapper)
     }
 
     fn replay(&self, field: Field) -> anyhow::Result<ChildRun> {
@@ -423,7 +441,10 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
         sampler.peak_mb(t0, t1)
     );
     let mut total = night.write_seconds + compact_s;
-    let c = child.run(field, night_end(tonight))?;
+    // LENSNET_BENCH_PROFILE: a profiler's command line that the measured night's run goes under
+    // (`heaptrack -o /tmp/night`; its figures are then the profiler's, not the bare run's).
+    let profile = std::env::var("LENSNET_BENCH_PROFILE").ok();
+    let c = child.run_wrapped(field, night_end(tonight), profile.as_deref())?;
     for stage in ["ingest", "alertfinder", "score", "publish"] {
         let Ok(r) = stage_row(&pool, c.run_id, stage).await else { continue };
         let read = r.details.get("photometry_rows_read").and_then(|v| v.as_u64());
@@ -433,11 +454,12 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
             r.seconds,
             read.map_or("-".to_string(), |v| v.to_string()),
             r.rows_out,
-            "",
+            r.details.get("process_peak_rss_mb").and_then(|v| v.as_u64()).map_or("-".to_string(), |v| format!("({v})")),
         );
     }
     println!("  {:<34} {:>8.2} {:>14} {:>12} {:>10.0}", "nightly run: the `lensnet run` process", c.wall, "", "", c.peak_mb);
     total += c.wall;
+    println!("  (a stage's figure in parentheses: the run process's peak resident memory when the stage ended)");
     // A replay of the stored nights (daily steps), streamed as replays of large fields are.
     let r = child.replay(field)?;
     let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE kind = 'replay'").fetch_one(&pool).await?;

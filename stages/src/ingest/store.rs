@@ -445,13 +445,16 @@ impl PhotometryStore {
                 jobs.push((key.clone(), p.name.clone()));
             }
         }
-        // One task per part, so that the decoding runs on every worker thread.
+        // A task per part, so that the decoding runs on every worker thread; two at a time, so
+        // that a bucket holds two parts' bytes and batches, not all of its parts' at once.
+        use futures::StreamExt;
         let reads = jobs.into_iter().map(|(key, name)| {
             let me = self.clone();
             tokio::spawn(async move { me.read_new_part(&key, &name, since, upto).await })
         });
         let mut out = Vec::new();
-        for r in futures::future::join_all(reads).await {
+        let mut done = futures::stream::iter(reads).buffered(2);
+        while let Some(r) = done.next().await {
             out.extend(r.map_err(|e| IngestError::Corrupt { path: String::new(), reason: format!("a read task died: {e}") })??);
         }
         Ok(out)
@@ -576,11 +579,13 @@ impl PhotometryStore {
         } else {
             builder
         };
-        let batches: Vec<RecordBatch> =
-            builder.with_row_groups(groups).with_row_selection(selection).with_batch_size(64 * 1024).build()?.try_collect().await?;
-        self.count_rows(&batches);
+        // Each batch is cut down to the wanted stars' rows as it is decoded: the pages that hold
+        // them hold about 20 other stars' rows each, and a part's selected pages decoded at once
+        // were most of a screened-in search's memory (92 MB of a 10⁶-star field's nightly run).
+        let mut stream = builder.with_row_groups(groups).with_row_selection(selection).with_batch_size(8 * 1024).build()?;
         let mut out = Vec::new();
-        for b in batches {
+        while let Some(b) = stream.try_next().await? {
+            self.count_rows(std::slice::from_ref(&b));
             let col = str_col(&b, "star")?;
             let hjd = f64_col(&b, "hjd")?;
             let mask: arrow::array::BooleanArray =

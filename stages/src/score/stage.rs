@@ -23,7 +23,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::{Probabilities, Scorer};
-use crate::alertfinder::stage::read_candidate_rows;
+use crate::alertfinder::stage::{read_candidate_rows, CandidateRecord};
 use crate::alertfinder::N_DIAGNOSIS;
 use crate::cache::PhotometryCache;
 use crate::ingest::PhotometryStore;
@@ -87,43 +87,20 @@ impl Stage for ScoreStage {
         let as_of = ctx.as_of.ok_or_else(|| permanent("a score run needs its as-of time".into()))?;
         let (records, _) = read_candidate_rows(ctx.store.clone(), &ctx.root, ctx.season, ctx.field, as_of).await?;
         let photometry = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
-        let photometry_of_field = if records.is_empty() {
-            Arc::new(crate::cache::FieldPhotometry::default())
-        } else {
-            let ids: Vec<String> = records.iter().map(|r| r.star.clone()).collect();
-            self.cache.stars(&photometry, ctx.season, ctx.field, &ids).await.map_err(|e| {
-                if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
-            })?
+        // Streaming, the candidates go through in batches whose photometry fits the budget
+        // (a candidate's stored rows estimated from its valid points), in the candidates file's
+        // order (bucket by bucket): a field's candidates are never held with their curves at once.
+        let chunks = match self.cache.streaming_budget() {
+            Some(budget) => score_batches(&records, (budget / crate::alertfinder::nightly::BYTES_PER_ROW).max(1)),
+            None => vec![0..records.len()],
         };
-        let by_id: HashMap<&str, usize> = photometry_of_field.stars.iter().enumerate().map(|(i, s)| (s.star.0.as_str(), i)).collect();
-        let mut plan: Vec<(String, usize, [f64; N_DIAGNOSIS])> = Vec::with_capacity(records.len());
-        for r in &records {
-            let Some(&i) = by_id.get(r.star.as_str()) else {
-                return Err(permanent(format!("candidate {} names star {} that has no photometry", r.candidate_id, r.star)));
-            };
-            let diag: [f64; N_DIAGNOSIS] = r.diagnosis.as_slice().try_into().map_err(|_| {
-                permanent(format!("candidate {} has {} diagnosis values, expected {N_DIAGNOSIS}", r.candidate_id, r.diagnosis.len()))
-            })?;
-            plan.push((r.candidate_id.clone(), i, diag));
+        let (mut ids, mut star_ids, mut probs) = (Vec::new(), Vec::new(), Vec::new());
+        for chunk in chunks {
+            let (i, s, p) = self.score_chunk(&photometry, ctx, as_of, &records[chunk]).await?;
+            ids.extend(i);
+            star_ids.extend(s);
+            probs.extend(p);
         }
-        drop(by_id);
-        let scorer = self.scorer.clone();
-        let stats = self.stats.clone();
-        // prepare (polars) and ONNX Runtime are CPU-bound: keep them off the async workers.
-        let (ids, star_ids, probs) = tokio::task::spawn_blocking(move || -> Result<_, StageError> {
-            if plan.is_empty() {
-                return Ok((Vec::new(), Vec::new(), Vec::new()));
-            }
-            let cands: Vec<Candidate<'_>> =
-                plan.into_iter().map(|(id, i, diag)| Candidate { id, star: &photometry_of_field.stars[i], now: as_of, diag, label: None }).collect();
-            let prepared = prepare(&cands, &stats).map_err(|e| permanent(format!("preprocess: {e}")))?;
-            let probs = scorer.score(&prepared.seq, &prepared.diag, prepared.len()).map_err(|e| {
-                if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
-            })?;
-            Ok((prepared.ids, prepared.stars, probs))
-        })
-        .await
-        .map_err(|e| permanent(format!("the scoring task died: {e}")))??;
         let model = self.scorer.model();
         let object = verdicts_path(&ctx.root, ctx.season, ctx.field, as_of, &model.sha256);
         let bytes = verdicts_parquet(self.scorer.as_ref(), &ids, &star_ids, &probs)
@@ -145,6 +122,66 @@ impl Stage for ScoreStage {
         };
         self.scorer.fill_report(&mut report);
         Ok(report)
+    }
+}
+
+/// Consecutive batches of `records` whose estimated stored rows (valid points x 5/4, at
+/// least one row each) stay within `budget_rows`; a batch holds at least one candidate.
+fn score_batches(records: &[CandidateRecord], budget_rows: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut rows) = (0usize, 0usize);
+    for (i, r) in records.iter().enumerate() {
+        let n = (r.n_valid as usize * 5 / 4).max(1);
+        if i > start && rows + n > budget_rows {
+            out.push(start..i);
+            (start, rows) = (i, 0);
+        }
+        rows += n;
+    }
+    if start < records.len() {
+        out.push(start..records.len());
+    }
+    out
+}
+
+type Scored = (Vec<String>, Vec<String>, Vec<Probabilities>);
+
+impl ScoreStage {
+    /// Read the photometry of one batch of candidates, prepare and score them.
+    async fn score_chunk(&self, photometry: &PhotometryStore, ctx: &RunCtx, as_of: f64, records: &[CandidateRecord]) -> Result<Scored, StageError> {
+        if records.is_empty() {
+            return Ok((Vec::new(), Vec::new(), Vec::new()));
+        }
+        let ids: Vec<String> = records.iter().map(|r| r.star.clone()).collect();
+        let photometry_of_field = self.cache.stars(photometry, ctx.season, ctx.field, &ids).await.map_err(|e| {
+            if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
+        })?;
+        let by_id: HashMap<&str, usize> = photometry_of_field.stars.iter().enumerate().map(|(i, s)| (s.star.0.as_str(), i)).collect();
+        let mut plan: Vec<(String, usize, [f64; N_DIAGNOSIS])> = Vec::with_capacity(records.len());
+        for r in records {
+            let Some(&i) = by_id.get(r.star.as_str()) else {
+                return Err(permanent(format!("candidate {} names star {} that has no photometry", r.candidate_id, r.star)));
+            };
+            let diag: [f64; N_DIAGNOSIS] = r.diagnosis.as_slice().try_into().map_err(|_| {
+                permanent(format!("candidate {} has {} diagnosis values, expected {N_DIAGNOSIS}", r.candidate_id, r.diagnosis.len()))
+            })?;
+            plan.push((r.candidate_id.clone(), i, diag));
+        }
+        drop(by_id);
+        let scorer = self.scorer.clone();
+        let stats = self.stats.clone();
+        // prepare (polars) and ONNX Runtime are CPU-bound: keep them off the async workers.
+        tokio::task::spawn_blocking(move || -> Result<Scored, StageError> {
+            let cands: Vec<Candidate<'_>> =
+                plan.into_iter().map(|(id, i, diag)| Candidate { id, star: &photometry_of_field.stars[i], now: as_of, diag, label: None }).collect();
+            let prepared = prepare(&cands, &stats).map_err(|e| permanent(format!("preprocess: {e}")))?;
+            let probs = scorer.score(&prepared.seq, &prepared.diag, prepared.len()).map_err(|e| {
+                if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
+            })?;
+            Ok((prepared.ids, prepared.stars, probs))
+        })
+        .await
+        .map_err(|e| permanent(format!("the scoring task died: {e}")))?
     }
 }
 
