@@ -22,13 +22,19 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// The async runtime's blocking threads at most (see `main`).
+const BLOCKING_THREADS: usize = 32;
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let args = cli::Cli::parse();
     // Demo and replay print their own progress and summary; per-step stage logs only with -v.
     let chatty = !matches!(args.command, cli::Command::Demo(_) | cli::Command::Replay(_) | cli::Command::ReplayReport(_) | cli::Command::Evaluate(_));
     init_tracing(args.verbose, chatty);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Blocking threads (object_store's local file I/O runs on them, one task per read) at most
+    // 32: tokio's default of 512 let a 10⁶-star field's nightly run start over 300 of them, each
+    // with its stack and allocator caches, for I/O that two cores cannot overlap that far.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().max_blocking_threads(BLOCKING_THREADS).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -284,3 +284,45 @@ pub async fn read_verdicts(store: &dyn ObjectStore, root: &Path, season: i32, fi
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n_valid: u32) -> CandidateRecord {
+        CandidateRecord {
+            candidate_id: format!("c{n_valid}"),
+            star: "s".into(),
+            field: "BLG14".into(),
+            as_of: 0.0,
+            status: "candidate".into(),
+            reason: None,
+            sites: Vec::new(),
+            n_valid,
+            n_high: 0,
+            bl_delta_chi2: 0.0,
+            bl_t_rise: 0.0,
+            bl_slope: 0.0,
+            grid_t0: 0.0,
+            grid_teff: 0.0,
+            grid_regime: 0,
+            grid_delta_chi2: 0.0,
+            diagnosis: Vec::new(),
+            result_json: String::new(),
+        }
+    }
+
+    #[test]
+    fn score_batches_cover_every_candidate_once_within_the_budget() {
+        // Estimated rows: 125, 250, 12, 1 (no valid point), 1250 (alone over the budget), 10.
+        let records: Vec<CandidateRecord> = [100, 200, 10, 0, 1000, 8].into_iter().map(record).collect();
+        let batches = score_batches(&records, 400);
+        assert_eq!(batches, vec![0..4, 4..5, 5..6]);
+        let est = |r: &std::ops::Range<usize>| records[r.clone()].iter().map(|c| (c.n_valid as usize * 5 / 4).max(1)).sum::<usize>();
+        for b in &batches {
+            assert!(b.len() == 1 || est(b) <= 400, "{b:?} holds {} rows", est(b));
+        }
+        assert_eq!(score_batches(&records, usize::MAX), vec![0..6]);
+        assert!(score_batches(&[], 400).is_empty());
+    }
+}
