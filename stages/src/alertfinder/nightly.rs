@@ -291,6 +291,7 @@ async fn read_screens(store: &dyn ObjectStore, path: &Path) -> Result<Screens, S
         tracing::warn!(%path, ?version, "screening state of another version; every star is searched in full once");
         return Ok(out);
     }
+    out.sorted.reserve_exact(builder.metadata().file_metadata().num_rows().max(0) as usize);
     let reader = builder.build().map_err(|e| permanent(format!("corrupt screening state {path}: {e}")))?;
     for batch in reader {
         let b = batch.map_err(|e| permanent(format!("corrupt screening state {path}: {e}")))?;
