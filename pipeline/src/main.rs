@@ -22,8 +22,13 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// The async runtime's blocking threads at most (see `main`).
+/// The async runtime's blocking threads at most (see `main`); `LENSNET_BLOCKING_THREADS`
+/// overrides it.
 const BLOCKING_THREADS: usize = 32;
+
+fn blocking_threads() -> usize {
+    std::env::var("LENSNET_BLOCKING_THREADS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(BLOCKING_THREADS)
+}
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
@@ -34,7 +39,7 @@ fn main() -> ExitCode {
     // Blocking threads (object_store's local file I/O runs on them, one task per read) at most
     // 32: tokio's default of 512 let a 10⁶-star field's nightly run start over 300 of them, each
     // with its stack and allocator caches, for I/O that two cores cannot overlap that far.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().max_blocking_threads(BLOCKING_THREADS).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().max_blocking_threads(blocking_threads()).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
