@@ -129,10 +129,13 @@ pub struct Layout {
 
 pub const LAYOUT: &str = "_layout.json";
 pub const LAYOUT_FORMAT: &str = "lensnet-layout/1";
-/// Stars per bucket that the bucket count aims at (a power of two of buckets, at most
-/// [`MAX_BUCKETS`]): small enough that a bucket's night, state and windows fit a stage's memory
-/// budget, large enough that a small field is one bucket.
-pub const BUCKET_STARS: u64 = 8_192;
+/// Stars a bucket holds at most (up to [`MAX_BUCKETS`] buckets): small enough that a bucket's
+/// night, state and windows fit a stage's memory budget, large enough that a small field is one
+/// bucket. The count is `ceil(stars / BUCKET_STARS)`, not a power of two: so every field of at
+/// least six buckets has buckets of 4,166 to 5,000 stars, and a run's working set (two buckets
+/// at a time) is the same for 10⁵ stars as for 10⁶ (powers of two left buckets anywhere between
+/// 4k and 8k stars: 5k at 10⁴, 7.8k at 10⁶). Stores made before keep the count in their layout.
+pub const BUCKET_STARS: u64 = 5_000;
 pub const MAX_BUCKETS: u32 = 1024;
 
 /// What [`PhotometryStore::star_rows`] finds.
@@ -146,8 +149,7 @@ pub struct StarRows {
 
 /// The bucket count for a field of about `stars` stars.
 pub fn buckets_for(stars: u64) -> u32 {
-    let want = stars.div_ceil(BUCKET_STARS).max(1);
-    (want.next_power_of_two().min(MAX_BUCKETS as u64)) as u32
+    stars.div_ceil(BUCKET_STARS).clamp(1, MAX_BUCKETS as u64) as u32
 }
 
 /// A star's bucket: FNV-1a (64 bit) of its id modulo the bucket count, the same on every
@@ -1372,4 +1374,34 @@ pub fn row_keys(batches: &[RecordBatch]) -> Result<Vec<(String, String, u64)>, I
 #[allow(dead_code)]
 fn assert_array_len(a: &dyn Array) -> usize {
     a.len()
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::*;
+
+    /// Buckets hold at most `BUCKET_STARS` stars, and from six buckets on at least 5/6 of it,
+    /// whatever the field's size (a power of two of buckets left them anywhere in a factor 2).
+    #[test]
+    fn buckets_stay_the_same_size_as_the_field_grows() {
+        assert_eq!(buckets_for(0), 1);
+        assert_eq!(buckets_for(4_000), 1);
+        assert_eq!(buckets_for(10_000), 2);
+        assert_eq!(buckets_for(1_000_000), 200);
+        assert_eq!(buckets_for(u64::MAX / 2), MAX_BUCKETS);
+        for stars in (1..2_000_000u64).step_by(7_919) {
+            let b = buckets_for(stars) as u64;
+            assert!(stars.div_ceil(b) <= BUCKET_STARS, "{stars} stars in {b} buckets");
+            if b >= 6 {
+                assert!(stars / b >= BUCKET_STARS * 5 / 6, "{stars} stars in {b} buckets");
+            }
+        }
+        // The hash spreads a field's stars evenly: no bucket of 1e5 simulated ids above 110 %.
+        let b = buckets_for(100_000);
+        let mut n = vec![0u32; b as usize];
+        for i in 0..100_000 {
+            n[bucket_of(&format!("BLG14.{i:07}"), b) as usize] += 1;
+        }
+        assert!(n.iter().all(|&x| (x as u64) < BUCKET_STARS * 11 / 10), "{n:?}");
+    }
 }
