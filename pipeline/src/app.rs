@@ -33,6 +33,7 @@ pub fn scorer(cfg: &Config, model: Option<&std::path::Path>) -> Result<lensnet_s
         batch_size: cfg.batch_size,
         thresholds: Thresholds::new(cfg.threshold_purity, cfg.threshold_recall)?,
         intra_threads: None,
+        fast_rise: cfg.fast_rise,
     };
     Scorer::new(&opts)
 }

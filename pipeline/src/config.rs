@@ -141,6 +141,10 @@ pub struct RawScore {
     pub threshold_purity: f64,
     /// High-recall threshold on the binary score.
     pub threshold_recall: f64,
+    /// A "yes" that rose at least `fast_rise_min_mag` within this many days is kept as "maybe"
+    /// (0 = off).
+    pub fast_rise_max_days: f64,
+    pub fast_rise_min_mag: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -265,6 +269,8 @@ pub struct Config {
     pub batch_size: usize,
     pub threshold_purity: f64,
     pub threshold_recall: f64,
+    /// The fast-rise check (`score.fast_rise_*`).
+    pub fast_rise: lensnet_stages::score::FastRiseParams,
     /// AlertFinder parameters by field.
     pub alert_thresholds: lensnet_stages::alertfinder::stage::FieldThresholds,
     /// `lensnet web` settings.
@@ -623,6 +629,12 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
             bad(key, format!("{v} is not a probability in [0, 1]"));
         }
     }
+    if !(raw.score.fast_rise_max_days >= 0.0 && raw.score.fast_rise_max_days.is_finite()) {
+        bad("score.fast_rise_max_days", format!("{} must be a number of days >= 0 (0 turns the check off)", raw.score.fast_rise_max_days));
+    }
+    if !(raw.score.fast_rise_min_mag > 0.0 && raw.score.fast_rise_min_mag.is_finite()) {
+        bad("score.fast_rise_min_mag", format!("{} must be a magnitude > 0", raw.score.fast_rise_min_mag));
+    }
     if raw.score.threshold_recall > raw.score.threshold_purity {
         bad("score.threshold_recall", "the high-recall threshold must not exceed the high-purity one".into());
     }
@@ -666,6 +678,11 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
         batch_size: raw.score.batch_size,
         threshold_purity: raw.score.threshold_purity,
         threshold_recall: raw.score.threshold_recall,
+        fast_rise: lensnet_stages::score::FastRiseParams {
+            max_rise_days: raw.score.fast_rise_max_days,
+            min_amplitude_mag: raw.score.fast_rise_min_mag,
+            ..Default::default()
+        },
         alert_thresholds,
         web,
         notify,

@@ -262,7 +262,13 @@ impl Stage for PublishStage {
                 verdict: v.verdict.clone(),
                 threshold_purity: verdicts.threshold_purity as f32,
                 threshold_recall: verdicts.threshold_recall as f32,
-                evidence: evidence.get(&v.candidate_id).cloned().unwrap_or(serde_json::Value::Null),
+                evidence: {
+                    let mut e = evidence.get(&v.candidate_id).cloned().unwrap_or(serde_json::Value::Null);
+                    if let (false, serde_json::Value::Object(m)) = (v.note.is_empty(), &mut e) {
+                        m.insert("verdict_note".into(), v.note.clone().into());
+                    }
+                    e
+                },
             });
         }
         let out = publish::publish(&self.pool, &batch, &DbRetry::default()).await.map_err(|e| {

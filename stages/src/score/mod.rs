@@ -12,6 +12,7 @@
 //! otherwise no. The 3-class argmax is kept alongside ([`Probabilities::argmax`]).
 
 pub mod bench;
+pub mod fastrise;
 pub mod runtime;
 pub mod stage;
 
@@ -30,6 +31,7 @@ use crate::alertfinder::diagnosis::{DIAGNOSIS_NAMES, N_DIAGNOSIS};
 use crate::stage::StageReport;
 
 pub use bench::{bench, BenchRow};
+pub use fastrise::{fast_rise, FastRise, FastRiseParams};
 pub use runtime::{find_ort_library, runtime, Runtime};
 
 /// Sites in tensor order.
@@ -234,6 +236,8 @@ pub struct ScoreOptions {
     pub thresholds: Thresholds,
     /// Intra-op threads; None = ONNX Runtime's default (one per core).
     pub intra_threads: Option<usize>,
+    /// A "yes" that rose too fast for microlensing is kept as "maybe" ([`fastrise`]).
+    pub fast_rise: FastRiseParams,
 }
 
 impl ScoreOptions {
@@ -247,6 +251,7 @@ impl ScoreOptions {
             batch_size: 256,
             thresholds: Thresholds::default(),
             intra_threads: None,
+            fast_rise: FastRiseParams::default(),
         }
     }
 }
@@ -277,6 +282,7 @@ pub struct Scorer {
     cuda_fallback: Option<String>,
     batch_size: usize,
     thresholds: Thresholds,
+    fast_rise: FastRiseParams,
 }
 
 impl fmt::Debug for Scorer {
@@ -336,7 +342,7 @@ impl Scorer {
             batch_size = opts.batch_size,
             "scorer ready"
         );
-        Ok(Scorer { session: Mutex::new(session), runtime, model, provider, cuda_fallback, batch_size: opts.batch_size, thresholds })
+        Ok(Scorer { session: Mutex::new(session), runtime, model, provider, cuda_fallback, batch_size: opts.batch_size, thresholds, fast_rise: opts.fast_rise })
     }
 
     /// Score `batch` sequences: `seq` holds `batch * SEQ_VALUES` f32 (row-major `[batch, 3, 128,
@@ -373,6 +379,21 @@ impl Scorer {
     /// Verdicts for scored sequences at this scorer's thresholds.
     pub fn verdicts(&self, probs: &[Probabilities]) -> Vec<Class> {
         probs.iter().map(|p| p.verdict(&self.thresholds)).collect()
+    }
+
+    /// The fast-rise check's parameters ([`fastrise`]).
+    pub fn fast_rise(&self) -> FastRiseParams {
+        self.fast_rise
+    }
+
+    /// Final verdicts: [`Scorer::verdicts`], with a "yes" whose candidate rose too fast for
+    /// microlensing (`fast[i]` is Some) kept as "maybe".
+    pub fn final_verdicts(&self, probs: &[Probabilities], fast: &[Option<FastRise>]) -> Vec<Class> {
+        self.verdicts(probs)
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| if c == Class::Yes && fast.get(i).is_some_and(|f| f.is_some()) { Class::Maybe } else { c })
+            .collect()
     }
 
     /// The provider actually in use (CPU after a CUDA fallback).
@@ -414,6 +435,8 @@ impl Scorer {
         m.insert("batch_size".into(), self.batch_size.into());
         m.insert("threshold_purity".into(), self.thresholds.purity.into());
         m.insert("threshold_recall".into(), self.thresholds.recall.into());
+        m.insert("fast_rise_max_days".into(), self.fast_rise.max_rise_days.into());
+        m.insert("fast_rise_min_mag".into(), self.fast_rise.min_amplitude_mag.into());
         m
     }
 

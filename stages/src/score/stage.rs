@@ -22,7 +22,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::{Probabilities, Scorer};
+use super::{fast_rise, FastRise, Probabilities, Scorer};
 use crate::alertfinder::stage::{read_candidate_rows, CandidateRecord};
 use crate::alertfinder::N_DIAGNOSIS;
 use crate::cache::PhotometryCache;
@@ -94,19 +94,21 @@ impl Stage for ScoreStage {
             Some(budget) => score_batches(&records, (budget / crate::alertfinder::nightly::BYTES_PER_ROW).max(1)),
             None => vec![0..records.len()],
         };
-        let (mut ids, mut star_ids, mut probs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ids, mut star_ids, mut probs, mut fast) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for chunk in chunks {
-            let (i, s, p) = self.score_chunk(&photometry, ctx, as_of, &records[chunk]).await?;
+            let (i, s, p, f) = self.score_chunk(&photometry, ctx, as_of, &records[chunk]).await?;
             ids.extend(i);
             star_ids.extend(s);
             probs.extend(p);
+            fast.extend(f);
         }
         let model = self.scorer.model();
         let object = verdicts_path(&ctx.root, ctx.season, ctx.field, as_of, &model.sha256);
-        let bytes = verdicts_parquet(self.scorer.as_ref(), &ids, &star_ids, &probs)
+        let bytes = verdicts_parquet(self.scorer.as_ref(), &ids, &star_ids, &probs, &fast)
             .map_err(|e| permanent(format!("cannot encode {object}: {e}")))?;
         ctx.store.put(&object, PutPayload::from(bytes)).await.map_err(|e| transient(format!("cannot write {object}: {e}")))?;
-        let classes = self.scorer.verdicts(&probs);
+        let classes = self.scorer.final_verdicts(&probs, &fast);
+        let fast_kept = self.scorer.verdicts(&probs).iter().zip(&classes).filter(|(a, b)| **a != **b).count();
         let count = |c: super::Class| classes.iter().filter(|&&x| x == c).count();
         tracing::info!(field = %ctx.field, as_of, scored = probs.len(), yes = count(super::Class::Yes), maybe = count(super::Class::Maybe), "score finished");
         let mut report = StageReport {
@@ -118,6 +120,7 @@ impl Stage for ScoreStage {
                 ("yes".to_string(), serde_json::json!(count(super::Class::Yes))),
                 ("maybe".to_string(), serde_json::json!(count(super::Class::Maybe))),
                 ("no".to_string(), serde_json::json!(count(super::Class::No))),
+                ("fast_rise_kept_as_maybe".to_string(), serde_json::json!(fast_kept)),
             ]),
         };
         self.scorer.fill_report(&mut report);
@@ -144,13 +147,14 @@ fn score_batches(records: &[CandidateRecord], budget_rows: usize) -> Vec<std::op
     out
 }
 
-type Scored = (Vec<String>, Vec<String>, Vec<Probabilities>);
+/// Candidate ids, star ids, probabilities and fast rises, in the batch's order.
+type Scored = (Vec<String>, Vec<String>, Vec<Probabilities>, Vec<Option<FastRise>>);
 
 impl ScoreStage {
     /// Read the photometry of one batch of candidates, prepare and score them.
     async fn score_chunk(&self, photometry: &PhotometryStore, ctx: &RunCtx, as_of: f64, records: &[CandidateRecord]) -> Result<Scored, StageError> {
         if records.is_empty() {
-            return Ok((Vec::new(), Vec::new(), Vec::new()));
+            return Ok((Vec::new(), Vec::new(), Vec::new(), Vec::new()));
         }
         let ids: Vec<String> = records.iter().map(|r| r.star.clone()).collect();
         let photometry_of_field = self.cache.stars(photometry, ctx.season, ctx.field, &ids).await.map_err(|e| {
@@ -178,7 +182,10 @@ impl ScoreStage {
             let probs = scorer.score(&prepared.seq, &prepared.diag, prepared.len()).map_err(|e| {
                 if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
             })?;
-            Ok((prepared.ids, prepared.stars, probs))
+            // `prepare` keeps the input order.
+            let params = scorer.fast_rise();
+            let fast = cands.iter().map(|c| fast_rise(c.star, as_of, &params)).collect();
+            Ok((prepared.ids, prepared.stars, probs, fast))
         })
         .await
         .map_err(|e| permanent(format!("the scoring task died: {e}")))?
@@ -192,8 +199,13 @@ pub fn verdicts_path(root: &Path, season: i32, field: Field, as_of: f64, model_s
     if root.as_ref().is_empty() { Path::from(p) } else { Path::from(format!("{root}/{p}")) }
 }
 
-fn verdicts_parquet(scorer: &Scorer, ids: &[String], stars: &[String], probs: &[Probabilities]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let classes = scorer.verdicts(probs);
+fn verdicts_parquet(scorer: &Scorer, ids: &[String], stars: &[String], probs: &[Probabilities], fast: &[Option<FastRise>]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    let classes = scorer.final_verdicts(probs, fast);
+    let by_score = scorer.verdicts(probs);
+    let note = |i: usize| match (by_score[i], classes[i], fast.get(i).and_then(|f| f.as_ref())) {
+        (super::Class::Yes, super::Class::Maybe, Some(f)) => format!("kept as maybe: {}", f.describe()),
+        _ => String::new(),
+    };
     let f32col = |f: &dyn Fn(&Probabilities) -> f32| -> Arc<dyn Array> { Arc::new(Float32Array::from_iter_values(probs.iter().map(f))) };
     let cols: Vec<(&str, Arc<dyn Array>)> = vec![
         ("candidate_id", Arc::new(StringArray::from_iter_values(ids))),
@@ -203,6 +215,8 @@ fn verdicts_parquet(scorer: &Scorer, ids: &[String], stars: &[String], probs: &[
         ("p_no", f32col(&|p| p.no)),
         ("binary", f32col(&|p| p.binary)),
         ("verdict", Arc::new(StringArray::from_iter_values(classes.iter().map(|c| c.as_str())))),
+        // Why a verdict is not the binary score's ("fast rise: ..."); empty otherwise.
+        ("note", Arc::new(StringArray::from_iter_values((0..ids.len()).map(note)))),
     ];
     let schema = Arc::new(Schema::new(cols.iter().map(|(n, a)| ArrowField::new(*n, a.data_type().clone(), false)).collect::<Vec<_>>()));
     let batch = RecordBatch::try_new(schema.clone(), cols.into_iter().map(|c| c.1).collect())?;
@@ -230,6 +244,8 @@ pub struct VerdictRecord {
     pub star: String,
     pub probs: Probabilities,
     pub verdict: String,
+    /// Why the verdict is not the binary score's (files written before the column: empty).
+    pub note: String,
 }
 
 /// A verdicts file with the model and thresholds it was written with.
@@ -273,12 +289,14 @@ pub async fn read_verdicts(store: &dyn ObjectStore, root: &Path, season: i32, fi
         };
         let (id, star, verdict) = (s("candidate_id")?, s("star")?, s("verdict")?);
         let (y, m, n, bin) = (f("p_yes")?, f("p_maybe")?, f("p_no")?, f("binary")?);
+        let note = b.column_by_name("note").and_then(|c| c.as_any().downcast_ref::<StringArray>());
         for i in 0..b.num_rows() {
             out.rows.push(VerdictRecord {
                 candidate_id: id.value(i).to_string(),
                 star: star.value(i).to_string(),
                 probs: Probabilities { yes: y.value(i), maybe: m.value(i), no: n.value(i), binary: bin.value(i) },
                 verdict: verdict.value(i).to_string(),
+                note: note.map(|c| c.value(i).to_string()).unwrap_or_default(),
             });
         }
     }
