@@ -162,7 +162,8 @@ mod tests {
         let s = star(Site::Kmtc, 100..134, |t| if t > 131.0 { 3.0 } else { 0.0 });
         let f = fast_rise(&s, 133.9, &FastRiseParams::default()).expect("fast");
         assert_eq!(f.site, "KMTC");
-        assert!((f.amplitude_mag - 3.0).abs() < 0.1, "{f:?}");
+        // 3 mag, within the ±0.05 mag scatter of the baseline and of the last night.
+        assert!((f.amplitude_mag - 3.0).abs() <= 0.1 + 1e-9, "{f:?}");
         assert!((f.rise_days - 1.0).abs() < 1e-9, "{f:?}");
         // One bright night is not a run: nothing to say yet.
         assert_eq!(fast_rise(&s, 131.9, &FastRiseParams::default()), None);
