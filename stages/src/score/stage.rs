@@ -104,11 +104,12 @@ impl Stage for ScoreStage {
         }
         let model = self.scorer.model();
         let object = verdicts_path(&ctx.root, ctx.season, ctx.field, as_of, &model.sha256);
-        let bytes = verdicts_parquet(self.scorer.as_ref(), &ids, &star_ids, &probs, &fast)
+        let by_score = self.scorer.verdicts(&probs);
+        let classes = self.scorer.final_verdicts(&probs, &fast);
+        let bytes = verdicts_parquet(self.scorer.as_ref(), &ids, &star_ids, &probs, &by_score, &classes, &fast)
             .map_err(|e| permanent(format!("cannot encode {object}: {e}")))?;
         ctx.store.put(&object, PutPayload::from(bytes)).await.map_err(|e| transient(format!("cannot write {object}: {e}")))?;
-        let classes = self.scorer.final_verdicts(&probs, &fast);
-        let fast_kept = self.scorer.verdicts(&probs).iter().zip(&classes).filter(|(a, b)| **a != **b).count();
+        let fast_kept = by_score.iter().zip(&classes).filter(|(a, b)| **a != **b).count();
         let count = |c: super::Class| classes.iter().filter(|&&x| x == c).count();
         tracing::info!(field = %ctx.field, as_of, scored = probs.len(), yes = count(super::Class::Yes), maybe = count(super::Class::Maybe), "score finished");
         let mut report = StageReport {
@@ -199,9 +200,17 @@ pub fn verdicts_path(root: &Path, season: i32, field: Field, as_of: f64, model_s
     if root.as_ref().is_empty() { Path::from(p) } else { Path::from(format!("{root}/{p}")) }
 }
 
-fn verdicts_parquet(scorer: &Scorer, ids: &[String], stars: &[String], probs: &[Probabilities], fast: &[Option<FastRise>]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let classes = scorer.final_verdicts(probs, fast);
-    let by_score = scorer.verdicts(probs);
+/// `by_score`: the binary score's verdicts; `classes`: the final ones ([`Scorer::final_verdicts`]).
+#[allow(clippy::too_many_arguments)]
+fn verdicts_parquet(
+    scorer: &Scorer,
+    ids: &[String],
+    stars: &[String],
+    probs: &[Probabilities],
+    by_score: &[super::Class],
+    classes: &[super::Class],
+    fast: &[Option<FastRise>],
+) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     let note = |i: usize| match (by_score[i], classes[i], fast.get(i).and_then(|f| f.as_ref())) {
         (super::Class::Yes, super::Class::Maybe, Some(f)) => format!("kept as maybe: {}", f.describe()),
         _ => String::new(),
