@@ -297,9 +297,11 @@ async fn stage_row(pool: &sqlx::PgPool, run_id: uuid::Uuid, stage: &str) -> anyh
     Ok(StageRow { seconds, rows_in: rows_in.unwrap_or(0), rows_out: rows_out.unwrap_or(0), details })
 }
 
-/// Compaction of every partition of the field-season, two at a time, as ingest compacts.
-async fn compact_all(photometry: &PhotometryStore, field: Field, policy: &lensnet_stages::ingest::CompactionPolicy) -> anyhow::Result<()> {
+/// Compaction of every partition of the field-season, two at a time, as ingest compacts; the
+/// rows it rewrote.
+async fn compact_all(photometry: &PhotometryStore, field: Field, policy: &lensnet_stages::ingest::CompactionPolicy) -> anyhow::Result<u64> {
     let keys = photometry.field_partitions(2025, field).await?;
+    let mut rewritten = 0;
     for pair in keys.chunks(2) {
         let tasks: Vec<_> = pair
             .iter()
@@ -310,10 +312,10 @@ async fn compact_all(photometry: &PhotometryStore, field: Field, policy: &lensne
             })
             .collect();
         for t in tasks {
-            t.await??;
+            rewritten += t.await??.map_or(0, |c| c.rows);
         }
     }
-    Ok(())
+    Ok(rewritten)
 }
 
 /// The measured night: days since the season's first night (mid-June, about 8 h of bulge).
@@ -380,13 +382,13 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
     // Night by night, compacted after each as an ingest does, so that the parts are those a
     // nightly ingest leaves.
     let t = std::time::Instant::now();
-    let (mut rows, mut write) = (0u64, 0.0);
+    let (mut rows, mut write, mut rewritten) = (0u64, 0.0, 0u64);
     let mut buckets = 0;
     let policy = lensnet_stages::ingest::CompactionPolicy::default();
     for d in start..MID_SEASON_DAY {
         let r = simulate_to_store(&season, field, Some(d..d + 1), &photometry).await?;
         (rows, write, buckets) = (rows + r.rows, write + r.write_seconds, r.buckets);
-        compact_all(&photometry, field, &policy).await?;
+        rewritten += compact_all(&photometry, field, &policy).await?;
     }
     drop(lock);
     let parts: usize = {
@@ -397,8 +399,9 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
         n
     };
     println!(
-        "  the season so far: {rows} rows, {parts} parts in {buckets} bucket(s) x sites, written night by night in {:.1} s ({write:.1} s of it encoding and writing)",
-        t.elapsed().as_secs_f64()
+        "  the season so far: {rows} rows, {parts} parts in {buckets} bucket(s) x sites, written night by night in {:.1} s ({write:.1} s of it encoding and writing); compaction rewrote {rewritten} rows ({:.1}x the rows written)",
+        t.elapsed().as_secs_f64(),
+        rewritten as f64 / rows.max(1) as f64
     );
     // Every run is a `lensnet run` process of its own, as cron starts it each night: its peak
     // memory is its own.
@@ -426,11 +429,14 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
     let t0 = unix_now();
     let night = simulate_to_store(&season, field, Some(tonight..tonight + 1), &photometry).await?;
     let w = std::time::Instant::now();
-    compact_all(&photometry, field, &policy).await?;
+    let night_rewritten = compact_all(&photometry, field, &policy).await?;
     let compact_s = w.elapsed().as_secs_f64();
     let t1 = unix_now();
     drop(lock);
-    println!("\nthe measured night (day {tonight} of the season): {} new rows", night.rows);
+    println!(
+        "\nthe measured night (day {tonight} of the season): {} new rows, written in {:.2} s; compaction {compact_s:.2} s, {night_rewritten} rows rewritten",
+        night.rows, night.write_seconds
+    );
     println!("  {:<34} {:>8} {:>14} {:>12} {:>10}", "stage", "wall s", "rows read", "rows out", "peak MB");
     println!(
         "  {:<34} {:>8.2} {:>14} {:>12} {:>10.0}",
