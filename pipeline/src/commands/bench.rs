@@ -378,42 +378,31 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
         dir.display(),
         rayon_threads()
     );
-    let lock = runner.ledger.lock_writer(&photometry.identity()).await?;
-    // Night by night, compacted after each as an ingest does, so that the parts are those a
-    // nightly ingest leaves.
-    let t = std::time::Instant::now();
-    let (mut rows, mut write, mut rewritten) = (0u64, 0.0, 0u64);
-    let mut buckets = 0;
-    let policy = lensnet_stages::ingest::CompactionPolicy::default();
-    for d in start..MID_SEASON_DAY {
-        let r = simulate_to_store(&season, field, Some(d..d + 1), &photometry).await?;
-        (rows, write, buckets) = (rows + r.rows, write + r.write_seconds, r.buckets);
-        rewritten += compact_all(&photometry, field, &policy).await?;
-    }
-    drop(lock);
-    let parts: usize = {
-        let mut n = 0;
-        for k in photometry.field_partitions(2025, field).await? {
-            n += photometry.read_manifest(&k).await?.files.len();
-        }
-        n
-    };
-    println!(
-        "  the season so far: {rows} rows, {parts} parts in {buckets} bucket(s) x sites, written night by night in {:.1} s ({write:.1} s of it encoding and writing); compaction rewrote {rewritten} rows ({:.1}x the rows written)",
-        t.elapsed().as_secs_f64(),
-        rewritten as f64 / rows.max(1) as f64
-    );
     // Every run is a `lensnet run` process of its own, as cron starts it each night: its peak
     // memory is its own.
     anyhow::ensure!(matches!(cfg.database, DatabaseSource::Local { .. }), "bench field runs its nights as `lensnet run` processes on the local database: unset DATABASE_URL");
     let inbox = dir.join("inbox");
     std::fs::create_dir_all(&inbox)?;
     let child = ChildEnv { store_url: bcfg.store_url.clone(), db_name: db_name.clone(), inbox };
+    // Night by night as the survey runs: the night's rows written and compacted as an ingest
+    // does, then the night's run, so that each run finds the parts a nightly ingest leaves.
+    let t = std::time::Instant::now();
+    let (mut rows, mut write, mut rewritten) = (0u64, 0.0, 0u64);
+    let mut buckets = 0;
+    let policy = lensnet_stages::ingest::CompactionPolicy::default();
     for d in start..MID_SEASON_DAY {
+        let lock = runner.ledger.lock_writer(&photometry.identity()).await?;
+        let r = simulate_to_store(&season, field, Some(d..d + 1), &photometry).await?;
+        (rows, write, buckets) = (rows + r.rows, write + r.write_seconds, r.buckets);
+        let night_rewritten = compact_all(&photometry, field, &policy).await?;
+        rewritten += night_rewritten;
+        drop(lock);
         let c = child.run(field, night_end(d))?;
         let a = stage_row(&pool, c.run_id, "alertfinder").await?;
         println!(
-            "  night {d:>3}: {:>6.1} s, {:>8} stars with new points, {:>8} searched in full, {:>5} candidates, {:>10} rows read ({} for new points), peak {:>6.0} MB",
+            "  night {d:>3}: {:>8} rows, {:>9} rewritten by compaction; run {:>6.1} s, {:>8} stars with new points, {:>8} searched in full, {:>5} candidates, {:>10} rows read ({} for new points), peak {:>6.0} MB",
+            r.rows,
+            night_rewritten,
             c.wall,
             a.rows_in,
             a.detail("searched_in_full"),
@@ -423,6 +412,18 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
             c.peak_mb
         );
     }
+    let parts: usize = {
+        let mut n = 0;
+        for k in photometry.field_partitions(2025, field).await? {
+            n += photometry.read_manifest(&k).await?.files.len();
+        }
+        n
+    };
+    println!(
+        "  the season so far: {rows} rows, {parts} parts in {buckets} bucket(s) x sites, written and run night by night in {:.1} s ({write:.1} s of it encoding and writing); compaction rewrote {rewritten} rows ({:.1}x the rows written)",
+        t.elapsed().as_secs_f64(),
+        rewritten as f64 / rows.max(1) as f64
+    );
     // Tonight: its rows arrive (written as ingest writes parsed rows), then the nightly run.
     let tonight = MID_SEASON_DAY;
     let lock = runner.ledger.lock_writer(&photometry.identity()).await?;

@@ -1177,7 +1177,7 @@ mod tests {
         let rows: Vec<u64> = before.files.iter().map(|f| f.rows).collect();
         assert_eq!(rows.iter().sum::<u64>(), 889);
         // Merged runs of at most 450 rows, in manifest order; a part alone in its run stays.
-        let policy = CompactionPolicy { max_parts: 4, small_part_bytes: 1 << 30, target_part_rows: 450, hold_days: 0.0 };
+        let policy = CompactionPolicy { max_parts: 4, small_part_bytes: 1 << 30, target_part_rows: 450, hold_days: 0.0, period_days: 0.0 };
         let c = out.compact(&pk, &policy).await.unwrap().unwrap();
         let after = out.read_manifest(&pk).await.unwrap();
         let mut want = Vec::new();
@@ -1202,7 +1202,7 @@ mod tests {
         let again = out.compact(&pk, &CompactionPolicy { max_parts: 1, ..policy }).await.unwrap();
         assert!(again.is_none(), "{again:?}");
         // Full parts are never rewritten.
-        let full = CompactionPolicy { max_parts: 1, small_part_bytes: 1 << 30, target_part_rows: 1, hold_days: 0.0 };
+        let full = CompactionPolicy { max_parts: 1, small_part_bytes: 1 << 30, target_part_rows: 1, hold_days: 0.0, period_days: 0.0 };
         assert!(out.compact(&pk, &full).await.unwrap().is_none());
     }
 
@@ -1420,7 +1420,7 @@ mod tests {
         let Plan::Write(p) = plan("/other/KMTA14_I.pysis", text.as_bytes(), None, &MemoryLedger::new(), &IngestOptions::default()).await.unwrap() else { panic!() };
         let staged = p.stage(&out).await.unwrap();
         let name = staged.parts[0].1.name.clone();
-        let policy = CompactionPolicy { max_parts: 1, small_part_bytes: 1 << 30, target_part_rows: 1_000_000, hold_days: 0.0 };
+        let policy = CompactionPolicy { max_parts: 1, small_part_bytes: 1 << 30, target_part_rows: 1_000_000, hold_days: 0.0, period_days: 0.0 };
         out.compact(&pk, &policy).await.unwrap().unwrap();
         let h = out.inspect(&pk, &policy).await.unwrap();
         assert_eq!(h.orphans, vec![name.clone()], "the other writer's part survives compaction");

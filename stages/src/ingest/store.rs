@@ -195,9 +195,10 @@ pub struct Manifest {
 
 /// When and how far a partition is compacted. Compaction is tiered: parts of
 /// `target_part_rows` rows or more are full and never rewritten; the others are merged, in
-/// manifest order, into parts of at most about `target_part_rows` rows. So a nightly ingest
-/// rewrites about the night's data, not the season's, and a merge holds at most one target
-/// part in memory.
+/// manifest order, into parts of at most about `target_part_rows` rows, a night's parts only
+/// with those of the same `period_days` ([`plan_merges`]). So a nightly ingest rewrites at most
+/// one period's nights, not the season so far, and a merge holds at most one target part in
+/// memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CompactionPolicy {
     /// Compact when a partition lists more than this many parts …
@@ -211,12 +212,78 @@ pub struct CompactionPolicy {
     /// the night's points in a few small parts instead of inside season-long ones (its reads
     /// are then the night's data). 0: no distinction.
     pub hold_days: f64,
+    /// Parts spanning less than this many days merge only with those that start in the same
+    /// period of this many days ([`plan_merges`]). 0: no periods (one open part grows to
+    /// `target_part_rows`).
+    pub period_days: f64,
 }
 
 impl Default for CompactionPolicy {
     fn default() -> Self {
-        CompactionPolicy { max_parts: 8, small_part_bytes: 1 << 20, target_part_rows: 2_000_000, hold_days: 2.0 }
+        CompactionPolicy { max_parts: 8, small_part_bytes: 1 << 20, target_part_rows: 2_000_000, hold_days: 2.0, period_days: 8.0 }
     }
+}
+
+/// The merges a compaction of `m` makes under `policy`: groups of part indices (two or more
+/// each), every group one new part. Parts of `target_part_rows` rows or more are full and stay.
+/// Of the others:
+/// - recent parts (starting within `hold_days` of the partition's newest epoch) merge only with
+///   each other, and only while small;
+/// - short parts (spanning less than `period_days`: a night's, a few nights' ingest) merge with
+///   the short parts that start in the same period of `period_days` (`floor(min_hjd /
+///   period_days)`), so a night's part joins a part of at most one period's nights and a nightly
+///   ingest rewrites at most that much, however long the season so far (merging into one growing
+///   part of up to `target_part_rows` rows rewrote the season's open part every night);
+/// - long parts (an archive file's season) merge with each other;
+/// each group in manifest order, in runs of at most `target_part_rows` rows.
+pub fn plan_merges(m: &Manifest, policy: &CompactionPolicy) -> Vec<Vec<usize>> {
+    let target = policy.target_part_rows.max(1);
+    let open: Vec<usize> = (0..m.files.len()).filter(|&i| m.files[i].rows < target).collect();
+    let small = |i: usize| m.files[i].bytes < policy.small_part_bytes;
+    if !(open.len() >= 2 && (open.iter().any(|&i| small(i)) || m.files.len() > policy.max_parts)) {
+        return Vec::new();
+    }
+    let newest = m.files.iter().map(|p| p.max_hjd).fold(f64::NEG_INFINITY, f64::max);
+    #[derive(PartialEq, Clone, Copy)]
+    enum Group {
+        Recent,
+        Period(i64),
+        Long,
+    }
+    let group_of = |i: usize| {
+        let f = &m.files[i];
+        if policy.hold_days > 0.0 && f.min_hjd > newest - policy.hold_days {
+            return small(i).then_some(Group::Recent);
+        }
+        if policy.period_days > 0.0 && f.min_hjd.is_finite() && f.max_hjd.is_finite() && f.max_hjd - f.min_hjd < policy.period_days {
+            return Some(Group::Period((f.min_hjd / policy.period_days).floor() as i64));
+        }
+        Some(Group::Long)
+    };
+    let mut groups: Vec<(Group, Vec<usize>)> = Vec::new();
+    for &i in &open {
+        let Some(g) = group_of(i) else { continue };
+        match groups.iter_mut().find(|(h, _)| *h == g) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((g, vec![i])),
+        }
+    }
+    let mut chunks: Vec<Vec<usize>> = Vec::new();
+    for (_, members) in groups {
+        chunks.push(vec![]);
+        let mut rows = 0u64;
+        for i in members {
+            let r = m.files[i].rows;
+            if !chunks.last().expect("one chunk").is_empty() && rows + r > target {
+                chunks.push(vec![]);
+                rows = 0;
+            }
+            chunks.last_mut().expect("one chunk").push(i);
+            rows += r;
+        }
+    }
+    chunks.retain(|c| c.len() >= 2);
+    chunks
 }
 
 /// Tries of a manifest compare-and-swap before giving up.
@@ -1010,33 +1077,7 @@ impl PhotometryStore {
     /// parts; both are invisible to manifest readers and removed by [`PhotometryStore::remove_orphans`].
     pub async fn compact(&self, key: &PartitionKey, policy: &CompactionPolicy) -> Result<Option<Compacted>, IngestError> {
         let m = self.read_manifest(key).await?;
-        let target = policy.target_part_rows.max(1);
-        let open: Vec<usize> = (0..m.files.len()).filter(|&i| m.files[i].rows < target).collect();
-        let small = open.iter().any(|&i| m.files[i].bytes < policy.small_part_bytes);
-        if !(open.len() >= 2 && (small || m.files.len() > policy.max_parts)) {
-            return Ok(None);
-        }
-        // Runs of open parts, in manifest order, of at most `target` rows (a part alone in its
-        // run stays as it is); recent parts only with recent ones.
-        let newest = m.files.iter().map(|p| p.max_hjd).fold(f64::NEG_INFINITY, f64::max);
-        let recent = |i: usize| policy.hold_days > 0.0 && m.files[i].min_hjd > newest - policy.hold_days;
-        let mut chunks: Vec<Vec<usize>> = Vec::new();
-        for group in [false, true] {
-            chunks.push(vec![]);
-            let mut rows = 0u64;
-            // Of the recent parts only the small ones (one file's, one ingest batch's) merge.
-            let takes = |i: usize| recent(i) == group && (!group || m.files[i].bytes < policy.small_part_bytes);
-            for &i in open.iter().filter(|&&i| takes(i)) {
-                let r = m.files[i].rows;
-                if !chunks.last().expect("one chunk").is_empty() && rows + r > target {
-                    chunks.push(vec![]);
-                    rows = 0;
-                }
-                chunks.last_mut().expect("one chunk").push(i);
-                rows += r;
-            }
-        }
-        chunks.retain(|c| c.len() >= 2);
+        let chunks = plan_merges(&m, policy);
         if chunks.is_empty() {
             return Ok(None);
         }
@@ -1120,9 +1161,7 @@ impl PhotometryStore {
             .cloned()
             .collect();
         let lost: Vec<PartInfo> = m.files.iter().filter(|f| !present.contains(&f.name)).cloned().collect();
-        let target = policy.target_part_rows.max(1);
-        let open = m.files.iter().filter(|f| f.rows < target).count();
-        let small = m.files.iter().any(|f| f.rows < target && f.bytes < policy.small_part_bytes);
+        let needs_compaction = !plan_merges(&m, policy).is_empty();
         let mut orphans = orphans;
         orphans.sort();
         Ok(PartitionHealth {
@@ -1131,7 +1170,7 @@ impl PhotometryStore {
             rows: m.files.iter().map(|f| f.rows).sum(),
             orphans,
             lost,
-            needs_compaction: open >= 2 && (small || m.files.len() > policy.max_parts),
+            needs_compaction,
         })
     }
 
@@ -1403,5 +1442,69 @@ mod bucket_tests {
             n[bucket_of(&crate::simulate::star_id(Field(14), i).0, b) as usize] += 1;
         }
         assert!(n.iter().all(|&x| (x as u64) < BUCKET_STARS * 11 / 10), "{n:?}");
+    }
+}
+
+#[cfg(test)]
+mod compaction_plan_tests {
+    use super::*;
+
+    fn part(name: String, rows: u64, min_hjd: f64, max_hjd: f64) -> PartInfo {
+        PartInfo { name, rows, bytes: rows * 14, min_hjd, max_hjd }
+    }
+
+    /// A season of nightly parts (35k rows, a sub-prime bucket's site) compacted after each night
+    /// as ingest does; the rows each night's compaction rewrites and the parts left at the end.
+    fn season(policy: &CompactionPolicy, nights: u32) -> (u64, u64, usize) {
+        let mut m = Manifest::default();
+        let (mut worst, mut total) = (0u64, 0u64);
+        for n in 0..nights {
+            let t = 10_000.0 + n as f64;
+            m.files.push(part(format!("night-{n}"), 35_000, t + 0.5, t + 0.9));
+            let chunks = plan_merges(&m, policy);
+            let mut rewritten = 0;
+            let mut keep: Vec<PartInfo> = Vec::new();
+            let merged: std::collections::HashSet<usize> = chunks.iter().flatten().copied().collect();
+            for (k, c) in chunks.iter().enumerate() {
+                let ps: Vec<&PartInfo> = c.iter().map(|&i| &m.files[i]).collect();
+                let rows = ps.iter().map(|p| p.rows).sum();
+                rewritten += rows;
+                let lo = ps.iter().map(|p| p.min_hjd).fold(f64::INFINITY, f64::min);
+                let hi = ps.iter().map(|p| p.max_hjd).fold(f64::NEG_INFINITY, f64::max);
+                keep.push(part(format!("merged-{n}-{k}"), rows, lo, hi));
+            }
+            keep.extend(m.files.iter().enumerate().filter(|(i, _)| !merged.contains(i)).map(|(_, p)| p.clone()));
+            m.files = keep;
+            worst = worst.max(rewritten);
+            total += rewritten;
+        }
+        assert_eq!(m.files.iter().map(|p| p.rows).sum::<u64>(), 35_000 * nights as u64, "no row lost or doubled");
+        (worst, total, m.files.len())
+    }
+
+    #[test]
+    fn a_nightly_ingest_rewrites_at_most_a_period_of_nights() {
+        let policy = CompactionPolicy::default();
+        let (worst, total, parts) = season(&policy, 120);
+        // A night's part merges only within its 8-day period (and the recent ones): at most 9
+        // nights of rows rewritten on any night, about 5x the season's rows in all.
+        assert!(worst <= 9 * 35_000, "worst night rewrote {worst} rows");
+        assert!(total <= 6 * 120 * 35_000, "{total} rows rewritten over the season");
+        assert!(parts <= 120 / 8 + 4, "{parts} parts");
+        // Without periods one open part grows to the target and is rewritten every night.
+        let (worst_old, total_old, _) = season(&CompactionPolicy { period_days: 0.0, ..policy }, 120);
+        assert!(worst_old > 40 * 35_000 && total_old > 3 * total, "old policy: worst {worst_old}, total {total_old}");
+    }
+
+    #[test]
+    fn archive_parts_spanning_a_season_still_merge_with_each_other() {
+        // 300 small per-star files of a season (an archive ingest): one long-span part each.
+        let mut m = Manifest::default();
+        for i in 0..300 {
+            m.files.push(part(format!("star-{i}"), 2_000, 10_000.0 + (i % 40) as f64, 10_230.0));
+        }
+        let chunks = plan_merges(&m, &CompactionPolicy::default());
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].len(), 300);
     }
 }
