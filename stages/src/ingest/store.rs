@@ -196,9 +196,10 @@ pub struct Manifest {
 /// When and how far a partition is compacted. Compaction is tiered: parts of
 /// `target_part_rows` rows or more are full and never rewritten; the others are merged, in
 /// manifest order, into parts of at most about `target_part_rows` rows, a night's parts only
-/// with those of the same `period_days` ([`plan_merges`]). So a nightly ingest rewrites at most
-/// one period's nights, not the season so far, and a merge holds at most one target part in
-/// memory.
+/// with those of the same `period_days` until closed periods are gathered ([`plan_merges`]).
+/// So a nightly ingest rewrites at most one period's nights on most nights (one full part on the
+/// few that gather), not the season so far; a partition lists at most about `max_parts` parts;
+/// and a merge holds at most one target part in memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CompactionPolicy {
     /// Compact when a partition lists more than this many parts …
@@ -234,7 +235,10 @@ impl Default for CompactionPolicy {
 ///   period_days)`), so a night's part joins a part of at most one period's nights and a nightly
 ///   ingest rewrites at most that much, however long the season so far (merging into one growing
 ///   part of up to `target_part_rows` rows rewrote the season's open part every night);
-/// - long parts (an archive file's season) merge with each other;
+/// - long parts (an archive file's season) merge with each other, and so do the short parts of
+///   closed periods (ended more than `hold_days` ago) when the partition lists more than
+///   `max_parts` parts: a season's period parts are gathered into long ones every few periods,
+///   so that a reader opens at most about `max_parts` parts however long the season;
 /// each group in manifest order, in runs of at most `target_part_rows` rows.
 pub fn plan_merges(m: &Manifest, policy: &CompactionPolicy) -> Vec<Vec<usize>> {
     let target = policy.target_part_rows.max(1);
@@ -244,6 +248,7 @@ pub fn plan_merges(m: &Manifest, policy: &CompactionPolicy) -> Vec<Vec<usize>> {
         return Vec::new();
     }
     let newest = m.files.iter().map(|p| p.max_hjd).fold(f64::NEG_INFINITY, f64::max);
+    let crowded = m.files.len() > policy.max_parts;
     #[derive(PartialEq, Clone, Copy)]
     enum Group {
         Recent,
@@ -256,7 +261,11 @@ pub fn plan_merges(m: &Manifest, policy: &CompactionPolicy) -> Vec<Vec<usize>> {
             return small(i).then_some(Group::Recent);
         }
         if policy.period_days > 0.0 && f.min_hjd.is_finite() && f.max_hjd.is_finite() && f.max_hjd - f.min_hjd < policy.period_days {
-            return Some(Group::Period((f.min_hjd / policy.period_days).floor() as i64));
+            let period = (f.min_hjd / policy.period_days).floor();
+            let closed = (period + 1.0) * policy.period_days + policy.hold_days.max(0.0) <= newest;
+            if !(crowded && closed) {
+                return Some(Group::Period(period as i64));
+            }
         }
         Some(Group::Long)
     };
@@ -1456,8 +1465,15 @@ mod compaction_plan_tests {
     /// A season of nightly parts (35k rows, a sub-prime bucket's site) compacted after each night
     /// as ingest does; the rows each night's compaction rewrites and the parts left at the end.
     fn season(policy: &CompactionPolicy, nights: u32) -> (u64, u64, usize) {
+        let (worst, total, _, most) = season_parts(policy, nights);
+        (worst, total, most)
+    }
+
+    /// As [`season`], with the rows of every night's compaction and the most parts listed.
+    fn season_parts(policy: &CompactionPolicy, nights: u32) -> (u64, u64, Vec<u64>, usize) {
         let mut m = Manifest::default();
         let (mut worst, mut total) = (0u64, 0u64);
+        let (mut each, mut most) = (Vec::new(), 0usize);
         for n in 0..nights {
             let t = 10_000.0 + n as f64;
             m.files.push(part(format!("night-{n}"), 35_000, t + 0.5, t + 0.9));
@@ -1477,23 +1493,33 @@ mod compaction_plan_tests {
             m.files = keep;
             worst = worst.max(rewritten);
             total += rewritten;
+            each.push(rewritten);
+            most = most.max(m.files.len());
         }
         assert_eq!(m.files.iter().map(|p| p.rows).sum::<u64>(), 35_000 * nights as u64, "no row lost or doubled");
-        (worst, total, m.files.len())
+        (worst, total, each, most)
     }
 
     #[test]
     fn a_nightly_ingest_rewrites_at_most_a_period_of_nights() {
         let policy = CompactionPolicy::default();
-        let (worst, total, parts) = season(&policy, 120);
+        let (_, total, each, most) = season_parts(&policy, 240);
         // A night's part merges only within its 8-day period (and the recent ones): at most 9
-        // nights of rows rewritten on any night, about 5x the season's rows in all.
-        assert!(worst <= 9 * 35_000, "worst night rewrote {worst} rows");
-        assert!(total <= 6 * 120 * 35_000, "{total} rows rewritten over the season");
-        assert!(parts <= 120 / 8 + 4, "{parts} parts");
+        // nights of rows rewritten on a night, except on the few nights that gather closed
+        // periods into a long part (at most one full part and a period's nights).
+        let night = 35_000;
+        let gathering: Vec<usize> = (0..each.len()).filter(|&n| each[n] > 9 * night).collect();
+        assert!(gathering.len() <= 240 / 24, "{} nights rewrote more than 9 nights' rows: {gathering:?}", gathering.len());
+        assert!(each.iter().all(|&r| r <= policy.target_part_rows + 9 * night), "{each:?}");
+        // About 5x the season's rows in all, never more than max_parts + 2 parts listed.
+        assert!(total <= 6 * 240 * night, "{total} rows rewritten over the season");
+        assert!(most <= policy.max_parts + 2, "{most} parts");
+        // Without closed periods gathered, one part per period: 31 at the season's end.
+        let (worst_p, total_p, parts_p) = season(&CompactionPolicy { max_parts: usize::MAX, ..policy }, 240);
+        assert!(worst_p <= 9 * night && total_p <= total && parts_p >= 240 / 8, "periods only: worst {worst_p}, {parts_p} parts");
         // Without periods one open part grows to the target and is rewritten every night.
-        let (worst_old, total_old, _) = season(&CompactionPolicy { period_days: 0.0, ..policy }, 120);
-        assert!(worst_old > 40 * 35_000 && total_old > 3 * total, "old policy: worst {worst_old}, total {total_old}");
+        let (worst_old, total_old, _) = season(&CompactionPolicy { period_days: 0.0, ..policy }, 240);
+        assert!(worst_old > 40 * night && total_old > 2 * total, "old policy: worst {worst_old}, total {total_old} (new {total})");
     }
 
     #[test]
