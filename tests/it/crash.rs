@@ -155,7 +155,6 @@ async fn ingest_and_runs_killed_at_random_moments_end_like_uninterrupted_ones() 
         }
         assert!(done, "{args:?} never completed after the kills");
     }
-    assert!(tried >= 2 * kills());
     eprintln!("crash test: {hit} of {tried} SIGKILLs hit a live process (ingest {ingest_time:?}, run {run_time:?} uninterrupted)");
     assert!(hit >= kills(), "most kills land while the command runs: {hit} of {tried}");
     assert_eq!(tables(&db.pool).await, expected, "the same tables as an uninterrupted ingest and run");

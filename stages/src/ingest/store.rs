@@ -202,7 +202,8 @@ pub struct Manifest {
 /// and a merge holds at most one target part in memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CompactionPolicy {
-    /// Compact when a partition lists more than this many parts …
+    /// Compact when a partition lists more than this many parts (then closed periods are
+    /// gathered too, [`plan_merges`]) …
     pub max_parts: usize,
     /// … or at least two parts of which one is smaller than this many bytes.
     pub small_part_bytes: u64,
@@ -244,11 +245,11 @@ pub fn plan_merges(m: &Manifest, policy: &CompactionPolicy) -> Vec<Vec<usize>> {
     let target = policy.target_part_rows.max(1);
     let open: Vec<usize> = (0..m.files.len()).filter(|&i| m.files[i].rows < target).collect();
     let small = |i: usize| m.files[i].bytes < policy.small_part_bytes;
-    if !(open.len() >= 2 && (open.iter().any(|&i| small(i)) || m.files.len() > policy.max_parts)) {
+    let crowded = m.files.len() > policy.max_parts;
+    if !(open.len() >= 2 && (crowded || open.iter().any(|&i| small(i)))) {
         return Vec::new();
     }
     let newest = m.files.iter().map(|p| p.max_hjd).fold(f64::NEG_INFINITY, f64::max);
-    let crowded = m.files.len() > policy.max_parts;
     #[derive(PartialEq, Clone, Copy)]
     enum Group {
         Recent,
@@ -279,17 +280,17 @@ pub fn plan_merges(m: &Manifest, policy: &CompactionPolicy) -> Vec<Vec<usize>> {
     }
     let mut chunks: Vec<Vec<usize>> = Vec::new();
     for (_, members) in groups {
-        chunks.push(vec![]);
-        let mut rows = 0u64;
+        let (mut chunk, mut rows) = (Vec::new(), 0u64);
         for i in members {
             let r = m.files[i].rows;
-            if !chunks.last().expect("one chunk").is_empty() && rows + r > target {
-                chunks.push(vec![]);
+            if !chunk.is_empty() && rows + r > target {
+                chunks.push(std::mem::take(&mut chunk));
                 rows = 0;
             }
-            chunks.last_mut().expect("one chunk").push(i);
+            chunk.push(i);
             rows += r;
         }
+        chunks.push(chunk);
     }
     chunks.retain(|c| c.len() >= 2);
     chunks
@@ -1463,16 +1464,9 @@ mod compaction_plan_tests {
     }
 
     /// A season of nightly parts (35k rows, a sub-prime bucket's site) compacted after each night
-    /// as ingest does; the rows each night's compaction rewrites and the parts left at the end.
-    fn season(policy: &CompactionPolicy, nights: u32) -> (u64, u64, usize) {
-        let (worst, total, _, most) = season_parts(policy, nights);
-        (worst, total, most)
-    }
-
-    /// As [`season`], with the rows of every night's compaction and the most parts listed.
-    fn season_parts(policy: &CompactionPolicy, nights: u32) -> (u64, u64, Vec<u64>, usize) {
+    /// as ingest does: the rows each night's compaction rewrites, and the most parts listed.
+    fn season(policy: &CompactionPolicy, nights: u32) -> (Vec<u64>, usize) {
         let mut m = Manifest::default();
-        let (mut worst, mut total) = (0u64, 0u64);
         let (mut each, mut most) = (Vec::new(), 0usize);
         for n in 0..nights {
             let t = 10_000.0 + n as f64;
@@ -1491,19 +1485,22 @@ mod compaction_plan_tests {
             }
             keep.extend(m.files.iter().enumerate().filter(|(i, _)| !merged.contains(i)).map(|(_, p)| p.clone()));
             m.files = keep;
-            worst = worst.max(rewritten);
-            total += rewritten;
             each.push(rewritten);
             most = most.max(m.files.len());
         }
         assert_eq!(m.files.iter().map(|p| p.rows).sum::<u64>(), 35_000 * nights as u64, "no row lost or doubled");
-        (worst, total, each, most)
+        (each, most)
+    }
+
+    fn worst_and_total(each: &[u64]) -> (u64, u64) {
+        (each.iter().copied().max().unwrap_or(0), each.iter().sum())
     }
 
     #[test]
     fn a_nightly_ingest_rewrites_at_most_a_period_of_nights() {
         let policy = CompactionPolicy::default();
-        let (_, total, each, most) = season_parts(&policy, 240);
+        let (each, most) = season(&policy, 240);
+        let (_, total) = worst_and_total(&each);
         // A night's part merges only within its 8-day period (and the recent ones): at most 9
         // nights of rows rewritten on a night, except on the few nights that gather closed
         // periods into a long part (at most one full part and a period's nights).
@@ -1515,10 +1512,11 @@ mod compaction_plan_tests {
         assert!(total <= 6 * 240 * night, "{total} rows rewritten over the season");
         assert!(most <= policy.max_parts + 2, "{most} parts");
         // Without closed periods gathered, one part per period: 31 at the season's end.
-        let (worst_p, total_p, parts_p) = season(&CompactionPolicy { max_parts: usize::MAX, ..policy }, 240);
+        let (each_p, parts_p) = season(&CompactionPolicy { max_parts: usize::MAX, ..policy }, 240);
+        let (worst_p, total_p) = worst_and_total(&each_p);
         assert!(worst_p <= 9 * night && total_p <= total && parts_p >= 240 / 8, "periods only: worst {worst_p}, {parts_p} parts");
         // Without periods one open part grows to the target and is rewritten every night.
-        let (worst_old, total_old, _) = season(&CompactionPolicy { period_days: 0.0, ..policy }, 240);
+        let (worst_old, total_old) = worst_and_total(&season(&CompactionPolicy { period_days: 0.0, ..policy }, 240).0);
         assert!(worst_old > 40 * night && total_old > 2 * total, "old policy: worst {worst_old}, total {total_old} (new {total})");
     }
 
