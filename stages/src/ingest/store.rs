@@ -667,8 +667,22 @@ impl PhotometryStore {
             self.count_rows(std::slice::from_ref(&b));
             let col = str_col(&b, "star")?;
             let hjd = f64_col(&b, "hjd")?;
-            let mask: arrow::array::BooleanArray =
-                (0..b.num_rows()).map(|i| Some(!(hjd.value(i) > upto) && ids.binary_search_by(|x| x.as_str().cmp(col.value(i))).is_ok())).collect();
+            // Rows come sorted by star: one look-up per run of a star's rows.
+            let mut keep = arrow::array::BooleanBufferBuilder::new(b.num_rows());
+            let mut i = 0;
+            while i < b.num_rows() {
+                let id = col.value(i);
+                let mut j = i + 1;
+                while j < b.num_rows() && col.value(j) == id {
+                    j += 1;
+                }
+                let wanted = ids.binary_search_by(|x| x.as_str().cmp(id)).is_ok();
+                for r in i..j {
+                    keep.append(wanted && !(hjd.value(r) > upto));
+                }
+                i = j;
+            }
+            let mask = arrow::array::BooleanArray::new(keep.finish(), None);
             let f = arrow::compute::filter_record_batch(&b, &mask)?;
             if f.num_rows() > 0 {
                 out.push(f);
@@ -1322,6 +1336,16 @@ impl parquet::arrow::async_reader::AsyncFileReader for RangeReader {
     fn get_bytes(&mut self, range: std::ops::Range<u64>) -> futures::future::BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
         let (store, path) = (self.store.clone(), self.path.clone());
         Box::pin(async move { store.get_range(&path, range).await.map_err(|e| parquet::errors::ParquetError::External(Box::new(e))) })
+    }
+
+    /// The ranges of one fetch (a row group's selected pages of every projected column) in one
+    /// `get_ranges`: a local store reads them in one blocking task with the file opened once,
+    /// an S3 store coalesces neighbouring ranges into fewer requests. (The trait's default asks
+    /// for each range in turn: a blocking task, an open and a wake-up per page and column,
+    /// which was a third of a nightly search's time.)
+    fn get_byte_ranges(&mut self, ranges: Vec<std::ops::Range<u64>>) -> futures::future::BoxFuture<'_, parquet::errors::Result<Vec<bytes::Bytes>>> {
+        let (store, path) = (self.store.clone(), self.path.clone());
+        Box::pin(async move { store.get_ranges(&path, &ranges).await.map_err(|e| parquet::errors::ParquetError::External(Box::new(e))) })
     }
 
     fn get_metadata<'a>(
