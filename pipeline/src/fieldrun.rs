@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use lensnet_stages::alertfinder::diagnosis::DIAGNOSIS_NAMES;
 use lensnet_stages::alertfinder::stage::{candidates_path, read_candidate_rows, AlertFinderStage, CandidateRecord};
 use lensnet_stages::ingest::ledger::FileLedger;
-use lensnet_stages::ingest::stage::IngestStage;
+use lensnet_stages::ingest::stage::{CompactStage, IngestStage};
 use lensnet_stages::ingest::{CompactionPolicy, IngestOptions};
 use lensnet_stages::score::stage::{read_verdicts, verdicts_path, ScoreStage};
 use lensnet_stages::score::Scorer;
@@ -402,6 +402,10 @@ impl FieldRunner {
         stages.push(Arc::new(AlertFinderStage { thresholds: self.alert_thresholds.clone(), cache: Some(cache.clone()) }));
         stages.push(Arc::new(ScoreStage { scorer: self.scorer.clone(), stats: self.score_stats.clone(), cache: cache.clone() }));
         stages.push(Arc::new(PublishStage { pool: self.pool.clone(), model_sha256: self.model_sha256().to_string(), replay_id }));
+        if plan == Plan::Live {
+            // The night's parts are merged after its alerts are out (ingest only writes them).
+            stages.push(Arc::new(CompactStage { ledger: self.ledger.clone(), policy: CompactionPolicy::default(), serial: self.ingest_lock.clone() }));
+        }
         let external: &[Dataset] = if plan == Plan::Live { &[Dataset::RawFiles] } else { &[Dataset::Photometry] };
         Ok(build_dag(stages, external)?)
     }
@@ -497,9 +501,10 @@ impl FieldRunner {
     }
 }
 
-/// The ingest options of scheduled runs.
+/// The ingest options of scheduled runs: no compaction in the ingest stage (the live plan's
+/// `compact` stage runs it after publish).
 pub fn ingest_options(format: lensnet_stages::ingest::Format) -> IngestOptions {
-    IngestOptions { format, compaction: Some(CompactionPolicy::default()), ..Default::default() }
+    IngestOptions { format, compaction: None, ..Default::default() }
 }
 
 #[cfg(test)]

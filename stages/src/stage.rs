@@ -26,6 +26,9 @@ pub enum Dataset {
     Verdicts,
     /// Rows in PostgreSQL for follow-up coordinators.
     Published,
+    /// How the photometry's rows are split into parts (compaction rewrites the same rows into
+    /// fewer, larger parts; no stage reads it, it only orders compaction after the alerts).
+    PhotometryLayout,
 }
 
 impl Dataset {
@@ -37,6 +40,7 @@ impl Dataset {
             Dataset::Tensors => "tensors",
             Dataset::Verdicts => "verdicts",
             Dataset::Published => "published",
+            Dataset::PhotometryLayout => "photometry_layout",
         }
     }
 }

@@ -621,18 +621,21 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
     Ok(BucketOut { rows, site_max, counts })
 }
 
-/// A digest of what a nightly run can read: every manifest of the field-season (part names and
-/// row counts). It changes whenever photometry is added (or compacted: a harmless re-run).
+/// A digest of what a nightly run can read: per partition of the field-season, its stored rows
+/// and the newest epoch, from the manifests. Stored photometry only grows, so it changes
+/// whenever photometry is added, and not when compaction rewrites the same rows into other
+/// parts (a live run compacts after its publish: a re-run of the same run id must not search
+/// again because of its own compaction).
 pub async fn manifests_digest(photometry: &PhotometryStore, season: i32, field: Field) -> Result<String, StageError> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for k in photometry.field_partitions(season, field).await.map_err(store_err)? {
         h.update(k.to_string().as_bytes());
         let m = photometry.read_manifest(&k).await.map_err(store_err)?;
-        for p in &m.files {
-            h.update(p.name.as_bytes());
-            h.update(p.rows.to_le_bytes());
-        }
+        let rows: u64 = m.files.iter().map(|p| p.rows).sum();
+        let newest = m.files.iter().map(|p| p.max_hjd).fold(f64::NEG_INFINITY, f64::max);
+        h.update(rows.to_le_bytes());
+        h.update(newest.to_bits().to_le_bytes());
     }
     Ok(hex::encode(h.finalize()))
 }

@@ -687,6 +687,52 @@ pub fn is_input_name(name: &str, has_mapping: bool) -> bool {
     n.ends_with(".pysis") || n.ends_with(".pysis5") || n.ends_with(".diapl") || n.ends_with(".dat") || has_mapping
 }
 
+/// Compacts (with `policy`; `None`: no compaction) every partition of `only_field` (every
+/// field when `None`) and of `touched`, then removes their debris, under the store's writer
+/// lock (`_held`). Returns the compactions and the orphan parts removed.
+///
+/// Every partition of the fields in scope, not only those written now: a run killed between
+/// its commits and its compaction, or during a compaction's deletes, leaves debris that no
+/// later write would touch.
+pub async fn compact_locked(
+    out: &PhotometryStore,
+    policy: Option<&CompactionPolicy>,
+    only_field: Option<crate::photometry::Field>,
+    touched: &[PartitionKey],
+    _held: &crate::ingest::ledger::WriterLock,
+) -> Result<(Vec<Compacted>, usize), IngestError> {
+    let mut in_scope = out.partitions().await?;
+    in_scope.retain(|k| only_field.is_none_or(|f| f == k.field) || touched.contains(k));
+    let mut compactions = Vec::new();
+    if let Some(policy) = policy {
+        // Two partitions at a time (each merge holds at most one full part).
+        let runs = in_scope.iter().cloned().map(|k| {
+            let (o, p) = (out.clone(), *policy);
+            async move { tokio::spawn(async move { o.compact(&k, &p).await }).await }
+        });
+        let done: Vec<_> = futures::stream::iter(runs).buffered(2).collect().await;
+        for r in done {
+            if let Some(c) = r.map_err(|e| IngestError::Corrupt { path: String::new(), reason: format!("a compaction task died: {e}") })?? {
+                compactions.push(c);
+            }
+        }
+    }
+    // Under the writer lock every unlisted part is debris (a crashed run's staged part, a
+    // crashed compaction's leftovers): remove it so that glob readers see each row once.
+    let mut orphans = 0;
+    for k in &in_scope {
+        orphans += out.remove_orphans(k).await?;
+    }
+    Ok((compactions, orphans))
+}
+
+/// [`compact_locked`] for `field` (every field when `None`), taking the store's writer lock
+/// through `ledger` (waiting for an ingest that holds it).
+pub async fn compact_field(out: &PhotometryStore, ledger: &dyn FileLedger, policy: &CompactionPolicy, field: Option<crate::photometry::Field>) -> Result<(Vec<Compacted>, usize), IngestError> {
+    let writer = ledger.lock_writer(&out.identity()).await?;
+    compact_locked(out, Some(policy), field, &[], &writer).await
+}
+
 /// Ingests every input under `input` (a local file or directory, or a store URL) into `out`.
 /// A bad file is quarantined and the batch goes on; a store or ledger failure of one file is
 /// reported as `Failed` and the batch goes on too (the next run retries that file).
@@ -875,30 +921,9 @@ pub async fn ingest_location_locked(
     commit_group(group, out, ledger, &mut report, &mut touched).await;
     touched.sort();
     touched.dedup();
-    // Every partition of the fields in scope, not only those written now: a run killed between
-    // its commits and its compaction, or during a compaction's deletes, leaves debris that no
-    // later write would touch.
-    let mut in_scope = out.partitions().await?;
-    in_scope.retain(|k| opts.only_field.is_none_or(|f| f == k.field) || touched.contains(k));
-    if let Some(policy) = &opts.compaction {
-        // Two partitions at a time (each merge holds at most one full part).
-        use futures::StreamExt;
-        let runs = in_scope.iter().cloned().map(|k| {
-            let (o, p) = (out.clone(), *policy);
-            async move { tokio::spawn(async move { o.compact(&k, &p).await }).await }
-        });
-        let done: Vec<_> = futures::stream::iter(runs).buffered(2).collect().await;
-        for r in done {
-            if let Some(c) = r.map_err(|e| IngestError::Corrupt { path: String::new(), reason: format!("a compaction task died: {e}") })?? {
-                report.compactions.push(c);
-            }
-        }
-    }
-    // Under the writer lock every unlisted part is debris (a crashed run's staged part, a
-    // crashed compaction's leftovers): remove it so that glob readers see each row once.
-    for k in &in_scope {
-        report.orphans_removed += out.remove_orphans(k).await?;
-    }
+    let (compactions, orphans) = compact_locked(out, opts.compaction.as_ref(), opts.only_field, &touched, _held).await?;
+    report.compactions = compactions;
+    report.orphans_removed += orphans;
     tracing::info!(
         files = report.files.len(),
         rows = report.rows_added(),
