@@ -1,7 +1,8 @@
-//! Crash safety as a user meets it: `lensnet ingest` and `lensnet run` killed with SIGKILL at
-//! random moments (a fixed seed, a bounded number of kills), then run to the end, must leave the
-//! same tables and the same stored photometry as one uninterrupted ingest and run; the store has
-//! no debris and no run or attempt is left `running`.
+//! Crash safety as a user meets it: `lensnet ingest` and `lensnet run` (or a `lensnet run` that
+//! ingests and compacts the files itself) killed with SIGKILL at random moments (a fixed seed, a
+//! bounded number of kills), then run to the end, must leave the same tables and the same stored
+//! photometry as the same commands uninterrupted; the store has no debris and no run or attempt
+//! is left `running`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -91,6 +92,20 @@ fn history_state(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_and_runs_killed_at_random_moments_end_like_uninterrupted_ones() {
+    killed_at_random_moments(true).await;
+}
+
+/// A `lensnet run` that finds the night's files in its inbox: its ingest writes them without
+/// compacting and its last stage, `compact`, merges them after publish, so the kills land in
+/// uncompacted writes, in the search and in the compaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_ingests_and_compacts_killed_at_random_moments_ends_like_an_uninterrupted_one() {
+    killed_at_random_moments(false).await;
+}
+
+/// `lensnet ingest` (when `standalone_ingest`) then `lensnet run`, each killed at random moments
+/// and then run to the end, against the same commands uninterrupted.
+async fn killed_at_random_moments(standalone_ingest: bool) {
     let season = tempfile::tempdir().unwrap();
     let cfg = SimConfig { fields: vec![Field(14)], stars: 60, seed: 11, mix: crate::orchestration::event_rich(), ..Default::default() };
     write_season(&cfg, season.path()).unwrap();
@@ -103,8 +118,10 @@ async fn ingest_and_runs_killed_at_random_moments_end_like_uninterrupted_ones() 
     let ref_db = TestDb::new().await;
     let Some(ref_url) = ref_db.url() else { return };
     let ref_work = tempfile::tempdir().unwrap();
-    let ingest_time = complete(lensnet(ref_work.path(), &ref_url, inbox, &["ingest", "--input", inbox.to_str().unwrap()]));
-    let run_time = complete(lensnet(ref_work.path(), &ref_url, inbox, &["run", "--field", "BLG14", "--as-of", as_of, "--season", "2025"]));
+    let ingest_args = vec!["ingest", "--input", inbox.to_str().unwrap()];
+    let run_args = vec!["run", "--field", "BLG14", "--as-of", as_of, "--season", "2025"];
+    let ingest_time = standalone_ingest.then(|| complete(lensnet(ref_work.path(), &ref_url, inbox, &ingest_args)));
+    let run_time = complete(lensnet(ref_work.path(), &ref_url, inbox, &run_args));
     let expected = tables(&ref_db.pool).await;
     assert!(expected.iter().filter(|r| r.starts_with("BLG14") || r.contains("KB") || r.contains('|')).count() > 10);
     let expected_rows = store_rows(&ref_work.path().join(".lensnet/store")).await;
@@ -114,22 +131,25 @@ async fn ingest_and_runs_killed_at_random_moments_end_like_uninterrupted_ones() 
     assert_eq!(expected_history.len(), 2, "the watermarks and the run's screening state: {:?}", expected_history.iter().map(|h| &h.0).collect::<Vec<_>>());
     let verdicts: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts").fetch_one(&ref_db.pool).await.unwrap();
     assert!(verdicts > 0, "the reference run published verdicts");
+    // Where the run ingested the files itself, it compacted them after its publish (after a
+    // standalone ingest, which compacts, there is nothing left to merge).
+    let rewritten: i64 = sqlx::query_scalar("SELECT coalesce(sum(rows_out), 0)::int8 FROM stage_attempts WHERE stage = 'compact' AND status = 'succeeded'").fetch_one(&ref_db.pool).await.unwrap();
+    assert_eq!(rewritten > 0, !standalone_ingest, "rows rewritten by the run's compact stage: {rewritten}");
 
     let db = TestDb::new().await;
     let url = db.url().unwrap();
     let work = tempfile::tempdir().unwrap();
     let mut rng = Lcg(2026);
     let (mut tried, mut hit) = (0, 0);
-    for (args, typical) in [
-        (vec!["ingest", "--input", inbox.to_str().unwrap()], ingest_time),
-        (vec!["run", "--field", "BLG14", "--as-of", as_of, "--season", "2025"], run_time),
-    ] {
-        // Each start resumes what the killed ones left, so later starts have less to do: a kill
+    let commands: Vec<(Vec<&str>, Duration)> = ingest_time.map(|t| (ingest_args.clone(), t)).into_iter().chain([(run_args.clone(), run_time)]).collect();
+    for (args, typical) in commands {
+        // Delays up to 92 % of the uninterrupted time, so that kills land in a run's last stage
+        // (compact) too. Each start resumes what the killed ones left, so later starts have less to do: a kill
         // that finds the command already done halves the delays (up to 4x the kills' tries),
         // so that the kills keep landing while it runs however fast this machine is today.
         let (mut typical, mut landed, mut tries) = (typical, 0, 0);
         while landed < kills() && tries < 4 * kills() {
-            let delay = typical.mul_f64(0.02 + 0.7 * rng.next_f64());
+            let delay = typical.mul_f64(0.02 + 0.9 * rng.next_f64());
             let mut child = lensnet(work.path(), &url, inbox, &args).spawn().unwrap();
             std::thread::sleep(delay);
             if child.try_wait().unwrap().is_none() {
@@ -156,6 +176,8 @@ async fn ingest_and_runs_killed_at_random_moments_end_like_uninterrupted_ones() 
         assert!(done, "{args:?} never completed after the kills");
     }
     eprintln!("crash test: {hit} of {tried} SIGKILLs hit a live process (ingest {ingest_time:?}, run {run_time:?} uninterrupted)");
+    let cut: Vec<(String, i64)> = sqlx::query_as("SELECT stage, count(*) FROM stage_attempts WHERE status <> 'succeeded' GROUP BY 1 ORDER BY 1").fetch_all(&db.pool).await.unwrap();
+    eprintln!("crash test: stage attempts the kills cut short: {cut:?}");
     assert!(hit >= kills(), "most kills land while the command runs: {hit} of {tried}");
     assert_eq!(tables(&db.pool).await, expected, "the same tables as an uninterrupted ingest and run");
     assert_eq!(store_rows(&work.path().join(".lensnet/store")).await, expected_rows, "the same photometry");
