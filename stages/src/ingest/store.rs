@@ -56,7 +56,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
-use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Field as ArrowField, Schema, SchemaRef};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -423,11 +423,24 @@ pub fn observations_batch(obs: &Observations, source: &str, rows: &[usize]) -> R
     )?)
 }
 
-/// Sorts any photometry batch by (star, hjd, band).
+/// Sorts any photometry batch by (star, hjd, band), stably (rows with the same key keep their
+/// order).
+///
+/// The three key columns are encoded once in arrow's row format, whose bytes compare as the
+/// columns do (lexicographically, floats in total order), and the row indices are sorted on
+/// those bytes with the standard library's stable sort. A compaction's input is its parts
+/// concatenated, each already sorted: the stable sort finds those runs and merges them (n log k
+/// comparisons for k parts), and each comparison is one memcmp. `lexsort_to_indices` sorted from
+/// scratch with three dynamically dispatched column comparisons per step: about a fifth of a
+/// nightly compaction's time (perf, `bench field` at 10⁵ stars).
 pub fn sort_batch(batch: &RecordBatch) -> Result<RecordBatch, IngestError> {
-    let cols = [0usize, 2, 1].map(|i| SortColumn { values: batch.column(i).clone(), options: None });
-    let idx = lexsort_to_indices(&cols, None)?;
-    Ok(take_record_batch(batch, &idx)?)
+    use arrow::row::{RowConverter, SortField};
+    let keys = [0usize, 2, 1];
+    let converter = RowConverter::new(keys.iter().map(|&i| SortField::new(batch.schema().field(i).data_type().clone())).collect())?;
+    let rows = converter.convert_columns(&keys.map(|i| batch.column(i).clone()))?;
+    let mut idx: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    idx.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+    Ok(take_record_batch(batch, &UInt32Array::from(idx))?)
 }
 
 fn f64_col<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a Float64Array, IngestError> {
@@ -1476,6 +1489,88 @@ mod bucket_tests {
             n[bucket_of(&crate::simulate::star_id(Field(14), i).0, b) as usize] += 1;
         }
         assert!(n.iter().all(|&x| (x as u64) < BUCKET_STARS * 11 / 10), "{n:?}");
+    }
+}
+
+#[cfg(test)]
+mod sort_tests {
+    use super::*;
+    use arrow::array::UInt32Array;
+    use arrow::compute::{lexsort_to_indices, SortColumn};
+
+    /// A batch of the photometry schema: stars of different lengths (so that byte order and
+    /// string order could disagree if the row format were misused), times with duplicates and
+    /// negative values, two bands; `source_line` is the input position.
+    fn batch(n: usize, runs: usize) -> RecordBatch {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let stars = ["BLG14.K1", "BLG14.K10", "BLG14.K2", "BLG14.K100", "BLG14.K", "BLG14.K1a"];
+        let (mut star, mut band, mut hjd) = (Vec::new(), Vec::new(), Vec::new());
+        // `runs` sorted runs, as a compaction's concatenated parts are, then shuffled rows.
+        for r in 0..=runs {
+            let mut rows: Vec<(&str, f64, &str)> = (0..n / (runs + 1))
+                .map(|_| {
+                    let v = next();
+                    (stars[(v % 6) as usize], ((v >> 8) % 50) as f64 * 0.5 - 5.0, if (v >> 20) % 3 == 0 { "V" } else { "I" })
+                })
+                .collect();
+            if r < runs {
+                rows.sort_by(|a, b| a.0.cmp(b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(b.2)));
+            }
+            for (s, h, b) in rows {
+                star.push(s);
+                hjd.push(h);
+                band.push(b);
+            }
+        }
+        let m = star.len();
+        let f = |v: f64| -> ArrayRef { Arc::new(Float64Array::from(vec![v; m])) };
+        RecordBatch::try_new(
+            photometry_schema(),
+            vec![
+                Arc::new(StringArray::from(star)),
+                Arc::new(StringArray::from(band)),
+                Arc::new(Float64Array::from(hjd)),
+                f(1.0),
+                f(0.1),
+                f(19.0),
+                f(0.01),
+                f(3.0),
+                f(100.0),
+                f(1.2),
+                f(0.0),
+                f(0.0),
+                Arc::new(StringArray::from(vec!["a.pysis"; m])),
+                Arc::new(UInt32Array::from_iter_values(0..m as u32)),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sort_batch_orders_rows_as_lexsort_does_and_keeps_ties_in_input_order() {
+        for (n, runs) in [(0, 0), (1, 0), (5_000, 0), (5_000, 3), (20_000, 9)] {
+            let b = batch(n, runs);
+            let sorted = sort_batch(&b).unwrap();
+            let cols = [0usize, 2, 1].map(|i| SortColumn { values: b.column(i).clone(), options: None });
+            let reference = take_record_batch(&b, &lexsort_to_indices(&cols, None).unwrap()).unwrap();
+            assert_eq!(sorted.num_rows(), b.num_rows());
+            for c in [0usize, 2, 1] {
+                assert_eq!(sorted.column(c), reference.column(c), "rows {n}, runs {runs}, column {c}");
+            }
+            let (star, hjd, band) = (str_col(&sorted, "star").unwrap(), f64_col(&sorted, "hjd").unwrap(), str_col(&sorted, "band").unwrap());
+            let line = sorted.column(13).as_any().downcast_ref::<UInt32Array>().unwrap();
+            for i in 1..sorted.num_rows() {
+                if (star.value(i), hjd.value(i), band.value(i)) == (star.value(i - 1), hjd.value(i - 1), band.value(i - 1)) {
+                    assert!(line.value(i) > line.value(i - 1), "a tie keeps its input order (row {i})");
+                }
+            }
+        }
     }
 }
 
