@@ -66,6 +66,11 @@ impl StageError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, StageError::Transient { .. })
     }
+
+    /// `Transient` when a retry can help (`retryable`), else `Permanent`.
+    pub fn of(stage: &'static str, retryable: bool, message: String) -> Self {
+        if retryable { StageError::Transient { stage, message } } else { StageError::Permanent { stage, message } }
+    }
 }
 
 /// What one stage attempt sees: which field and time it works on, and where datasets live.

@@ -50,10 +50,9 @@ impl Stage for IngestStage {
         let out = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
         let opts = IngestOptions { only_field: Some(ctx.field), ..self.options.clone() };
         let _one_writer = self.serial.lock().await;
-        let report = ingest_location(&self.inbox, &out, self.ledger.as_ref(), &opts).await.map_err(|e| {
-            let message = format!("ingesting {}: {e}", self.inbox);
-            if e.is_retryable() { StageError::Transient { stage: STAGE, message } } else { StageError::Permanent { stage: STAGE, message } }
-        })?;
+        let report = ingest_location(&self.inbox, &out, self.ledger.as_ref(), &opts)
+            .await
+            .map_err(|e| StageError::of(STAGE, e.is_retryable(), format!("ingesting {}: {e}", self.inbox)))?;
         let retryable: Vec<String> = report
             .files
             .iter()
@@ -128,10 +127,9 @@ impl Stage for CompactStage {
     async fn run(&self, ctx: &RunCtx) -> Result<StageReport, StageError> {
         let out = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
         let _one_writer = self.serial.lock().await;
-        let (compactions, orphans) = compact_field(&out, self.ledger.as_ref(), &self.policy, Some(ctx.field)).await.map_err(|e| {
-            let message = format!("compacting field {}: {e}", ctx.field);
-            if e.is_retryable() { StageError::Transient { stage: COMPACT_STAGE, message } } else { StageError::Permanent { stage: COMPACT_STAGE, message } }
-        })?;
+        let (compactions, orphans) = compact_field(&out, self.ledger.as_ref(), &self.policy, Some(ctx.field))
+            .await
+            .map_err(|e| StageError::of(COMPACT_STAGE, e.is_retryable(), format!("compacting field {}: {e}", ctx.field)))?;
         let rewritten: u64 = compactions.iter().map(|c| c.rows).sum();
         Ok(StageReport {
             rows_in: rewritten,

@@ -1502,22 +1502,14 @@ mod sort_tests {
     /// string order could disagree if the row format were misused), times with duplicates and
     /// negative values, two bands; `source_line` is the input position.
     fn batch(n: usize, runs: usize) -> RecordBatch {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        use rand::Rng;
+        let mut rng = crate::simulate::rng_for(7, &[n as u64, runs as u64]);
         let stars = ["BLG14.K1", "BLG14.K10", "BLG14.K2", "BLG14.K100", "BLG14.K", "BLG14.K1a"];
         let (mut star, mut band, mut hjd) = (Vec::new(), Vec::new(), Vec::new());
         // `runs` sorted runs, as a compaction's concatenated parts are, then shuffled rows.
         for r in 0..=runs {
             let mut rows: Vec<(&str, f64, &str)> = (0..n / (runs + 1))
-                .map(|_| {
-                    let v = next();
-                    (stars[(v % 6) as usize], ((v >> 8) % 50) as f64 * 0.5 - 5.0, if (v >> 20) % 3 == 0 { "V" } else { "I" })
-                })
+                .map(|_| (stars[rng.random_range(0..6)], rng.random_range(0..50) as f64 * 0.5 - 5.0, if rng.random_range(0..3) == 0 { "V" } else { "I" }))
                 .collect();
             if r < runs {
                 rows.sort_by(|a, b| a.0.cmp(b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(b.2)));
