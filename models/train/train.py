@@ -197,6 +197,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=20260601)
     ap.add_argument("--val-share", type=float, default=0.15)
+    ap.add_argument("--exclude-stars", type=Path,
+                    help="a file of star ids, one a line: their rows (and those injected into them, HOST+inj...) "
+                         "are left out, for cross-validation folds (models/train/cv)")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -205,6 +208,12 @@ def main() -> None:
     t_start = time.time()
 
     data = load_all(args.train)
+    if args.exclude_stars:
+        out = {line.strip() for line in args.exclude_stars.read_text().splitlines() if line.strip()}
+        host = np.array([str(s).split("+inj")[0] for s in data["star"]])
+        keep = ~np.isin(host, sorted(out))
+        print(f"--exclude-stars: {int((~keep).sum())} rows of {len(out)} listed stars left out", flush=True)
+        data = {k: (v[keep] if isinstance(v, np.ndarray) and len(v) == len(keep) else v) for k, v in data.items()}
     n = len(data["y"])
     # Validation split grouped by star (the same star appears at several cut-offs; an injected
     # star goes with its host, `HOST+inj...`).
