@@ -126,13 +126,54 @@ pub async fn run(cfg: Config, args: EvaluateArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Every folder under `dir` by name (star folders may sit at any depth; the first found wins).
+/// Symbolic links to folders are followed, as ingest follows them (an archive assembled from links
+/// must pass the label check that its ingest would pass); a folder reached twice is read once.
 fn collect_folders(dir: &std::path::Path, out: &mut std::collections::BTreeMap<String, std::path::PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            out.entry(e.file_name().to_string_lossy().into_owned()).or_insert_with(|| e.path());
-            collect_folders(&e.path(), out)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if !seen.insert(d.canonicalize()?) {
+            continue;
+        }
+        let mut children: Vec<std::fs::DirEntry> = std::fs::read_dir(&d)?.collect::<Result<_, _>>()?;
+        children.sort_by_key(|e| e.file_name());
+        // Depth-first in name order: pushed in reverse so the first name is read first.
+        for e in children.into_iter().rev() {
+            // metadata() follows links; a dangling link is not a folder.
+            if std::fs::metadata(e.path()).map(|m| m.is_dir()).unwrap_or(false) {
+                stack.push(e.path());
+            }
+        }
+        if d != dir {
+            if let Some(name) = d.file_name() {
+                out.entry(name.to_string_lossy().into_owned()).or_insert_with(|| d.clone());
+            }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::collect_folders;
+
+    #[test]
+    fn star_folders_behind_symbolic_links_are_found_and_a_link_loop_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("archive");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(archive.join("ogle/OGLE-A")).unwrap();
+        std::fs::create_dir_all(elsewhere.join("KMT-B")).unwrap();
+        std::fs::write(elsewhere.join("KMT-B/lc.pysis"), "x").unwrap();
+        // A linked star folder, a linked folder of stars, a loop and a dangling link.
+        std::os::unix::fs::symlink(elsewhere.join("KMT-B"), archive.join("KMT-B")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, archive.join("more")).unwrap();
+        std::os::unix::fs::symlink(&archive, archive.join("ogle/back")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("gone"), archive.join("gone")).unwrap();
+        let mut found = std::collections::BTreeMap::new();
+        collect_folders(&archive, &mut found).unwrap();
+        let names: Vec<&str> = found.keys().map(String::as_str).collect();
+        assert_eq!(names, ["KMT-B", "OGLE-A", "more", "ogle"]);
+        assert_eq!(found["KMT-B"], archive.join("KMT-B"));
+    }
 }
