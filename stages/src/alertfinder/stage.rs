@@ -226,8 +226,14 @@ pub async fn find_candidates_with(ctx: &RunCtx, params: &AlertParams, cache: Opt
     };
     let results = if as_of.is_finite() { scan_batch_with(&views, &star_history, as_of, since, params) } else { Vec::new() };
 
-    // Newest epoch per site up to as_of, for the watermark.
+    // Newest epoch per site up to as_of, for the watermark. A site without new points keeps
+    // the previous run's watermark, as in the nightly path: a night without data must not
+    // leave an empty watermark, or the next run would search every star of the field again
+    // from the season's start (and score the stars that had no new data on stale points).
     let mut site_max: BTreeMap<String, f64> = BTreeMap::new();
+    if let Some(prev) = state.runs.iter().rev().find(|e| e.as_of < as_of) {
+        site_max.extend(prev.sites.iter().map(|(k, v)| (k.clone(), *v)));
+    }
     for s in &stars {
         for c in &s.curves {
             let key = c.site.map(|s| s.code().to_string()).unwrap_or_else(|| "other".into());
@@ -451,13 +457,15 @@ pub struct WatermarkEntry {
 const MAX_ENTRIES: usize = 2000;
 
 impl WatermarkState {
-    /// The `since` for a run at `as_of`: the oldest site watermark of the newest earlier run.
+    /// The `since` for a run at `as_of`: the oldest site watermark of the newest earlier run
+    /// that saw data (a run that saw none, stored by a version before the watermark was
+    /// carried over, holds no sites and says nothing about what was processed).
     pub fn since(&self, as_of: f64) -> f64 {
         self.runs
             .iter()
             .rev()
-            .find(|e| e.as_of < as_of)
-            .and_then(|e| e.sites.values().copied().filter(|v| v.is_finite()).reduce(f64::min))
+            .filter(|e| e.as_of < as_of)
+            .find_map(|e| e.sites.values().copied().filter(|v| v.is_finite()).reduce(f64::min))
             .unwrap_or(f64::NEG_INFINITY)
     }
 
@@ -716,6 +724,37 @@ mod tests {
         assert_eq!(s.since(102.0), 100.2);
         s.record(100.5, BTreeMap::from([("KMTA".into(), 100.4)]));
         assert_eq!(s.runs.iter().map(|e| e.as_of).collect::<Vec<_>>(), vec![100.0, 100.5, 101.0]);
+        // A run that saw no data (an empty entry, as older versions stored one) is skipped.
+        s.record(102.0, BTreeMap::new());
+        assert_eq!(s.since(103.0), 100.2, "a night without data does not reset the watermark");
+    }
+
+    #[tokio::test]
+    async fn a_run_after_a_night_without_data_searches_only_stars_with_new_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, root) = ingested(dir.path()).await;
+        let p = AlertParams::low_cadence();
+        // As a replay runs: through the photometry cache, which holds the whole season and
+        // gives each run the stars with points in (since, as_of].
+        let cache = crate::cache::PhotometryCache::new();
+        let find_candidates = |c: RunCtx, p: &AlertParams| {
+            let (p, cache) = (p.clone(), &cache);
+            async move { find_candidates_with(&c, &p, Some(cache)).await }
+        };
+        // The event (peak 8192) is a candidate on day 20 of the season...
+        find_candidates(ctx(&store, &root, 8200.0), &p).await.unwrap();
+        assert_eq!(status_of(&store, &root, 8200.0).await.as_deref(), Some("candidate"));
+        // ...then two runs before the night's points (at .55-.70): no new data for either.
+        for as_of in [8200.3, 8200.4] {
+            let out = find_candidates(ctx(&store, &root, as_of), &p).await.unwrap();
+            assert_eq!(out.since, 8199.7, "as_of {as_of}");
+            assert_eq!(status_of(&store, &root, as_of).await, None, "as_of {as_of}: a star without new points is not scored again");
+        }
+        let state = read_state(store.as_ref(), &state_path(&root, 2018, Field(14))).await.unwrap();
+        assert_eq!(state.runs.iter().map(|e| e.sites.get("KMTC").copied()).collect::<Vec<_>>(), vec![Some(8199.7); 3], "the watermark is carried over");
+        // The night's points arrive: searched again.
+        find_candidates(ctx(&store, &root, 8201.0), &p).await.unwrap();
+        assert_eq!(status_of(&store, &root, 8201.0).await.as_deref(), Some("candidate"));
     }
 
     /// A pySIS file of one star: `points` are (HJD - 2450000, flux), brightening positive.
