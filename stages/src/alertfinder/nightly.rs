@@ -419,14 +419,8 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
     let since = state.since(as_of);
     let budget_rows = (budget_bytes / BYTES_PER_ROW).max(1);
     let mut counts = NightlyCounts { buckets: groups.len(), ..Default::default() };
-    let mut site_max: BTreeMap<String, f64> = BTreeMap::new();
-    // A site without new points keeps its watermark (the whole-field path finds the same: the
-    // newest epoch of the stars it searches).
-    if let Some(prev) = state.runs.iter().rev().find(|e| e.as_of < as_of) {
-        for (k, v) in &prev.sites {
-            site_max.insert(k.clone(), *v);
-        }
-    }
+    // A site without new points keeps its watermark, as in the whole-field path.
+    let mut site_max = state.carried_over(as_of);
     // The candidates file is written as the buckets finish, in bucket order and sorted by star
     // within a bucket (a multipart upload: it appears whole or not at all), so that a night on
     // which every star of the field fails (a season's first) holds one bucket's rows at a time.

@@ -230,10 +230,7 @@ pub async fn find_candidates_with(ctx: &RunCtx, params: &AlertParams, cache: Opt
     // the previous run's watermark, as in the nightly path: a night without data must not
     // leave an empty watermark, or the next run would search every star of the field again
     // from the season's start (and score the stars that had no new data on stale points).
-    let mut site_max: BTreeMap<String, f64> = BTreeMap::new();
-    if let Some(prev) = state.runs.iter().rev().find(|e| e.as_of < as_of) {
-        site_max.extend(prev.sites.iter().map(|(k, v)| (k.clone(), *v)));
-    }
+    let mut site_max = state.carried_over(as_of);
     for s in &stars {
         for c in &s.curves {
             let key = c.site.map(|s| s.code().to_string()).unwrap_or_else(|| "other".into());
@@ -467,6 +464,12 @@ impl WatermarkState {
             .filter(|e| e.as_of < as_of)
             .find_map(|e| e.sites.values().copied().filter(|v| v.is_finite()).reduce(f64::min))
             .unwrap_or(f64::NEG_INFINITY)
+    }
+
+    /// The newest earlier run's watermarks: where a run at `as_of` starts its own, so that a
+    /// site without new points keeps its watermark (both alertfinder paths).
+    pub fn carried_over(&self, as_of: f64) -> BTreeMap<String, f64> {
+        self.runs.iter().rev().find(|e| e.as_of < as_of).map(|e| e.sites.clone()).unwrap_or_default()
     }
 
     pub fn record(&mut self, as_of: f64, sites: BTreeMap<String, f64>) {
