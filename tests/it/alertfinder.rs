@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use lensnet::ledger::PgLedger;
 use lensnet_stages::alertfinder::stage::{candidates_path, read_candidates, AlertFinderStage};
+use lensnet_stages::alertfinder::N_DIAGNOSIS;
 use lensnet_stages::ingest::{ingest_location, IngestOptions, PhotometryStore};
 use lensnet_stages::simulate::{write_season, Class, ClassMix, Label, Season, SimConfig};
 use lensnet_stages::{Field, RunCtx, Stage};
@@ -55,7 +56,7 @@ async fn simulated_events_are_flagged_at_peak_and_constant_stars_are_not() {
         for r in rows.iter().filter(|r| r.status == "candidate") {
             let truth = truths.iter().find(|x| x.star_id.0 == r.star).unwrap();
             assert_ne!(truth.class, Class::Constant, "constant star {} flagged at {as_of}", r.star);
-            assert_eq!(r.diagnosis.len(), 47);
+            assert_eq!(r.diagnosis.len(), N_DIAGNOSIS, "the whole diagnosis list, history included");
             assert!(r.bl_delta_chi2 >= 250.0);
         }
     }

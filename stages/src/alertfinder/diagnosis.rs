@@ -9,11 +9,16 @@
 
 use super::{StarResult, N_SITES};
 
-/// Version of the feature list, bumped on any change.
-pub const DIAGNOSIS_VERSION: u32 = 1;
+/// Version of the feature list, bumped on any change (2: the star's history, appended).
+pub const DIAGNOSIS_VERSION: u32 = 2;
 
 /// Number of features.
-pub const N_DIAGNOSIS: usize = 47;
+pub const N_DIAGNOSIS: usize = 53;
+
+/// Features of version 1 (`lensnet-v1`, `lensnet-v2`). A model is trained on a prefix of
+/// [`DIAGNOSIS_NAMES`] (its `lensnet.diag_names`), so a model of an earlier version keeps
+/// working: it is given the first names only.
+pub const N_DIAGNOSIS_V1: usize = 47;
 
 /// Names of the features, in vector order.
 pub const DIAGNOSIS_NAMES: [&str; N_DIAGNOSIS] = [
@@ -70,6 +75,13 @@ pub const DIAGNOSIS_NAMES: [&str; N_DIAGNOSIS] = [
     "q_frac_high_sky",
     "q_frac_missing",
     "q_single_site_rise",      // 1 when only one of >= 2 observing sites rises
+    // The star's history before the search window (version 2; `history::HistorySummary`).
+    "hist_nights",             // nights absorbed, all sites
+    "hist_sites",              // sites whose history can show a brightening
+    "hist_sites_used",         // sites whose baseline came from the history
+    "hist_episodes",           // ended brightenings, all sites
+    "hist_episode_sites",      // sites with an ended brightening
+    "hist_max_z",              // highest nightly z (nightly sigmas above the level)
 ];
 
 fn finite(x: f64) -> f64 {
@@ -88,6 +100,7 @@ pub fn diagnosis_vector(r: &StarResult) -> [f64; N_DIAGNOSIS] {
     let g = r.grid.unwrap_or_default();
     let q = r.quality.unwrap_or_default();
     let b = &r.baseline;
+    let h = &r.history;
     let n_usable = b.iter().filter(|s| s.usable).count();
     let per_point = |d: f64, n: u32| if n > 0 { d / n as f64 } else { 0.0 };
     let dof = bl.n_points as f64 - n_usable as f64;
@@ -146,6 +159,12 @@ pub fn diagnosis_vector(r: &StarResult) -> [f64; N_DIAGNOSIS] {
         q.frac_high_sky,
         q.frac_missing,
         q.single_site_rise as u8 as f64,
+        h.nights.iter().map(|&n| n as f64).sum(),
+        h.history_sites as f64,
+        h.sites_used.count_ones() as f64,
+        h.episodes as f64,
+        h.episode_sites as f64,
+        h.max_z,
     ];
     v.map(finite)
 }

@@ -257,6 +257,9 @@ fn diagnosis_names_are_unique_and_params_round_trip() {
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), N_DIAGNOSIS);
+    // Append-only: the first version's 47 (lensnet-v1, -v2) keep their places.
+    assert_eq!(DIAGNOSIS_NAMES[N_DIAGNOSIS_V1 - 1], "q_single_site_rise");
+    assert_eq!(DIAGNOSIS_NAMES[N_DIAGNOSIS_V1], "hist_nights");
     let p = AlertParams::high_cadence();
     let json = serde_json::to_string(&p).expect("serialisable");
     let back: AlertParams = serde_json::from_str(&json).expect("round trip");
@@ -438,4 +441,19 @@ fn false_candidates_by_class() {
         }
         eprintln!("{field}: stars flagged on some day / stars, by class: {by:?}");
     }
+}
+
+#[test]
+fn the_history_enters_the_diagnosis_vector_by_name() {
+    let mut r = StarResult::empty(Status::Candidate, None, 8300.0);
+    r.history = HistorySummary { nights: [10, 20, 0], episodes: 2, max_z: 30.5, sites_used: 0b101, episode_sites: 1, history_sites: 2 };
+    let v = diagnosis_vector(&r);
+    let at = |name: &str| v[DIAGNOSIS_NAMES.iter().position(|n| *n == name).expect(name)];
+    assert_eq!(
+        [at("hist_nights"), at("hist_sites"), at("hist_sites_used"), at("hist_episodes"), at("hist_episode_sites"), at("hist_max_z")],
+        [30.0, 2.0, 2.0, 2.0, 1.0, 30.5]
+    );
+    // Without a history every history feature is 0.
+    let quiet = diagnosis_vector(&StarResult::empty(Status::Candidate, None, 8300.0));
+    assert!(quiet[N_DIAGNOSIS_V1..].iter().all(|&x| x == 0.0));
 }
