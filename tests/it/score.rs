@@ -3,7 +3,7 @@
 //! tests/fixtures/score/standin_expected.json, to 1e-4.
 
 
-use lensnet_stages::alertfinder::diagnosis::{DIAGNOSIS_NAMES, N_DIAGNOSIS};
+use lensnet_stages::alertfinder::diagnosis::{DIAGNOSIS_NAMES, N_DIAGNOSIS_V1};
 use lensnet_stages::score::{verdict, Class, ExecutionProvider, ScoreOptions, Scorer, Thresholds, SEQ_LEN, SEQ_VALUES};
 use crate::harness::root;
 
@@ -22,10 +22,11 @@ fn fixture_inputs(lengths: &[[usize; 3]]) -> (Vec<f32>, Vec<f32>) {
             }
         }
     }
-    let mut diag = vec![0f32; lengths.len() * N_DIAGNOSIS];
+    // The stand-in was exported with the first version's 47 diagnosis features.
+    let mut diag = vec![0f32; lengths.len() * N_DIAGNOSIS_V1];
     for b in 0..lengths.len() {
-        for j in 0..N_DIAGNOSIS {
-            diag[b * N_DIAGNOSIS + j] = (((b * 11 + j * 5) % 23) as f64 / 11.5 - 1.0) as f32;
+        for j in 0..N_DIAGNOSIS_V1 {
+            diag[b * N_DIAGNOSIS_V1 + j] = (((b * 11 + j * 5) % 23) as f64 / 11.5 - 1.0) as f32;
         }
     }
     (seq, diag)
@@ -57,6 +58,7 @@ fn standin_model_matches_the_python_expectations_on_cpu() {
     assert_eq!(scorer.provider(), ExecutionProvider::Cpu);
     assert_eq!(scorer.model().sha256, fx.model_sha256, "the committed model is the one the fixture was made with");
     assert_eq!(scorer.model().kind, "standin");
+    assert_eq!(scorer.model().n_diag, N_DIAGNOSIS_V1, "the stand-in takes the first 47 diagnosis features");
 
     let got = scorer.score(&seq, &diag, fx.lengths.len()).unwrap();
     assert_eq!(got.len(), fx.probs.len());
@@ -85,6 +87,6 @@ fn standin_model_matches_the_python_expectations_on_cpu() {
 fn standin_metadata_names_the_diagnosis_parameters_in_order() {
     // Scorer::new refuses a model whose metadata disagrees; this checks the stored string itself.
     let bytes = std::fs::read(root().join("models/lensnet-standin.onnx")).unwrap();
-    let joined = DIAGNOSIS_NAMES.join(",");
+    let joined = DIAGNOSIS_NAMES[..N_DIAGNOSIS_V1].join(",");
     assert!(bytes.windows(joined.len()).any(|w| w == joined.as_bytes()), "lensnet.diag_names not in the model");
 }

@@ -231,17 +231,18 @@ fn diag_transformed(j: usize, stats: &PreprocessStats) -> Expr {
     }
 }
 
-/// The `diag` tensor `[n, 47]`, row-major.
+/// The `diag` tensor `[n, stats.n_diag()]` (the model's prefix of the features), row-major.
 pub fn diag_tensor(cands: &[Candidate<'_>], stats: &PreprocessStats) -> Result<Vec<f32>, PreprocessError> {
-    let exprs: Vec<Expr> = (0..N_DIAGNOSIS)
+    let width = stats.n_diag();
+    let exprs: Vec<Expr> = (0..width)
         .map(|j| standardise(diag_transformed(j, stats), stats.diag[j]).alias(DIAGNOSIS_NAMES[j]))
         .collect();
     let df = diag_frame(cands)?.lazy().select(exprs).collect()?;
     let n = cands.len();
-    let mut out = vec![0f32; n * N_DIAGNOSIS];
-    for (j, name) in DIAGNOSIS_NAMES.iter().enumerate() {
+    let mut out = vec![0f32; n * width];
+    for (j, name) in DIAGNOSIS_NAMES.iter().enumerate().take(width) {
         for (i, v) in df.column(name)?.f32()?.iter().enumerate().take(n) {
-            out[i * N_DIAGNOSIS + j] = v.unwrap_or(0.0);
+            out[i * width + j] = v.unwrap_or(0.0);
         }
     }
     Ok(out)

@@ -124,8 +124,11 @@ pub struct Prepared {
     pub labels: Vec<Option<Label>>,
     /// `[n, 3, SEQ_LEN, N_CHANNELS]`.
     pub seq: Vec<f32>,
-    /// `[n, N_DIAGNOSIS]`.
+    /// `[n, n_diag]`.
     pub diag: Vec<f32>,
+    /// Width of `diag`: the model's diagnosis features (`PreprocessStats::n_diag`, at most
+    /// `N_DIAGNOSIS`).
+    pub n_diag: usize,
     /// Real points per candidate and site after cleaning and the tail (`[n, 3]`).
     pub n_points: Vec<[u32; N_SEQ_SITES]>,
     /// Spikes removed per candidate (all sites).
@@ -148,7 +151,7 @@ impl Prepared {
 
     /// The diag tensor of candidate `i`.
     pub fn diag_row(&self, i: usize) -> &[f32] {
-        &self.diag[i * N_DIAGNOSIS..(i + 1) * N_DIAGNOSIS]
+        &self.diag[i * self.n_diag..(i + 1) * self.n_diag]
     }
 }
 
@@ -165,6 +168,7 @@ pub fn prepare(cands: &[Candidate<'_>], stats: &PreprocessStats) -> Result<Prepa
         labels: cands.iter().map(|c| c.label).collect(),
         seq,
         diag,
+        n_diag: stats.n_diag(),
         n_points,
         n_outliers,
     })

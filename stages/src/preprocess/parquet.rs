@@ -1,5 +1,5 @@
 //! The tensors dataset as Parquet: one row per candidate with fixed-size list columns
-//! (`seq`: FixedSizeList<f32, 3·128·7>, `diag`: FixedSizeList<f32, 47>), written with arrow-rs
+//! (`seq`: FixedSizeList<f32, 3·128·7>, `diag`: FixedSizeList<f32, the model's diagnosis width>), written with arrow-rs
 //! so that the file is read by pyarrow (training) and by the pipeline alike.
 
 use std::fs::File;
@@ -15,7 +15,6 @@ use parquet::file::properties::WriterProperties;
 
 use super::stats::{PreprocessStats, METADATA_KEY};
 use super::{PreprocessError, Prepared, N_SEQ_SITES, SEQ_VALUES};
-use crate::alertfinder::N_DIAGNOSIS;
 
 fn fixed_list(values: &[f32], size: usize) -> Result<FixedSizeListArray, PreprocessError> {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
@@ -30,7 +29,7 @@ pub fn tensor_batch(p: &Prepared, extra: Vec<(String, ArrayRef)>) -> Result<Reco
         ("star".into(), Arc::new(StringArray::from(p.stars.clone())), false),
         ("label".into(), Arc::new(labels), true),
         ("seq".into(), Arc::new(fixed_list(&p.seq, SEQ_VALUES)?), false),
-        ("diag".into(), Arc::new(fixed_list(&p.diag, N_DIAGNOSIS)?), false),
+        ("diag".into(), Arc::new(fixed_list(&p.diag, p.n_diag)?), false),
     ];
     for (s, code) in ["kmta", "kmtc", "kmts"].iter().enumerate().take(N_SEQ_SITES) {
         let a: UInt32Array = p.n_points.iter().map(|n| n[s]).collect();

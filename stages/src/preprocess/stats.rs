@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{frame, Candidate, PreprocessError};
-use crate::alertfinder::{DIAGNOSIS_NAMES, N_DIAGNOSIS};
+use crate::alertfinder::{DIAGNOSIS_NAMES, N_DIAGNOSIS, N_DIAGNOSIS_V1};
 
 /// ONNX metadata key holding [`PreprocessStats`] as JSON.
 pub const METADATA_KEY: &str = "lensnet.preprocess_stats";
@@ -47,7 +47,8 @@ pub struct PreprocessStats {
     pub airmass: MeanStd,
     /// Of `-ln(1 + (t_last - t))` over the kept (tail) points.
     pub dt: MeanStd,
-    /// The diagnosis names, in vector order (checked against `DIAGNOSIS_NAMES`).
+    /// The diagnosis names, in vector order: the first [`PreprocessStats::n_diag`] of
+    /// `DIAGNOSIS_NAMES` (a model trained on an earlier version of the list is given its prefix).
     pub diag_names: Vec<String>,
     /// Whether feature j goes through `asinh` before standardisation.
     pub diag_asinh: Vec<bool>,
@@ -58,7 +59,7 @@ pub struct PreprocessStats {
 /// Features that are bounded or already logarithmic, standardised as they are; every other
 /// diagnosis feature (Δχ², counts, fluxes, slopes, times) is heavy-tailed and goes through
 /// `asinh` (≈ sign(x)·ln 2|x| for |x| ≫ 1, linear near 0, defined for negative values).
-const DIAG_LINEAR: [&str; 15] = [
+const DIAG_LINEAR: [&str; 18] = [
     "is_candidate",
     "n_sites_usable",
     "pre_run_sites",
@@ -74,6 +75,9 @@ const DIAG_LINEAR: [&str; 15] = [
     "q_frac_high_sky",
     "q_frac_missing",
     "q_single_site_rise",
+    "hist_sites",
+    "hist_sites_used",
+    "hist_episode_sites",
 ];
 
 /// Whether diagnosis feature `name` is log-transformed (asinh) before standardisation.
@@ -97,6 +101,22 @@ impl PreprocessStats {
         }
     }
 
+    /// [`PreprocessStats::identity`] for a model trained on the first `n` diagnosis features
+    /// (the stand-in exported before the list grew).
+    pub fn identity_prefix(n: usize) -> PreprocessStats {
+        let mut s = PreprocessStats::identity();
+        let n = n.min(N_DIAGNOSIS);
+        s.diag_names.truncate(n);
+        s.diag_asinh.truncate(n);
+        s.diag.truncate(n);
+        s
+    }
+
+    /// Width of the `diag` tensor: the diagnosis features the model was trained on.
+    pub fn n_diag(&self) -> usize {
+        self.diag_names.len()
+    }
+
     /// Fit the statistics on a batch of candidates (the training set, or a large sample of it).
     pub fn fit(cands: &[Candidate<'_>]) -> Result<PreprocessStats, PreprocessError> {
         let id = PreprocessStats::identity();
@@ -113,11 +133,16 @@ impl PreprocessStats {
             problems.push(format!("version {} (this code implements {PREPROCESS_VERSION})", self.version));
         }
         let names: Vec<&str> = self.diag_names.iter().map(String::as_str).collect();
-        if names != DIAGNOSIS_NAMES {
-            problems.push("diag_names differ from DIAGNOSIS_NAMES (order or version)".to_string());
+        let n = names.len();
+        if !(N_DIAGNOSIS_V1..=N_DIAGNOSIS).contains(&n) || names != DIAGNOSIS_NAMES[..n] {
+            problems.push(format!(
+                "diag_names ({n}) are not the first {N_DIAGNOSIS_V1} to {N_DIAGNOSIS} of DIAGNOSIS_NAMES in order (a newer or reordered feature list)"
+            ));
         }
-        if self.diag_asinh.len() != N_DIAGNOSIS || self.diag.len() != N_DIAGNOSIS {
-            problems.push(format!("diag_asinh/diag need {N_DIAGNOSIS} entries"));
+        if self.diag_asinh.len() != n || self.diag.len() != n {
+            problems.push(format!("diag_asinh/diag need {n} entries, one per name"));
+        } else if self.diag_asinh.iter().zip(&names).any(|(&a, name)| a != diag_uses_asinh(name)) {
+            problems.push("diag_asinh differs from this code's transforms".to_string());
         }
         let all = [("log_fwhm", self.log_fwhm), ("log_sky", self.log_sky), ("airmass", self.airmass), ("dt", self.dt)];
         for (name, m) in all.iter().copied().chain(self.diag.iter().enumerate().map(|(j, m)| (DIAGNOSIS_NAMES.get(j).copied().unwrap_or("?"), *m))) {

@@ -1,6 +1,7 @@
 //! Unit tests of preprocess on tiny hand-built stars (no simulator, no files).
 
 use super::*;
+use crate::alertfinder::N_DIAGNOSIS_V1;
 use crate::photometry::{Band, Field, Site, SiteCurve, StarCurves, StarId};
 
 /// A star with `n` points per listed site at 0.5-day spacing; `f(site, i)` gives the flux.
@@ -151,4 +152,32 @@ fn invalid_stats_are_rejected_with_every_problem() {
     st.diag_names.swap(0, 1);
     let e = st.validate().expect_err("invalid").to_string();
     assert!(e.contains("dt") && e.contains("diag_names"), "{e}");
+}
+
+#[test]
+fn a_model_of_the_first_feature_list_gets_its_prefix_of_the_diagnosis() {
+    // lensnet-v1/-v2 statistics name the first 47 features: they stay valid, and prepare gives
+    // such a model a 47-wide diag tensor from the full diagnosis vector.
+    let a = star(&[Site::Kmta, Site::Kmtc], 80, &|_, i| noise(i));
+    let mut c = cand(&a, 3000.0);
+    for (j, v) in c.diag.iter_mut().enumerate() {
+        *v = j as f64 * 0.1; // within the ±10 clip
+    }
+    let old = PreprocessStats::identity_prefix(N_DIAGNOSIS_V1);
+    old.validate().expect("the first version's 47 names are valid");
+    let p = prepare(&[c.clone()], &old).expect("prepare");
+    assert_eq!((p.n_diag, p.diag.len()), (N_DIAGNOSIS_V1, N_DIAGNOSIS_V1));
+    assert_eq!(p.diag_row(0)[N_DIAGNOSIS_V1 - 1], ((N_DIAGNOSIS_V1 - 1) as f64 * 0.1) as f32, "linear feature q_single_site_rise, unchanged");
+    let full = prepare(&[c], &PreprocessStats::identity()).expect("prepare");
+    assert_eq!(full.diag.len(), N_DIAGNOSIS);
+    assert_eq!(&full.diag[..N_DIAGNOSIS_V1], &p.diag[..], "the prefix is the same numbers");
+    // Fewer than the first version's names, or names out of order, are refused.
+    let short = PreprocessStats::identity_prefix(N_DIAGNOSIS_V1 - 1);
+    assert!(short.validate().is_err());
+    let mut swapped = PreprocessStats::identity();
+    swapped.diag_names.swap(N_DIAGNOSIS - 1, N_DIAGNOSIS - 2);
+    assert!(swapped.validate().unwrap_err().to_string().contains("diag_names"));
+    let mut transform = PreprocessStats::identity();
+    transform.diag_asinh[N_DIAGNOSIS - 1] = !transform.diag_asinh[N_DIAGNOSIS - 1];
+    assert!(transform.validate().unwrap_err().to_string().contains("diag_asinh"));
 }

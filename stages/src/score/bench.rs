@@ -7,7 +7,6 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{cuda_available, ExecutionProvider, ScoreError, ScoreOptions, Scorer, SEQ_LEN, SEQ_VALUES};
-use crate::alertfinder::diagnosis::N_DIAGNOSIS;
 
 /// Batch sizes that the issue asks for: one alert at a time, a typical call, a replay.
 pub const BATCH_SIZES: [usize; 3] = [1, 64, 1024];
@@ -29,7 +28,7 @@ pub struct BenchRow {
 
 /// Deterministic full-length inputs (every point real) for `batch` sequences; the values are a
 /// cheap hash, which is all a timing needs.
-pub fn synthetic_inputs(batch: usize) -> (Vec<f32>, Vec<f32>) {
+pub fn synthetic_inputs(batch: usize, n_diag: usize) -> (Vec<f32>, Vec<f32>) {
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
         state ^= state << 13;
@@ -45,7 +44,7 @@ pub fn synthetic_inputs(batch: usize) -> (Vec<f32>, Vec<f32>) {
         }
     }
     debug_assert_eq!(seq.len(), batch * 3 * SEQ_LEN * 7);
-    let diag = (0..batch * N_DIAGNOSIS).map(|_| next()).collect();
+    let diag = (0..batch * n_diag).map(|_| next()).collect();
     (seq, diag)
 }
 
@@ -61,7 +60,7 @@ pub fn bench(opts: &ScoreOptions, batch_sizes: &[usize], min_seconds: f64) -> Re
         let scorer = Scorer::new(&ScoreOptions { provider, cuda_fallback: false, ..opts.clone() })?;
         for &batch in batch_sizes {
             let batch = batch.max(1);
-            let (seq, diag) = synthetic_inputs(batch);
+            let (seq, diag) = synthetic_inputs(batch, scorer.model().n_diag);
             scorer.score_in_chunks(&seq, &diag, batch, batch)?;
             let start = Instant::now();
             let mut calls = 0usize;

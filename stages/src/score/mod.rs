@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::alertfinder::diagnosis::{DIAGNOSIS_NAMES, N_DIAGNOSIS};
+use crate::alertfinder::diagnosis::{DIAGNOSIS_NAMES, N_DIAGNOSIS, N_DIAGNOSIS_V1};
 use crate::stage::StageReport;
 
 pub use bench::{bench, BenchRow};
@@ -268,6 +268,9 @@ pub struct ModelInfo {
     /// The preprocessing statistics saved with the model (`lensnet.preprocess_stats` in the
     /// metadata, else a `<model>.preprocess.json` beside the file), as JSON.
     pub preprocess_stats: Option<String>,
+    /// Width of the model's `diag` input: it was trained on the first `n_diag` of
+    /// `DIAGNOSIS_NAMES` (`lensnet.diag_names`; 47 for lensnet-v1 and -v2).
+    pub n_diag: usize,
 }
 
 /// One ONNX Runtime session, built once per process and shared (`score` takes `&self`).
@@ -327,10 +330,10 @@ impl Scorer {
                 Err(message) => return Err(ScoreError::Cuda { message }),
             },
         };
-        let (kind, stats_meta) = check_contract(&session, &opts.model)?;
+        let (kind, stats_meta, n_diag) = check_contract(&session, &opts.model)?;
         let sidecar = opts.model.with_extension("preprocess.json");
         let preprocess_stats = stats_meta.or_else(|| std::fs::read_to_string(&sidecar).ok());
-        let model = ModelInfo { path: opts.model.clone(), sha256, kind, bytes: bytes.len() as u64, preprocess_stats };
+        let model = ModelInfo { path: opts.model.clone(), sha256, kind, bytes: bytes.len() as u64, preprocess_stats, n_diag };
         info!(
             provider = provider.as_str(),
             cuda_fallback = cuda_fallback.is_some(),
@@ -346,18 +349,19 @@ impl Scorer {
     }
 
     /// Score `batch` sequences: `seq` holds `batch * SEQ_VALUES` f32 (row-major `[batch, 3, 128,
-    /// 7]`), `diag` holds `batch * 47`. Runs in calls of at most `batch_size` sequences.
+    /// 7]`), `diag` holds `batch * n_diag` (the model's [`ModelInfo::n_diag`]). Runs in calls of at most `batch_size` sequences.
     pub fn score(&self, seq: &[f32], diag: &[f32], batch: usize) -> Result<Vec<Probabilities>, ScoreError> {
         self.score_in_chunks(seq, diag, batch, self.batch_size)
     }
 
     /// [`Scorer::score`] with an explicit number of sequences per call (benchmarks).
     pub fn score_in_chunks(&self, seq: &[f32], diag: &[f32], batch: usize, chunk: usize) -> Result<Vec<Probabilities>, ScoreError> {
-        if seq.len() != batch * SEQ_VALUES || diag.len() != batch * N_DIAGNOSIS {
+        let width = self.model.n_diag;
+        if seq.len() != batch * SEQ_VALUES || diag.len() != batch * width {
             return Err(ScoreError::Shape(format!(
                 "for {batch} sequences expected {} seq values and {} diag values, got {} and {}",
                 batch * SEQ_VALUES,
-                batch * N_DIAGNOSIS,
+                batch * width,
                 seq.len(),
                 diag.len()
             )));
@@ -369,8 +373,8 @@ impl Scorer {
         while start < batch {
             let n = chunk.min(batch - start);
             let s = &seq[start * SEQ_VALUES..(start + n) * SEQ_VALUES];
-            let d = &diag[start * N_DIAGNOSIS..(start + n) * N_DIAGNOSIS];
-            run_chunk(&mut session, s, d, n, &mut out)?;
+            let d = &diag[start * width..(start + n) * width];
+            run_chunk(&mut session, s, d, n, width, &mut out)?;
             start += n;
         }
         Ok(out)
@@ -471,16 +475,16 @@ fn build_session(rt: &Runtime, path: &Path, bytes: &[u8], cuda: bool, intra: Opt
     b.commit_from_memory(bytes).map_err(|e| err(e.to_string()))
 }
 
-/// Check the metadata and the input/output names; returns `lensnet.kind` and the preprocessing
-/// statistics of the metadata, if any.
-fn check_contract(session: &Session, path: &Path) -> Result<(String, Option<String>), ScoreError> {
+/// Check the metadata and the input/output names; returns `lensnet.kind`, the preprocessing
+/// statistics of the metadata, if any, and the width of `diag` (the model's diagnosis names must
+/// be the first 47 or more of `DIAGNOSIS_NAMES`, in order: the list only grows at its end).
+fn check_contract(session: &Session, path: &Path) -> Result<(String, Option<String>, usize), ScoreError> {
     let bad = |message: String| ScoreError::Contract { path: path.to_path_buf(), message };
     let meta = session.metadata().map_err(|e| bad(format!("cannot read metadata: {e}")))?;
     let want = [
         ("lensnet.class_order", CLASS_ORDER.join(",")),
         ("lensnet.seq_len", SEQ_LEN.to_string()),
         ("lensnet.channels", CHANNELS.join(",")),
-        ("lensnet.diag_names", DIAGNOSIS_NAMES.join(",")),
     ];
     for (key, value) in want {
         match meta.custom(key) {
@@ -488,6 +492,16 @@ fn check_contract(session: &Session, path: &Path) -> Result<(String, Option<Stri
             Some(v) => return Err(bad(format!("metadata {key} is `{v}`, expected `{value}`"))),
             None => return Err(bad(format!("metadata {key} is missing"))),
         }
+    }
+    let names = meta.custom("lensnet.diag_names").ok_or_else(|| bad("metadata lensnet.diag_names is missing".to_string()))?;
+    let names: Vec<&str> = names.split(',').collect();
+    let n_diag = names.len();
+    if !(N_DIAGNOSIS_V1..=N_DIAGNOSIS).contains(&n_diag) || names != DIAGNOSIS_NAMES[..n_diag] {
+        return Err(bad(format!(
+            "metadata lensnet.diag_names is `{}`, expected the first {N_DIAGNOSIS_V1} to {N_DIAGNOSIS} of `{}` in order",
+            names.join(","),
+            DIAGNOSIS_NAMES.join(",")
+        )));
     }
     let kind = meta.custom("lensnet.kind").unwrap_or_else(|| "unknown".to_string());
     let stats = meta.custom("lensnet.preprocess_stats").filter(|s| !s.trim().is_empty());
@@ -503,13 +517,13 @@ fn check_contract(session: &Session, path: &Path) -> Result<(String, Option<Stri
             return Err(bad(format!("no output named `{name}` (outputs: {})", outputs.join(", "))));
         }
     }
-    Ok((kind, stats))
+    Ok((kind, stats, n_diag))
 }
 
-fn run_chunk(session: &mut Session, seq: &[f32], diag: &[f32], n: usize, out: &mut Vec<Probabilities>) -> Result<(), ScoreError> {
+fn run_chunk(session: &mut Session, seq: &[f32], diag: &[f32], n: usize, width: usize, out: &mut Vec<Probabilities>) -> Result<(), ScoreError> {
     let run = |e: ort::Error| ScoreError::Run(e.to_string());
     let seq_t = TensorRef::from_array_view(([n, SITES.len(), SEQ_LEN, CHANNELS.len()], seq)).map_err(run)?;
-    let diag_t = TensorRef::from_array_view(([n, N_DIAGNOSIS], diag)).map_err(run)?;
+    let diag_t = TensorRef::from_array_view(([n, width], diag)).map_err(run)?;
     let outputs = session.run(ort::inputs!["seq" => seq_t, "diag" => diag_t]).map_err(run)?;
     let get = |name: &str, width: usize| -> Result<&[f32], ScoreError> {
         let v = outputs.get(name).ok_or_else(|| ScoreError::Run(format!("output `{name}` missing")))?;

@@ -48,20 +48,44 @@ impl ScoreStage {
     /// untrained stand-in, which was exported against identity statistics.
     pub fn stats_of(scorer: &Scorer) -> Result<PreprocessStats, StageError> {
         let model = scorer.model();
-        match &model.preprocess_stats {
+        let stats = match &model.preprocess_stats {
             Some(json) => PreprocessStats::from_json(json)
-                .map_err(|e| permanent(format!("the preprocessing statistics of model {} are invalid: {e}", model.path.display()))),
+                .map_err(|e| permanent(format!("the preprocessing statistics of model {} are invalid: {e}", model.path.display())))?,
             None if model.kind == "standin" => {
                 tracing::warn!(model = %model.path.display(), "the stand-in model has no preprocessing statistics; using identity statistics");
-                Ok(PreprocessStats::identity())
+                PreprocessStats::identity_prefix(model.n_diag)
             }
-            None => Err(permanent(format!(
-                "model {} has no preprocessing statistics (metadata lensnet.preprocess_stats or {})",
+            None => {
+                return Err(permanent(format!(
+                    "model {} has no preprocessing statistics (metadata lensnet.preprocess_stats or {})",
+                    model.path.display(),
+                    model.path.with_extension("preprocess.json").display()
+                )))
+            }
+        };
+        if stats.n_diag() != model.n_diag {
+            return Err(permanent(format!(
+                "model {} takes {} diagnosis features but its preprocessing statistics name {}",
                 model.path.display(),
-                model.path.with_extension("preprocess.json").display()
-            ))),
+                model.n_diag,
+                stats.n_diag()
+            )));
         }
+        Ok(stats)
     }
+}
+
+/// A stored candidate's diagnosis as the full vector, for a model that takes the first `need`
+/// values. Candidates written before the list grew (47 values) still serve a model trained on
+/// those 47 (the rest is zero and never read); a model that takes more cannot use them.
+fn diagnosis_for_model(r: &CandidateRecord, need: usize) -> Result<[f64; N_DIAGNOSIS], String> {
+    let have = r.diagnosis.len();
+    if have < need || have > N_DIAGNOSIS {
+        return Err(format!("candidate {} has {have} diagnosis values; the model takes {need} (of at most {N_DIAGNOSIS})", r.candidate_id));
+    }
+    let mut diag = [0.0; N_DIAGNOSIS];
+    diag[..have].copy_from_slice(&r.diagnosis);
+    Ok(diag)
 }
 
 fn transient(message: String) -> StageError {
@@ -167,9 +191,8 @@ impl ScoreStage {
             let Some(&i) = by_id.get(r.star.as_str()) else {
                 return Err(permanent(format!("candidate {} names star {} that has no photometry", r.candidate_id, r.star)));
             };
-            let diag: [f64; N_DIAGNOSIS] = r.diagnosis.as_slice().try_into().map_err(|_| {
-                permanent(format!("candidate {} has {} diagnosis values, expected {N_DIAGNOSIS}", r.candidate_id, r.diagnosis.len()))
-            })?;
+            let diag = diagnosis_for_model(r, self.stats.n_diag())
+                .map_err(|e| permanent(format!("{e}: re-run the alertfinder of season {} field {} to rewrite its candidates", ctx.season, ctx.field)))?;
             plan.push((r.candidate_id.clone(), i, diag));
         }
         drop(by_id);
@@ -351,5 +374,21 @@ mod tests {
         }
         assert_eq!(score_batches(&records, usize::MAX), vec![0..6]);
         assert!(score_batches(&[], 400).is_empty());
+    }
+
+    #[test]
+    fn candidates_of_the_first_feature_list_serve_a_model_of_it_only() {
+        use crate::alertfinder::N_DIAGNOSIS_V1;
+        let mut old = record(10);
+        old.diagnosis = (0..N_DIAGNOSIS_V1).map(|j| j as f64).collect();
+        let d = diagnosis_for_model(&old, N_DIAGNOSIS_V1).expect("a 47-value candidate serves a 47-value model");
+        assert_eq!(&d[..N_DIAGNOSIS_V1], &old.diagnosis[..]);
+        let e = diagnosis_for_model(&old, N_DIAGNOSIS).unwrap_err();
+        assert!(e.contains("c10") && e.contains("47") && e.contains(&N_DIAGNOSIS.to_string()), "{e}");
+        let mut new = record(11);
+        new.diagnosis = vec![1.0; N_DIAGNOSIS];
+        assert_eq!(diagnosis_for_model(&new, N_DIAGNOSIS_V1).unwrap(), [1.0; N_DIAGNOSIS]);
+        new.diagnosis.push(2.0);
+        assert!(diagnosis_for_model(&new, N_DIAGNOSIS_V1).is_err(), "more values than this code knows");
     }
 }

@@ -72,7 +72,7 @@ fn standin_model_loads_and_scores_with_dynamic_batch() {
     assert_eq!(scorer.provider(), ExecutionProvider::Cpu);
     assert_eq!(scorer.model().kind, "standin");
     assert_eq!(scorer.model().sha256.len(), 64);
-    let (seq, diag) = bench::synthetic_inputs(7);
+    let (seq, diag) = bench::synthetic_inputs(7, scorer.model().n_diag);
     // Seven sequences in calls of 3, 3 and 1 give the same numbers as one call of 7.
     let split = scorer.score(&seq, &diag, 7).unwrap();
     let whole = scorer.score_in_chunks(&seq, &diag, 7, 7).unwrap();
