@@ -4,7 +4,7 @@
 The stand-in follows the model contract of models/README.md exactly but is randomly initialised
 (fixed seed): it lets the Rust scorer, the DAG and publish be built and tested before the trained
 model of issue 6 exists. Architecture: one GRU per site (KMTA, KMTC, KMTS) over its masked
-sequence, a dense branch over the 47 diagnosis parameters, and a merged head with two outputs
+sequence, a dense branch over the diagnosis parameters, and a merged head with two outputs
 (`probs`: softmax over yes, maybe, no; `binary`: sigmoid of yes-or-maybe vs no).
 
 Masking: sequences are zero-padded at the FRONT, so the real points are the last `n` steps. Each
@@ -47,15 +47,16 @@ OPSET = 17
 
 
 def diagnosis_names() -> list[str]:
-    """The 47 names of DIAGNOSIS_NAMES, read from the Rust source so that the two cannot drift."""
+    """The names of DIAGNOSIS_NAMES (47 in version 1, 53 since the history features), read from
+    the Rust source so that the two cannot drift. A model takes a prefix of them."""
     text = DIAGNOSIS_RS.read_text()
     block = re.search(r"DIAGNOSIS_NAMES: \[&str; N_DIAGNOSIS\] = \[(.*?)\];", text, re.S)
     if block is None:
         sys.exit(f"cannot find DIAGNOSIS_NAMES in {DIAGNOSIS_RS}")
     body = "\n".join(line.split("//")[0] for line in block.group(1).splitlines())
     names = re.findall(r'"([a-z0-9_]+)"', body)
-    if len(names) != 47:
-        sys.exit(f"expected 47 diagnosis names in {DIAGNOSIS_RS}, found {len(names)}")
+    if len(names) < 47:
+        sys.exit(f"expected at least 47 diagnosis names in {DIAGNOSIS_RS}, found {len(names)}")
     return names
 
 
@@ -90,7 +91,7 @@ class StandIn(nn.Module):
             self.cls.weight.mul_(6.0)
             self.bin.weight.mul_(6.0)
 
-    def forward(self, seq: torch.Tensor, diag: torch.Tensor):  # seq [B, 3, L, 7], diag [B, 47]
+    def forward(self, seq: torch.Tensor, diag: torch.Tensor):  # seq [B, 3, L, 7], diag [B, n_diag]
         feats = [branch(seq[:, i]) for i, branch in enumerate(self.sites)]
         h = self.trunk(torch.cat(feats + [self.diag(diag)], dim=1))
         return torch.softmax(self.cls(h), dim=1), torch.sigmoid(self.bin(h))
@@ -118,9 +119,10 @@ def fixture_inputs(lengths: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
                 for c in range(len(CHANNELS) - 1):
                     seq[b, s, t, c] = np.float32(((b * 31 + s * 17 + t * 7 + c * 13) % 97) / 48.5 - 1.0)
                 seq[b, s, t, len(CHANNELS) - 1] = 1.0
-    diag = np.zeros((b_n, 47), dtype=np.float32)
+    width = len(diagnosis_names())
+    diag = np.zeros((b_n, width), dtype=np.float32)
     for b in range(b_n):
-        for j in range(47):
+        for j in range(width):
             diag[b, j] = np.float32(((b * 11 + j * 5) % 23) / 11.5 - 1.0)
     return seq, diag
 

@@ -70,9 +70,28 @@ def load(path: Path) -> dict:
     return out
 
 
-def load_all(paths: list[Path]) -> dict:
-    """Several exports concatenated; they must share the preprocessing statistics."""
-    parts = [load(p) for p in paths]
+def narrow(d: dict, width: int) -> dict:
+    """Keep the first `width` diagnosis values (0: all) and the statistics of those only: a
+    model trained on a prefix of DIAGNOSIS_NAMES, as the scorer expects (`lensnet.diag_names`)."""
+    if width <= 0 or width >= d["diag"].shape[1]:
+        return d
+    d = dict(d, diag=np.ascontiguousarray(d["diag"][:, :width]))
+    if d.get("stats"):
+        st = json.loads(d["stats"])
+        for key in ("diag_names", "diag_asinh", "diag"):
+            st[key] = st[key][:width]
+        d["stats"] = json.dumps(st, indent=2)
+    return d
+
+
+def load_all(paths: list[Path], width: int = 0) -> dict:
+    """Several exports concatenated, each cut to the first `width` diagnosis values (0: all);
+    they must share the preprocessing statistics of those values (an export made with a 47-wide
+    model's statistics, such as a vetting export, joins 53-wide ones when training at 47)."""
+    parts = [narrow(load(p), width) for p in paths]
+    widths = {p["diag"].shape[1] for p in parts}
+    if len(widths) > 1:
+        sys.exit(f"the training files hold {sorted(widths)} diagnosis values: pass --diag-width {min(widths)} (or re-export)")
     def same(a, b) -> bool:
         # Rust's JSON reader can round the last bit of a number it reads back: compare values.
         if isinstance(a, dict):
@@ -197,6 +216,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=20260601)
     ap.add_argument("--val-share", type=float, default=0.15)
+    ap.add_argument("--diag-width", type=int, default=0,
+                    help="train on the first N diagnosis values of the exports (0: all; 47 = the first version's list, as lensnet-v1 and -v2)")
     ap.add_argument("--exclude-stars", type=Path,
                     help="a file of star ids, one a line: their rows (and those injected into them, HOST+inj...) "
                          "are left out, for cross-validation folds (models/train/cv)")
@@ -207,7 +228,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t_start = time.time()
 
-    data = load_all(args.train)
+    data = load_all(args.train, args.diag_width)
     if args.exclude_stars:
         out = {line.strip() for line in args.exclude_stars.read_text().splitlines() if line.strip()}
         host = np.array([str(s).split("+inj")[0] for s in data["star"]])
@@ -231,7 +252,14 @@ def main() -> None:
     ce = nn.CrossEntropyLoss(weight=w3)
     bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(counts[2] / max(pos, 1.0), dtype=torch.float32))
 
-    names = diagnosis_names()
+    # The export's width decides which prefix of DIAGNOSIS_NAMES the model takes (47 for the
+    # exports of version 1; 53 with the history features).
+    names = diagnosis_names()[: data["diag"].shape[1]]
+    if data["diag"].shape[1] != len(names):
+        sys.exit(f"the training set has {data['diag'].shape[1]} diagnosis values, more than the {len(names)} names of the Rust source")
+    stats_names = json.loads(data["stats"]).get("diag_names", []) if data["stats"] else names
+    if stats_names != names:
+        sys.exit(f"the training set's preprocess statistics name {len(stats_names)} diagnosis features, its diag column has {len(names)}")
     model = LensNetV1(len(names), args.hidden, args.diag_hidden, args.head, args.dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
@@ -283,7 +311,7 @@ def main() -> None:
     torch.save(model.state_dict(), args.out.with_suffix(".pt.tmp"))
 
     # Export with the dynamic batch axis, then check onnxruntime against PyTorch.
-    check = load(args.test) if args.test else {k: v[val] for k, v in data.items() if isinstance(v, np.ndarray)}
+    check = narrow(load(args.test), args.diag_width) if args.test else {k: v[val] for k, v in data.items() if isinstance(v, np.ndarray)}
     export(model, args, data, names, history, train_seconds, int(tr.sum()), int(val.sum()), check)
 
 
@@ -323,7 +351,7 @@ def export(model, args, data, names, history, train_seconds, n_train, n_val, che
     config = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v) for k, v in vars(args).items()}
     props = {
         **interface_props(names, "trained"),
-        "lensnet.inputs": "seq: float32 [batch, 3, 128, 7]; diag: float32 [batch, 47]",
+        "lensnet.inputs": f"seq: float32 [batch, 3, 128, 7]; diag: float32 [batch, {len(names)}]",
         "lensnet.outputs": "probs: float32 [batch, 3] (softmax yes, maybe, no); binary: float32 [batch, 1] (P(yes or maybe))",
         STATS_KEY: data["stats"],
         "lensnet.training_data_sha256": ",".join(sha256(p) for p in args.train),
