@@ -172,3 +172,26 @@ fn web_and_user_add_work_on_a_fresh_folder_and_the_server_stops_on_sigterm() {
     assert!(lines.any(|l| l.is_ok_and(|l| l.contains("stopped"))));
     assert!(text(&lensnet(d, &["db", "stop"])).contains("stopped"));
 }
+
+#[test]
+fn bench_score_measures_the_configured_model() {
+    // `--config` names the model that `bench score` times (it used to time the default model
+    // whatever the configuration said).
+    let dir = tempfile::tempdir().unwrap();
+    let model = crate::harness::root().join("models/lensnet-standin.onnx");
+    let config = dir.path().join("bench.toml");
+    std::fs::write(&config, format!("[score]\nmodel = {:?}\n", model.display().to_string())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lensnet"))
+        .args(["bench", "score", "--scale", "0.1", "--config"])
+        .arg(&config)
+        .current_dir(crate::harness::root())
+        .env_remove("LENSNET_CONFIG")
+        .env("LENSNET_LOG", "warn")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let first = t.lines().find(|l| l.starts_with("score:")).unwrap_or_default();
+    assert!(first.ends_with(&format!("model {}", model.display())), "{t}");
+    assert!(t.contains("sequences/s"), "{t}");
+}

@@ -16,14 +16,17 @@ fn scaled(n: f64, scale: f64) -> usize {
     ((n * scale).round() as usize).max(1)
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+/// The benches of single stages (`field` has its own entry, [`field`]); `config` is the
+/// `--config` file, read by the stages that depend on it (score: the model and the ONNX Runtime
+/// library).
+pub async fn run(args: BenchArgs, config: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
     match args.stage.as_str() {
         "simulate" => simulate(args.scale),
         "ingest" => ingest(args.scale).await,
         "alertfinder" => alertfinder(args.scale),
         "preprocess" => preprocess(args.scale),
-        "score" => score(args.scale),
-        other => anyhow::bail!("unknown stage `{other}` (simulate, ingest, alertfinder, preprocess or score)"),
+        "score" => score(args.scale, config),
+        other => anyhow::bail!("unknown stage `{other}` (simulate, ingest, alertfinder, preprocess, score or field)"),
     }
 }
 
@@ -73,9 +76,9 @@ fn preprocess(scale: f64) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn score(scale: f64) -> anyhow::Result<ExitCode> {
+fn score(scale: f64, config: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
     use lensnet_stages::score::{bench::BATCH_SIZES, find_model, ScoreOptions};
-    let cfg = super::load_config(None)?;
+    let cfg = super::load_config(config)?;
     let model = find_model(cfg.model.as_deref()).context("finding the model")?;
     let opts = ScoreOptions { ort_library: cfg.ort_library.clone(), ..ScoreOptions::cpu(&model) };
     println!("score: sequences per second through ONNX Runtime, model {}", model.display());

@@ -67,7 +67,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Web(args) => web::run(load_config(cli.config)?, args).await,
         Command::User(cmd) => user::run(load_config(cli.config)?, cmd).await,
         Command::Bench(args) if args.stage == "field" => bench::field(load_config(cli.config)?, args).await,
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(args) => bench::run(args, cli.config).await,
         Command::ExportTrainingSet(args) if args.vetted => export::run_vetted(load_config(cli.config)?, args).await,
         Command::ExportTrainingSet(args) => {
             let cfg = load_config(cli.config)?;
