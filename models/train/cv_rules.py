@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import glob
+import json
 import os
 import re
 import sys
@@ -103,6 +104,20 @@ def main() -> None:
     ev = [s for s in stars if labels[s]["class"] in ("event", "binary_event") and labels[s]["peak_hjd"]]
     ne = [s for s in stars if labels[s]["class"] not in ("event", "binary_event")]
     dn = [s for s in ne if labels[s]["type"] == "dwarf_nova"]
+    # The evaluate reports count every star of their folder, with candidates or not: the stars
+    # read here must be the same number, or the rates would be over the wrong denominators.
+    want = [0, 0]
+    for d in sys.argv[2:]:
+        report = os.path.join(d, "report.json")
+        if os.path.exists(report):
+            r = json.load(open(report))
+            want[0] += r["events_total"]["n"] + r.get("events_without_peak", 0)
+            want[1] += r["nonevents_total"]["n"]
+    have = [sum(labels[s]["class"] in ("event", "binary_event") for s in stars), len(ne)]
+    if any(want) and have != want:
+        where = ", ".join(re.sub(r"\.eval/?$", ".labels.csv", d.rstrip("/")) for d in sys.argv[2:])
+        sys.exit(f"{have[0]} events and {have[1]} non-events found, but the evaluate reports count {want[0]} and {want[1]}: "
+                 f"each EVAL_DIR needs its stars' labels beside it ({where})")
     print(f"{len(stars)} stars: {len(ev)} events, {len(ne)} non-events ({len(dn)} dwarf novae)")
     print("| rule | events found | before peak | median days before | non-events yes | dwarf novae yes | other yes |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
