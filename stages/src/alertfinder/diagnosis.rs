@@ -20,6 +20,13 @@ pub const N_DIAGNOSIS: usize = 53;
 /// working: it is given the first names only.
 pub const N_DIAGNOSIS_V1: usize = 47;
 
+/// Whether a model can take `names` as its diagnosis features: the first [`N_DIAGNOSIS_V1`] to
+/// [`N_DIAGNOSIS`] of [`DIAGNOSIS_NAMES`], in order (the list only grows at its end). The one
+/// rule that both a model's metadata and its preprocessing statistics are checked against.
+pub fn is_model_prefix<S: AsRef<str>>(names: &[S]) -> bool {
+    (N_DIAGNOSIS_V1..=N_DIAGNOSIS).contains(&names.len()) && names.iter().zip(DIAGNOSIS_NAMES).all(|(a, b)| a.as_ref() == b)
+}
+
 /// Names of the features, in vector order.
 pub const DIAGNOSIS_NAMES: [&str; N_DIAGNOSIS] = [
     // Status.

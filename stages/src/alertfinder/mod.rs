@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use baseline::SiteBaseline;
 pub use brokenline::BrokenLine;
-pub use diagnosis::{diagnosis_vector, DIAGNOSIS_NAMES, DIAGNOSIS_VERSION, N_DIAGNOSIS, N_DIAGNOSIS_V1};
+pub use diagnosis::{diagnosis_vector, is_model_prefix, DIAGNOSIS_NAMES, DIAGNOSIS_VERSION, N_DIAGNOSIS, N_DIAGNOSIS_V1};
 pub use grid::{GridFit, GridParams};
 pub use history::{HistorySummary, NightBuffers, StarHistory};
 

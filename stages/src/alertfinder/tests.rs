@@ -260,6 +260,11 @@ fn diagnosis_names_are_unique_and_params_round_trip() {
     // Append-only: the first version's 47 (lensnet-v1, -v2) keep their places.
     assert_eq!(DIAGNOSIS_NAMES[N_DIAGNOSIS_V1 - 1], "q_single_site_rise");
     assert_eq!(DIAGNOSIS_NAMES[N_DIAGNOSIS_V1], "hist_nights");
+    assert!(is_model_prefix(&DIAGNOSIS_NAMES[..N_DIAGNOSIS_V1]) && is_model_prefix(&DIAGNOSIS_NAMES));
+    assert!(!is_model_prefix(&DIAGNOSIS_NAMES[..N_DIAGNOSIS_V1 - 1]), "shorter than version 1");
+    let mut swapped = DIAGNOSIS_NAMES;
+    swapped.swap(0, 1);
+    assert!(!is_model_prefix(&swapped), "out of order");
     let p = AlertParams::high_cadence();
     let json = serde_json::to_string(&p).expect("serialisable");
     let back: AlertParams = serde_json::from_str(&json).expect("round trip");

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{frame, Candidate, PreprocessError};
-use crate::alertfinder::{DIAGNOSIS_NAMES, N_DIAGNOSIS, N_DIAGNOSIS_V1};
+use crate::alertfinder::{is_model_prefix, DIAGNOSIS_NAMES, N_DIAGNOSIS, N_DIAGNOSIS_V1};
 
 /// ONNX metadata key holding [`PreprocessStats`] as JSON.
 pub const METADATA_KEY: &str = "lensnet.preprocess_stats";
@@ -134,7 +134,7 @@ impl PreprocessStats {
         }
         let names: Vec<&str> = self.diag_names.iter().map(String::as_str).collect();
         let n = names.len();
-        if !(N_DIAGNOSIS_V1..=N_DIAGNOSIS).contains(&n) || names != DIAGNOSIS_NAMES[..n] {
+        if !is_model_prefix(&names) {
             problems.push(format!(
                 "diag_names ({n}) are not the first {N_DIAGNOSIS_V1} to {N_DIAGNOSIS} of DIAGNOSIS_NAMES in order (a newer or reordered feature list)"
             ));

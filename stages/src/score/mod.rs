@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::alertfinder::diagnosis::{DIAGNOSIS_NAMES, N_DIAGNOSIS, N_DIAGNOSIS_V1};
+use crate::alertfinder::diagnosis::{is_model_prefix, DIAGNOSIS_NAMES, N_DIAGNOSIS, N_DIAGNOSIS_V1};
 use crate::stage::StageReport;
 
 pub use bench::{bench, BenchRow};
@@ -496,7 +496,7 @@ fn check_contract(session: &Session, path: &Path) -> Result<(String, Option<Stri
     let names = meta.custom("lensnet.diag_names").ok_or_else(|| bad("metadata lensnet.diag_names is missing".to_string()))?;
     let names: Vec<&str> = names.split(',').collect();
     let n_diag = names.len();
-    if !(N_DIAGNOSIS_V1..=N_DIAGNOSIS).contains(&n_diag) || names != DIAGNOSIS_NAMES[..n_diag] {
+    if !is_model_prefix(&names) {
         return Err(bad(format!(
             "metadata lensnet.diag_names is `{}`, expected the first {N_DIAGNOSIS_V1} to {N_DIAGNOSIS} of `{}` in order",
             names.join(","),
