@@ -87,7 +87,7 @@ def main() -> None:
     props["lensnet.train_seconds"] = str(sum(int(float(md.get("lensnet.train_seconds", "0"))) for md in metas))
     if args.test:
         import onnxruntime as ort
-        from train import load, narrow
+        from train import check_accuracy, load, narrow
 
         width = len(props["lensnet.diag_names"].split(","))
         check = narrow(load(args.test), width)
@@ -105,8 +105,7 @@ def main() -> None:
         if diff > 1e-5:
             sys.exit(f"the merged graph differs from the members' mean by {diff:.2e}")
         y = check["y"]
-        props["lensnet.check_acc3"] = f"{float((o_p.argmax(1) == y).mean()):.4f}"
-        props["lensnet.check_acc2"] = f"{float(((o_b[:, 0] >= 0.5) == (y < 2)).mean()):.4f}"
+        props.update(check_accuracy(o_p, o_b, y))
         props["lensnet.onnx_check_max_abs_diff"] = f"{diff:.2e}"
     write_onnx(merged, props, "lensnet models/train/ensemble.py", args.description, args.out)
     if STATS_KEY in props:

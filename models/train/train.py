@@ -110,6 +110,14 @@ def load_all(paths: list[Path], width: int = 0) -> dict:
     return out
 
 
+def check_accuracy(probs: np.ndarray, binary: np.ndarray, y: np.ndarray) -> dict[str, str]:
+    """The card's check accuracies: 3-class argmax, and binary >= 0.5 against yes-or-maybe."""
+    return {
+        "lensnet.check_acc3": f"{float((probs.argmax(1) == y).mean()):.4f}",
+        "lensnet.check_acc2": f"{float(((binary[:, 0] >= 0.5) == (y < 2)).mean()):.4f}",
+    }
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -363,8 +371,7 @@ def export(model, args, data, names, history, train_seconds, n_train, n_val, che
         "lensnet.trained_on": "CPU (2 shared cores), no GPU",
         "lensnet.seed": str(args.seed),
         "lensnet.onnx_check_max_abs_diff": f"{diff:.2e}",
-        "lensnet.check_acc3": f"{float((o_p.argmax(1) == y).mean()):.4f}",
-        "lensnet.check_acc2": f"{float(((o_b[:, 0] >= 0.5) == (y < 2)).mean()):.4f}",
+        **check_accuracy(o_p, o_b, y),
     }
     write_onnx(m, props, "lensnet models/train/train.py", args.description, out)
     card = {k: v for k, v in props.items() if k not in ("lensnet.train_history",)}
