@@ -210,7 +210,7 @@ def main() -> None:
     ap.add_argument("--test", type=Path, help="test Parquet (simulator seeds never used in training) for the ONNX check")
     ap.add_argument("--out", type=Path, default=ROOT / "models" / "lensnet-v2.onnx")
     ap.add_argument("--real-repeat", type=int, default=1,
-                    help="times each row of a real-archive or vetted export (subtype real, injected or vetted) is seen per epoch")
+                    help="times each row of a real-archive or vetted export (subtype real, injected, variant or vetted) is seen per epoch")
     ap.add_argument("--description", default="lensnet: multi-branch GRU vetting model")
     ap.add_argument("--hidden", type=int, default=48)
     ap.add_argument("--diag-hidden", type=int, default=32)
@@ -227,7 +227,7 @@ def main() -> None:
     ap.add_argument("--diag-width", type=int, default=0,
                     help="train on the first N diagnosis values of the exports (0: all; 47 = the first version's list, as lensnet-v1 and -v2)")
     ap.add_argument("--exclude-stars", type=Path,
-                    help="a file of star ids, one a line: their rows (and those injected into them, HOST+inj...) "
+                    help="a file of star ids, one a line: their rows (and those made from them: HOST+inj..., HOST+var...) "
                          "are left out, for cross-validation folds (models/train/cv)")
     args = ap.parse_args()
 
@@ -239,14 +239,14 @@ def main() -> None:
     data = load_all(args.train, args.diag_width)
     if args.exclude_stars:
         out = {line.strip() for line in args.exclude_stars.read_text().splitlines() if line.strip()}
-        host = np.array([str(s).split("+inj")[0] for s in data["star"]])
+        host = np.array([str(s).split("+")[0] for s in data["star"]])
         keep = ~np.isin(host, sorted(out))
         print(f"--exclude-stars: {int((~keep).sum())} rows of {len(out)} listed stars left out", flush=True)
         data = {k: (v[keep] if isinstance(v, np.ndarray) and len(v) == len(keep) else v) for k, v in data.items()}
     n = len(data["y"])
     # Validation split grouped by star (the same star appears at several cut-offs; an injected
-    # star goes with its host, `HOST+inj...`).
-    key = np.array([hashlib.sha256(f"{str(s).split('+inj')[0]}|{x}".encode()).digest()[0] for s, x in zip(data["star"], data["sim_seed"])])
+    # star or a resampled variant goes with its host, `HOST+inj...`, `HOST+var...`; real star ids hold no `+`).
+    key = np.array([hashlib.sha256(f"{str(s).split('+')[0]}|{x}".encode()).digest()[0] for s, x in zip(data["star"], data["sim_seed"])])
     val = key < int(256 * args.val_share)
     tr = ~val
     seq = torch.from_numpy(data["seq"])
@@ -272,7 +272,7 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
     gen = torch.Generator().manual_seed(args.seed)
-    real = np.isin(data.get("subtype", np.array([""] * n)), ["real", "injected", "vetted"])
+    real = np.isin(data.get("subtype", np.array([""] * n)), ["real", "injected", "variant", "vetted"])
     tr_rows = np.nonzero(tr)[0]
     if args.real_repeat > 1:
         tr_rows = np.concatenate([tr_rows] + [np.nonzero(tr & real)[0]] * (args.real_repeat - 1))

@@ -4,6 +4,7 @@
 //!
 //! Usage: cargo run -p lensnet-stages --features preprocess --example export_real --
 //!        INBOX LABELS_CSV STATS_JSON OUT_PARQUET [SEED] [INJECTIONS_PER_SEASON]
+//!        [NEGATIVE_VARIANTS]
 //! INBOX holds one folder per star (as `../shared/data/real-dev/inbox`). Only the stars of the
 //! training half (`half_of`: sha256("lensnet split " + star)[0] even) are read: their folders are
 //! ingested, as `lensnet ingest` does, into a fresh store beside OUT_PARQUET (`<OUT>.store/`).
@@ -25,7 +26,7 @@ fn training_half(star: &str) -> bool {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
-        eprintln!("usage: export_real INBOX LABELS_CSV STATS_JSON OUT_PARQUET [SEED] [INJECTIONS_PER_SEASON]");
+        eprintln!("usage: export_real INBOX LABELS_CSV STATS_JSON OUT_PARQUET [SEED] [INJECTIONS_PER_SEASON] [NEGATIVE_VARIANTS]");
         std::process::exit(2);
     }
     let started = std::time::Instant::now();
@@ -33,6 +34,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut opts = RealOptions { seed: args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(12), ..RealOptions::default() };
     if let Some(n) = args.get(6) {
         opts.injections_per_season = n.parse()?;
+    }
+    if let Some(n) = args.get(7) {
+        opts.negative_variants = n.parse()?;
     }
     // star,class,type,survey,followup,field,peak_hjd,files
     let mut labels = Vec::new();

@@ -11,7 +11,10 @@
 //!   survey really sees them);
 //! - point-lens (and some binary-lens) events injected ([`crate::simulate::inject`]) into the
 //!   seasons of event stars that hold no event (their real cadence, gaps, noise and outliers):
-//!   candidates between `t0 - 2 tE` and `t0 + tE` are "yes".
+//!   candidates between `t0 - 2 tE` and `t0 + tE` are "yes";
+//! - optionally (`negative_variants`), resampled copies of a non-event's seasons that held
+//!   candidates ([`crate::simulate::resample`]: fewer points, more noise): "no", the real
+//!   variable met on other nights and at other signal-to-noise.
 //!
 //! Rows per (star, season, variant) are capped (evenly spaced over the candidate days), so that
 //! a star that is a candidate all season does not outweigh the others.
@@ -27,6 +30,7 @@ use crate::alertfinder::{diagnosis_vector, scan_star_with, NightBuffers, Scratch
 use crate::ingest::season_of;
 use crate::photometry::{Band, MergedCurve, StarCurves};
 use crate::simulate::inject::{inject, Injection};
+use crate::simulate::resample::{resample, Resampling};
 use crate::simulate::rng_for;
 
 /// What the archive says of a star.
@@ -50,11 +54,16 @@ pub struct RealOptions {
     /// Rows kept per (star, season, variant).
     pub max_rows: usize,
     pub seed: u64,
+    /// Resampled variants per non-event season with candidates (0: none, as lensnet-v2).
+    pub negative_variants: usize,
+    /// Largest share of points a variant leaves out, and its largest noise multiplier.
+    pub variant_max_drop: f64,
+    pub variant_max_noise: f64,
 }
 
 impl Default for RealOptions {
     fn default() -> Self {
-        RealOptions { thresholds: FieldThresholds::default(), injections_per_season: 6, binary_fraction: 0.1, max_rows: 12, seed: 12 }
+        RealOptions { thresholds: FieldThresholds::default(), injections_per_season: 6, binary_fraction: 0.1, max_rows: 12, seed: 12, negative_variants: 0, variant_max_drop: 0.5, variant_max_noise: 1.5 }
     }
 }
 
@@ -169,6 +178,7 @@ pub fn real_rows(stars: Vec<StarCurves>, labels: &[RealLabel], opts: &RealOption
             for (k, now, diag) in replay_star(&refs, &wanted, opts, scratch, buf) {
                 per_season.entry(k).or_default().push((now, diag));
             }
+            let variant_seasons: Vec<usize> = if label.is_event { Vec::new() } else { per_season.keys().copied().collect() };
             for (k, days) in per_season {
                 for (now, diag) in thin(days, opts.max_rows) {
                     rows.push(RealRow {
@@ -185,6 +195,36 @@ pub fn real_rows(stars: Vec<StarCurves>, labels: &[RealLabel], opts: &RealOption
                         te: f64::NAN,
                         u0: f64::NAN,
                     });
+                }
+            }
+            // Resampled copies of a non-event's seasons that held candidates.
+            for &k in &variant_seasons {
+                let y = years[k];
+                for j in 0..opts.negative_variants {
+                    let mut rng = rng_for(opts.seed, &[0x7E5, hash_str(star), y as u64, j as u64]);
+                    let r = Resampling::draw(&mut rng, opts.variant_max_drop, opts.variant_max_noise);
+                    let mut variant = resample(&seasons[k], &r, &mut rng);
+                    variant.star.0 = format!("{star}+var{y}.{j}");
+                    let mut all: Vec<&StarCurves> = refs.clone();
+                    all[k] = &variant;
+                    let wanted: Vec<bool> = (0..years.len()).map(|i| i == k).collect();
+                    let days: Vec<(f64, [f64; N_DIAGNOSIS])> = replay_star(&all, &wanted, opts, scratch, buf).into_iter().map(|(_, now, d)| (now, d)).collect();
+                    for (now, diag) in thin(days, opts.max_rows) {
+                        rows.push(RealRow {
+                            id: format!("var:{}@{now:.5}", variant.star.0),
+                            star: variant.star.0.clone(),
+                            curves: variant.clone(),
+                            now,
+                            diag,
+                            label: Label::No,
+                            source: "variant",
+                            kind: label.kind.clone(),
+                            season: y,
+                            t0: f64::NAN,
+                            te: f64::NAN,
+                            u0: f64::NAN,
+                        });
+                    }
                 }
             }
             // Injections into the event star's seasons without its event.
@@ -294,6 +334,34 @@ mod tests {
             assert!(r.curves.curves[0].flux.iter().zip(&stars[0].curves[0].flux).any(|(a, b)| a != b));
         }
         // The same options give the same rows.
+        let again = real_rows(stars, &labels, &opts);
+        assert_eq!(rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), again.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_non_event_gets_resampled_negatives_only_when_asked() {
+        let stars = vec![season("EV", 2018, None), season("EV", 2019, Some((8640.0, 20.0))), season("VAR", 2018, None), season("VAR", 2019, Some((8600.0, 15.0)))];
+        let labels = vec![
+            RealLabel { star: "EV".into(), is_event: true, kind: "event".into(), peak: Some(8640.0) },
+            RealLabel { star: "VAR".into(), is_event: false, kind: "dwarf_nova".into(), peak: None },
+        ];
+        let plain = real_rows(stars.clone(), &labels, &RealOptions { injections_per_season: 0, ..RealOptions::default() });
+        assert!(plain.iter().all(|r| r.source != "variant"), "none by default (lensnet-v2's recipe)");
+        let opts = RealOptions { injections_per_season: 0, negative_variants: 3, ..RealOptions::default() };
+        let rows = real_rows(stars.clone(), &labels, &opts);
+        let var: Vec<&RealRow> = rows.iter().filter(|r| r.source == "variant").collect();
+        assert!(!var.is_empty(), "the variable's rising season is found in its variants too");
+        let real_var = rows.iter().filter(|r| r.star == "VAR").count();
+        assert_eq!(real_var, plain.iter().filter(|r| r.star == "VAR").count(), "the real rows are unchanged");
+        for r in &var {
+            // Only the non-event's season with candidates (2019), labelled no, named after its host.
+            assert!(r.star.starts_with("VAR+var2019."), "{}", r.star);
+            assert_eq!((r.label, r.season, r.kind.as_str()), (Label::No, 2019, "dwarf_nova"));
+            // Its photometry is a subset of the real season's epochs.
+            let real_t = &stars[3].curves[0].hjd;
+            assert!(r.curves.curves[0].hjd.iter().all(|t| real_t.contains(t)) && r.curves.curves[0].hjd.len() <= real_t.len());
+        }
+        assert!(rows.iter().filter(|r| r.star.starts_with("EV")).all(|r| r.source != "variant"), "events get no variants");
         let again = real_rows(stars, &labels, &opts);
         assert_eq!(rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), again.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
     }

@@ -16,6 +16,7 @@ pub mod lens;
 pub mod model;
 pub mod noise;
 pub mod report;
+pub mod resample;
 pub mod store;
 pub mod writer;
 
