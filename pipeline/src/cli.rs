@@ -449,6 +449,10 @@ pub struct BenchArgs {
     /// `field`: nights stored before the measured night (the season so far).
     #[arg(long, default_value_t = 6)]
     pub nights: u32,
+    /// `field`: whole earlier seasons of the same stars stored first (2024, 2023, ...: the
+    /// baseline history that the alertfinder reads for the stars it searches).
+    #[arg(long, default_value_t = 0)]
+    pub earlier_seasons: u32,
     /// `field`: folder for the field's store (default: a new folder under the data folder,
     /// deleted at the end unless --keep).
     #[arg(long, value_name = "DIR")]

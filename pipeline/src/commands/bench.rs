@@ -354,8 +354,9 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
     let night_end = |d: u32| first + d as f64 + 0.999;
     let sampler = RssSampler::start();
     println!(
-        "bench field: {field}, {} stars (class mix `field`), {} nights stored before the measured night; store {}, database {db_name}; {} threads",
+        "bench field: {field}, {} stars (class mix `field`), {} earlier season(s), {} nights stored before the measured night; store {}, database {db_name}; {} threads",
         args.stars,
+        args.earlier_seasons,
         args.nights,
         dir.display(),
         rayon_threads()
@@ -369,6 +370,17 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
     // Night by night as the survey runs: the night's rows written as an ingest writes them,
     // then the night's run, which compacts after its publish (the `compact` stage), so that
     // each run finds the parts a live night leaves.
+    // Earlier seasons first, whole (a survey's archive): the same star ids, each season its own
+    // draw of the stars' behaviour.
+    for k in (1..=args.earlier_seasons).rev() {
+        let t = std::time::Instant::now();
+        let year = sim.season - k as i32;
+        let earlier = Season::new(&SimConfig { season: year, ..sim.clone() }).context("building an earlier season's schedules")?;
+        let lock = runner.ledger.lock_writer(&photometry.identity()).await?;
+        let r = simulate_to_store(&earlier, field, None, &photometry).await?;
+        drop(lock);
+        println!("  earlier season {year}: {} rows written in {:.1} s", r.rows, t.elapsed().as_secs_f64());
+    }
     let t = std::time::Instant::now();
     let (mut rows, mut write, mut rewritten) = (0u64, 0.0, 0u64);
     let mut buckets = 0;

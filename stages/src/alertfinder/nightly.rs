@@ -26,8 +26,11 @@
 //! # Layout
 //! ```text
 //! state/alertfinder/nightly/season=2025/field=BLG14/bucket=0003/asof-10800.00000.parquet
+//! state/alertfinder/nightly/season=2025/field=BLG14/bucket=0003/start.parquet
 //! ```
-//! one per bucket and run (the newest two kept), written after the run's candidates.
+//! the screening state, one per bucket and run (the newest two kept), written after the run's
+//! candidates; and the bucket's start histories (`StartCache`: the earlier seasons' history
+//! of each star searched so far this season, so that those seasons are read once a season).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -392,6 +395,66 @@ async fn start_histories(photometry: &PhotometryStore, season: i32, field: Field
     Ok(h)
 }
 
+/// The bucket's start histories: each searched star's history of the earlier seasons, frozen
+/// as at the season's start ([`start_histories`]), kept per bucket and season as state
+/// (`.../bucket=0003/start.parquet`), so that a star's earlier seasons are read once a season,
+/// the first time it is searched, and not every time the screen lets it through (a star of a
+/// field with nine earlier seasons read them all on each of its searches). A function of the
+/// earlier seasons only, so a run with it, without it, or with a part of it finds the same; lost
+/// or unreadable, it is rebuilt as stars are searched. As for the whole-field path's start
+/// state, an earlier season ingested late is not folded into entries that exist: delete them.
+#[derive(Default)]
+struct StartCache {
+    loaded: bool,
+    histories: HashMap<String, StarHistory>,
+    added: usize,
+}
+
+impl StartCache {
+    fn path(ctx: &RunCtx, bucket: Option<u32>) -> Path {
+        Path::from(format!("{}/start.parquet", nightly_dir(&ctx.root, ctx.season, ctx.field, bucket)))
+    }
+
+    /// The start histories of `ids` (sorted): from the state where it has them, the others from
+    /// the earlier seasons' photometry (and kept). A star without earlier seasons gets (and
+    /// keeps) the empty history, as the search would give it.
+    async fn histories(&mut self, ctx: &RunCtx, photometry: &PhotometryStore, bucket: Option<u32>, ids: &[String]) -> Result<HashMap<String, StarHistory>, StageError> {
+        if !self.loaded {
+            let path = Self::path(ctx, bucket);
+            self.histories = match ctx.store.head(&path).await {
+                Ok(_) => match super::stage::read_history(ctx.store.as_ref(), &path).await {
+                    Ok(h) => h,
+                    Err(e) if e.is_retryable() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(%path, error = %e, "start histories unreadable; rebuilt from the earlier seasons as stars are searched");
+                        HashMap::new()
+                    }
+                },
+                Err(object_store::Error::NotFound { .. }) => HashMap::new(),
+                Err(e) => return Err(transient(format!("cannot read {path}: {e}"))),
+            };
+            self.loaded = true;
+        }
+        let missing: Vec<String> = ids.iter().filter(|id| !self.histories.contains_key(id.as_str())).cloned().collect();
+        if !missing.is_empty() {
+            let mut fresh = start_histories(photometry, ctx.season, ctx.field, &missing).await?;
+            for id in missing {
+                self.histories.insert(id.clone(), fresh.remove(&id).unwrap_or_default());
+                self.added += 1;
+            }
+        }
+        Ok(ids.iter().filter_map(|id| self.histories.get(id).map(|h| (id.clone(), *h))).collect())
+    }
+
+    /// Writes the state when stars were added to it.
+    async fn store(&self, ctx: &RunCtx, bucket: Option<u32>) -> Result<(), StageError> {
+        if self.added == 0 {
+            return Ok(());
+        }
+        super::stage::put_history(ctx.store.as_ref(), &Self::path(ctx, bucket), &self.histories).await
+    }
+}
+
 /// The newest epoch stored for the field-season (what a run without an as-of time searches up to).
 async fn newest_epoch(photometry: &PhotometryStore, groups: &[(Option<u32>, Vec<PartitionKey>)]) -> Result<f64, StageError> {
     let mut newest = f64::NEG_INFINITY;
@@ -547,6 +610,7 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
     }
     passed.sort_unstable();
     counts.screened_in += passed.len();
+    let mut start_cache = StartCache::default();
     // The stars that passed, in batches of about `budget_rows` stored rows.
     let mut start = 0;
     while start < passed.len() {
@@ -570,7 +634,7 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
         start = end;
         let stars = photometry.read_stars_with(&keys, ids, ctx.field, true, as_of).await.map_err(store_err)?;
         let mut histories: HashMap<String, StarHistory> =
-            if params.use_history { start_histories(&photometry, ctx.season, ctx.field, ids).await? } else { HashMap::new() };
+            if params.use_history { start_cache.histories(&ctx, &photometry, bucket, ids).await? } else { HashMap::new() };
         let merged: Vec<MergedCurve> = stars.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
         let views: Vec<LightCurve<'_>> = merged.iter().map(MergedCurve::view).collect();
         let upto = as_of - params.window_days.max(0.0);
@@ -610,6 +674,7 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
         }
         drop(stars);
     }
+    start_cache.store(&ctx, bucket).await?;
     write_screens(&ctx, bucket, as_of, &screens).await?;
     counts.rows_read = photometry.rows_read();
     Ok(BucketOut { rows, site_max, counts })
@@ -727,9 +792,19 @@ mod tests {
                 let cand = |s: &Arc<dyn ObjectStore>| { let s = s.clone(); let p = candidates_path(&rb, 2025, Field(14), as_of); async move { s.get(&p).await.unwrap().bytes().await.unwrap() } };
                 let screen = |s: &Arc<dyn ObjectStore>| { let s = s.clone(); let p = screen_path(&rb, 2025, Field(14), Some(0), as_of); async move { s.get(&p).await.unwrap().bytes().await.unwrap() } };
                 let (c1, s1) = (cand(&sb).await, screen(&sb).await);
-                find_candidates_nightly(&ctx(&sb, &rb, as_of), &p, 64 << 20).await.unwrap();
+                let (_, again) = find_candidates_nightly(&ctx(&sb, &rb, as_of), &p, 64 << 20).await.unwrap();
                 assert_eq!(cand(&sb).await, c1);
                 assert_eq!(screen(&sb).await, s1);
+                // Without the start histories the same run reads the earlier season (2024) of
+                // every star it searches, and finds the same; the state is written again.
+                let start = Path::from(format!("{}/start.parquet", nightly_dir(&rb, 2025, Field(14), Some(0))));
+                assert!(sb.head(&start).await.is_ok(), "the bucket keeps its start histories");
+                sb.delete(&start).await.unwrap();
+                let (_, cold) = find_candidates_nightly(&ctx(&sb, &rb, as_of), &p, 64 << 20).await.unwrap();
+                assert_eq!(cand(&sb).await, c1);
+                assert_eq!(screen(&sb).await, s1);
+                assert!(again.screened_in > 0 && cold.rows_read > again.rows_read, "{} rows read without the start histories, {} with", cold.rows_read, again.rows_read);
+                assert!(sb.head(&start).await.is_ok());
             }
         }
         assert!(found > 20, "the season holds candidates to compare: {found}");

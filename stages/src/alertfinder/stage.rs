@@ -363,7 +363,7 @@ async fn write_history(ctx: &RunCtx, as_of: f64, h: &std::collections::HashMap<S
     Ok(())
 }
 
-async fn put_history(store: &dyn ObjectStore, path: &Path, h: &std::collections::HashMap<String, StarHistory>) -> Result<(), StageError> {
+pub(crate) async fn put_history(store: &dyn ObjectStore, path: &Path, h: &std::collections::HashMap<String, StarHistory>) -> Result<(), StageError> {
     let mut keys: Vec<&String> = h.keys().collect();
     keys.sort_unstable();
     let mut values = FixedSizeListBuilder::new(Float64Builder::new(), STAR_VALUES as i32);
@@ -391,7 +391,7 @@ async fn put_history(store: &dyn ObjectStore, path: &Path, h: &std::collections:
     Ok(())
 }
 
-async fn read_history(store: &dyn ObjectStore, path: &Path) -> Result<std::collections::HashMap<String, StarHistory>, StageError> {
+pub(crate) async fn read_history(store: &dyn ObjectStore, path: &Path) -> Result<std::collections::HashMap<String, StarHistory>, StageError> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Float64Type;
     let bytes = crate::stage::read_object(store, path, STAGE).await?;
