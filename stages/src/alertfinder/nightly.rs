@@ -374,19 +374,65 @@ pub struct NightlyCounts {
     pub new_rows_read: u64,
 }
 
-/// The earlier seasons' history of `stars` (sorted ids), frozen as at the season's start:
-/// read from each earlier season's partitions that can hold them.
-async fn start_histories(photometry: &PhotometryStore, season: i32, field: Field, ids: &[String]) -> Result<HashMap<String, StarHistory>, StageError> {
+/// Rows a whole-field run reads at a time while it builds a season's start state from the
+/// earlier seasons (about 320 MB of photometry): the whole-field path holds its own season, but
+/// a field's earlier seasons are many times that.
+pub(crate) const START_BUDGET_ROWS: usize = 2_000_000;
+
+/// The earlier seasons' history of stars, frozen as at the season's start: every night of the
+/// earlier seasons in time order ([`StarHistory::absorb`], then [`StarHistory::freeze_prior`]).
+/// `ids` (sorted): those stars (read from the partitions that can hold them); None: every star
+/// of the earlier seasons. Stars are read in chunks of about `budget_rows` stored rows (with
+/// `ids`, chunk sizes follow the rows per star seen so far; without, each bucket's stars are
+/// listed first with their row counts), so memory does not grow with the archive: a field with
+/// nine earlier seasons holds nine seasons of each star there.
+pub(crate) async fn earlier_histories(photometry: &PhotometryStore, season: i32, field: Field, ids: Option<&[String]>, budget_rows: usize) -> Result<HashMap<String, StarHistory>, StageError> {
     let mut seasons: Vec<i32> = photometry.partitions().await.map_err(store_err)?.into_iter().filter(|k| k.field == field && k.season < season).map(|k| k.season).collect();
     seasons.sort_unstable();
     seasons.dedup();
+    let budget_rows = budget_rows.max(1);
     let mut h: HashMap<String, StarHistory> = HashMap::new();
     let mut buf = NightBuffers::default();
-    for s in seasons {
-        let stars = crate::ingest::read_stars(photometry, s, field, ids).await.map_err(store_err)?;
+    let mut absorb = |stars: Vec<crate::photometry::StarCurves>, h: &mut HashMap<String, StarHistory>| -> usize {
+        let mut rows = 0;
         for star in &stars {
+            rows += star.curves.iter().map(|c| c.hjd.len()).sum::<usize>();
             let m = MergedCurve::from_star(star, Band::I);
             h.entry(star.star.0.clone()).or_default().absorb(&m.view(), f64::INFINITY, &mut buf);
+        }
+        rows
+    };
+    for s in seasons {
+        match ids {
+            Some(ids) => {
+                let (mut i, mut n) = (0usize, 64usize);
+                while i < ids.len() {
+                    let chunk = &ids[i..(i + n).min(ids.len())];
+                    let stars = crate::ingest::read_stars(photometry, s, field, chunk).await.map_err(store_err)?;
+                    let rows = absorb(stars, &mut h);
+                    i += chunk.len();
+                    n = (budget_rows / (rows / chunk.len()).max(1)).clamp(1, 8192);
+                }
+            }
+            None => {
+                for (_, keys) in photometry.bucket_groups(s, field).await.map_err(store_err)? {
+                    let listed = photometry.star_rows(&keys, f64::NEG_INFINITY, f64::INFINITY).await.map_err(store_err)?;
+                    let mut chunk: Vec<String> = Vec::new();
+                    let mut rows = 0usize;
+                    let mut stars = listed.stars.into_iter().peekable();
+                    while let Some((star, (total, _))) = stars.next() {
+                        chunk.push(star);
+                        rows += total as usize;
+                        let next = stars.peek().map_or(0, |(_, (t, _))| *t as usize);
+                        if stars.peek().is_none() || rows + next > budget_rows {
+                            let read = photometry.read_stars_in(&keys, &chunk, field).await.map_err(store_err)?;
+                            absorb(read, &mut h);
+                            chunk.clear();
+                            rows = 0;
+                        }
+                    }
+                }
+            }
         }
     }
     for v in h.values_mut() {
@@ -418,7 +464,7 @@ impl StartCache {
     /// The start histories of `ids` (sorted): from the state where it has them, the others from
     /// the earlier seasons' photometry (and kept). A star without earlier seasons gets (and
     /// keeps) the empty history, as the search would give it.
-    async fn histories(&mut self, ctx: &RunCtx, photometry: &PhotometryStore, bucket: Option<u32>, ids: &[String]) -> Result<HashMap<String, StarHistory>, StageError> {
+    async fn histories(&mut self, ctx: &RunCtx, photometry: &PhotometryStore, bucket: Option<u32>, ids: &[String], budget_rows: usize) -> Result<HashMap<String, StarHistory>, StageError> {
         if !self.loaded {
             let path = Self::path(ctx, bucket);
             self.histories = match ctx.store.head(&path).await {
@@ -437,7 +483,7 @@ impl StartCache {
         }
         let missing: Vec<String> = ids.iter().filter(|id| !self.histories.contains_key(id.as_str())).cloned().collect();
         if !missing.is_empty() {
-            let mut fresh = start_histories(photometry, ctx.season, ctx.field, &missing).await?;
+            let mut fresh = earlier_histories(photometry, ctx.season, ctx.field, Some(&missing), budget_rows).await?;
             for id in missing {
                 self.histories.insert(id.clone(), fresh.remove(&id).unwrap_or_default());
                 self.added += 1;
@@ -634,7 +680,7 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
         start = end;
         let stars = photometry.read_stars_with(&keys, ids, ctx.field, true, as_of).await.map_err(store_err)?;
         let mut histories: HashMap<String, StarHistory> =
-            if params.use_history { start_cache.histories(&ctx, &photometry, bucket, ids).await? } else { HashMap::new() };
+            if params.use_history { start_cache.histories(&ctx, &photometry, bucket, ids, budget_rows).await? } else { HashMap::new() };
         let merged: Vec<MergedCurve> = stars.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
         let views: Vec<LightCurve<'_>> = merged.iter().map(MergedCurve::view).collect();
         let upto = as_of - params.window_days.max(0.0);
@@ -743,6 +789,34 @@ mod tests {
             first = season_first_night(&season, Field(14)).unwrap();
         }
         (o.store, o.prefix, first)
+    }
+
+    /// The earlier seasons' histories read a few stars at a time are those read at once, for
+    /// chosen stars and for all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_histories_read_in_small_chunks_are_the_same() {
+        let a = tempfile::tempdir().unwrap();
+        let (store, root, _) = simulated(a.path(), 60, 5).await;
+        let ps = PhotometryStore::new(store.clone(), root.clone());
+        let bytes = |h: &HashMap<String, StarHistory>| {
+            let mut k: Vec<_> = h.iter().map(|(s, h)| { let mut v = Vec::new(); h.to_values(&mut v); (s.clone(), format!("{v:?}")) }).collect();
+            k.sort();
+            k
+        };
+        let all = earlier_histories(&ps, 2025, Field(14), None, usize::MAX).await.unwrap();
+        assert_eq!(all.len(), 60, "every star of 2024");
+        let before = ps.rows_read();
+        let small = earlier_histories(&ps, 2025, Field(14), None, 5_000).await.unwrap();
+        assert_eq!(bytes(&small), bytes(&all));
+        let mut ids: Vec<String> = all.keys().cloned().collect();
+        ids.sort();
+        let some: Vec<String> = ids.iter().step_by(3).cloned().collect();
+        let chosen = earlier_histories(&ps, 2025, Field(14), Some(&some), 5_000).await.unwrap();
+        let want: HashMap<String, StarHistory> = some.iter().map(|id| (id.clone(), all[id])).collect();
+        assert_eq!(bytes(&chosen), bytes(&want));
+        assert!(ps.rows_read() > before, "read from the store");
+        // The season of the stored data has no earlier season: nothing.
+        assert!(earlier_histories(&ps, 2024, Field(14), None, 5_000).await.unwrap().is_empty());
     }
 
     fn ctx(store: &Arc<dyn ObjectStore>, root: &Path, as_of: f64) -> RunCtx {

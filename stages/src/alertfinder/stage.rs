@@ -311,29 +311,8 @@ async fn load_history(ctx: &RunCtx, photometry: &PhotometryStore, as_of: f64) ->
     if has_start {
         return read_history(ctx.store.as_ref(), &start).await;
     }
-    // The season's start: every night of the earlier seasons, in time order.
-    let mut seasons: Vec<i32> = photometry
-        .partitions()
-        .await
-        .map_err(|e| transient(format!("cannot list the photometry: {e}")))?
-        .into_iter()
-        .filter(|k| k.field == ctx.field && k.season < ctx.season)
-        .map(|k| k.season)
-        .collect();
-    seasons.sort_unstable();
-    seasons.dedup();
-    let mut h = std::collections::HashMap::new();
-    for season in seasons {
-        let stars = read_photometry(photometry, season, ctx.field, None)
-            .await
-            .map_err(|e| if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) })?;
-        let merged: Vec<MergedCurve> = stars.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
-        let all: Vec<(&StarCurves, LightCurve<'_>)> = stars.iter().zip(merged.iter().map(MergedCurve::view)).collect();
-        absorb_all(&mut h, &all, f64::INFINITY);
-    }
-    for star in h.values_mut() {
-        star.freeze_prior();
-    }
+    // The season's start: every night of the earlier seasons, in time order, read in chunks.
+    let h = super::nightly::earlier_histories(photometry, ctx.season, ctx.field, None, super::nightly::START_BUDGET_ROWS).await?;
     put_history(ctx.store.as_ref(), &start, &h).await?;
     Ok(h)
 }
