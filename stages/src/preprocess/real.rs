@@ -128,6 +128,15 @@ fn replay_star(seasons: &[&StarCurves], wanted: &[bool], opts: &RealOptions, scr
     out
 }
 
+/// The candidate days `(now, diag)` of season `k` of a star when `season` (an injected or
+/// resampled copy) stands in its place; the other seasons stay the real ones (its history).
+fn replay_in_place_of(seasons: &[&StarCurves], k: usize, season: &StarCurves, opts: &RealOptions, scratch: &mut Scratch, buf: &mut NightBuffers) -> Vec<(f64, [f64; N_DIAGNOSIS])> {
+    let mut all: Vec<&StarCurves> = seasons.to_vec();
+    all[k] = season;
+    let wanted: Vec<bool> = (0..all.len()).map(|i| i == k).collect();
+    replay_star(&all, &wanted, opts, scratch, buf).into_iter().map(|(_, now, d)| (now, d)).collect()
+}
+
 fn hash_str(s: &str) -> u64 {
     use sha2::{Digest, Sha256};
     let d = Sha256::digest(s.as_bytes());
@@ -205,10 +214,7 @@ pub fn real_rows(stars: Vec<StarCurves>, labels: &[RealLabel], opts: &RealOption
                     let r = Resampling::draw(&mut rng, opts.variant_max_drop, opts.variant_max_noise);
                     let mut variant = resample(&seasons[k], &r, &mut rng);
                     variant.star.0 = format!("{star}+var{y}.{j}");
-                    let mut all: Vec<&StarCurves> = refs.clone();
-                    all[k] = &variant;
-                    let wanted: Vec<bool> = (0..years.len()).map(|i| i == k).collect();
-                    let days: Vec<(f64, [f64; N_DIAGNOSIS])> = replay_star(&all, &wanted, opts, scratch, buf).into_iter().map(|(_, now, d)| (now, d)).collect();
+                    let days = replay_in_place_of(&refs, k, &variant, opts, scratch, buf);
                     for (now, diag) in thin(days, opts.max_rows) {
                         rows.push(RealRow {
                             id: format!("var:{}@{now:.5}", variant.star.0),
@@ -247,13 +253,9 @@ pub fn real_rows(stars: Vec<StarCurves>, labels: &[RealLabel], opts: &RealOption
                             continue;
                         }
                         injected.star.0 = format!("{star}+inj{y}.{j}");
-                        let mut variant: Vec<&StarCurves> = refs.clone();
-                        variant[k] = &injected;
-                        let wanted: Vec<bool> = (0..years.len()).map(|i| i == k).collect();
-                        let days: Vec<(f64, [f64; N_DIAGNOSIS])> = replay_star(&variant, &wanted, opts, scratch, buf)
+                        let days: Vec<(f64, [f64; N_DIAGNOSIS])> = replay_in_place_of(&refs, k, &injected, opts, scratch, buf)
                             .into_iter()
-                            .filter(|(_, now, _)| *now >= inj.t0 - 2.0 * inj.te && *now <= inj.t0 + inj.te)
-                            .map(|(_, now, d)| (now, d))
+                            .filter(|(now, _)| *now >= inj.t0 - 2.0 * inj.te && *now <= inj.t0 + inj.te)
                             .collect();
                         for (now, diag) in thin(days, opts.max_rows) {
                             rows.push(RealRow {
