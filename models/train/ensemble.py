@@ -10,7 +10,7 @@ training noise out of a small model's scores; whether it helps the verdicts is j
 by `models/train/cv` (SEEDS=...), never on the validation half.
 
 Usage:
-  .venv/bin/python models/train/ensemble.py --out OUT.onnx [--test sim-test.parquet] M1.onnx M2.onnx ...
+  .venv/bin/python models/train/ensemble.py --out OUT.onnx [--test sim-test.parquet] [--threshold-purity T] M1.onnx M2.onnx ...
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--test", type=Path, help="an exported test set: the ensemble's check accuracy is measured on it")
     ap.add_argument("--description", default="lensnet ensemble: the mean of several seeds of one training recipe")
+    ap.add_argument("--threshold-purity", type=float,
+                    help="the model's high-purity operating point (lensnet.threshold_purity: what the scorer uses when "
+                         "score.threshold_purity is unset), chosen by models/train/cv out of fold")
     args = ap.parse_args()
     if len(args.members) < 2:
         sys.exit("an ensemble needs at least two members")
@@ -85,6 +88,10 @@ def main() -> None:
     props["lensnet.seed"] = ",".join(md.get("lensnet.seed", "?") for md in metas)
     props["lensnet.train_config"] = json.dumps([json.loads(md.get("lensnet.train_config", "{}")) for md in metas])
     props["lensnet.train_seconds"] = str(sum(int(float(md.get("lensnet.train_seconds", "0"))) for md in metas))
+    if args.threshold_purity is not None:
+        if not 0.0 <= args.threshold_purity <= 1.0:
+            sys.exit(f"--threshold-purity {args.threshold_purity} is not a probability")
+        props["lensnet.threshold_purity"] = str(args.threshold_purity)
     if args.test:
         import onnxruntime as ort
         from train import check_accuracy, load, narrow

@@ -137,8 +137,10 @@ pub struct RawScore {
     pub on_cuda_failure: String,
     /// Sequences per call.
     pub batch_size: usize,
-    /// High-purity threshold on the binary score.
-    pub threshold_purity: f64,
+    /// High-purity threshold on the binary score; unset: the model's own operating point
+    /// (`lensnet.threshold_purity` in its metadata), else 0.95.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_purity: Option<f64>,
     /// High-recall threshold on the binary score.
     pub threshold_recall: f64,
     /// A "yes" that rose at least `fast_rise_min_mag` within this many days is kept as "maybe"
@@ -267,7 +269,8 @@ pub struct Config {
     pub provider: Provider,
     pub cuda_fallback: bool,
     pub batch_size: usize,
-    pub threshold_purity: f64,
+    /// None: the model's declared operating point (see [`lensnet_stages::score::ScoreOptions`]).
+    pub threshold_purity: Option<f64>,
     pub threshold_recall: f64,
     /// The fast-rise check (`score.fast_rise_*`).
     pub fast_rise: lensnet_stages::score::FastRiseParams,
@@ -382,7 +385,13 @@ impl Config {
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut merged: Table = DEFAULTS_TOML.parse().expect("embedded defaults are valid TOML");
-        let reference = merged.clone();
+        // The keys a source may set: the defaults', and the optional keys (no default value).
+        let mut reference = merged.clone();
+        for (section, key, like) in &OPTIONAL_KEYS {
+            if let Some(Value::Table(t)) = reference.get_mut(*section) {
+                t.insert(key.to_string(), like.clone());
+            }
+        }
 
         if let Some(path) = &sources.file {
             let source = path.display().to_string();
@@ -442,6 +451,10 @@ impl Config {
         self.store_url.strip_prefix("file://").map(PathBuf::from)
     }
 }
+
+/// Keys without a default (unset means something of its own), with a value of their type:
+/// `score.threshold_purity` unset is each model's own operating point.
+const OPTIONAL_KEYS: [(&str, &str, Value); 1] = [("score", "threshold_purity", Value::Float(0.95))];
 
 /// Copy `over` onto `merged`, reporting keys unknown to `reference` with their source.
 fn overlay(merged: &mut Table, reference: &Table, over: &Table, prefix: &str, source: &str, problems: &mut Vec<ConfigProblem>) {
@@ -624,7 +637,8 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
     if raw.score.batch_size == 0 {
         bad("score.batch_size", "must be at least 1".into());
     }
-    for (key, v) in [("score.threshold_purity", raw.score.threshold_purity), ("score.threshold_recall", raw.score.threshold_recall)] {
+    let purity = raw.score.threshold_purity.map(|p| ("score.threshold_purity", p));
+    for (key, v) in purity.into_iter().chain([("score.threshold_recall", raw.score.threshold_recall)]) {
         if !(0.0..=1.0).contains(&v) {
             bad(key, format!("{v} is not a probability in [0, 1]"));
         }
@@ -635,7 +649,7 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
     if !(raw.score.fast_rise_min_mag > 0.0 && raw.score.fast_rise_min_mag.is_finite()) {
         bad("score.fast_rise_min_mag", format!("{} must be a magnitude > 0", raw.score.fast_rise_min_mag));
     }
-    if raw.score.threshold_recall > raw.score.threshold_purity {
+    if raw.score.threshold_purity.is_some_and(|p| raw.score.threshold_recall > p) {
         bad("score.threshold_recall", "the high-recall threshold must not exceed the high-purity one".into());
     }
 
@@ -862,6 +876,18 @@ mod tests {
         assert_eq!(cfg.schedule_fields, vec![Field(2), Field(14)]);
         assert!(cfg.store_url.starts_with("file:///"));
         assert!(matches!(cfg.database, DatabaseSource::Local { .. }));
+    }
+
+    #[test]
+    fn the_purity_threshold_is_the_models_unless_configured() {
+        let cfg = Config::load(&env(&[])).unwrap();
+        assert_eq!((cfg.threshold_purity, cfg.threshold_recall), (None, 0.5), "unset by default: each model's own");
+        let cfg = Config::load(&env(&[("LENSNET__SCORE__THRESHOLD_PURITY", "0.9")])).unwrap();
+        assert_eq!(cfg.threshold_purity, Some(0.9));
+        assert_ne!(cfg.hash, Config::load(&env(&[])).unwrap().hash, "a configured threshold is part of the audited configuration");
+        let err = Config::load(&env(&[("LENSNET__SCORE__THRESHOLD_PURITY", "0.4")])).unwrap_err().to_string();
+        assert!(err.contains("`score.threshold_recall`"), "recall above the configured purity: {err}");
+        assert!(Config::load(&env(&[("LENSNET__SCORE__THRESHOLD_RECALL", "0.85")])).is_ok(), "the model's own purity is checked when the model loads");
     }
 
     #[test]

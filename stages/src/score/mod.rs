@@ -234,6 +234,10 @@ pub struct ScoreOptions {
     /// Sequences per ONNX Runtime call (at least 1).
     pub batch_size: usize,
     pub thresholds: Thresholds,
+    /// Use the model's own high-purity threshold (`lensnet.threshold_purity` in its metadata,
+    /// the operating point chosen for it by cross-validation) instead of `thresholds.purity`
+    /// when it declares one (`score.threshold_purity` unset).
+    pub model_threshold: bool,
     /// Intra-op threads; None = ONNX Runtime's default (one per core).
     pub intra_threads: Option<usize>,
     /// A "yes" that rose too fast for microlensing is kept as "maybe" ([`fastrise`]).
@@ -250,6 +254,7 @@ impl ScoreOptions {
             cuda_fallback: false,
             batch_size: 256,
             thresholds: Thresholds::default(),
+            model_threshold: false,
             intra_threads: None,
             fast_rise: FastRiseParams::default(),
         }
@@ -271,6 +276,8 @@ pub struct ModelInfo {
     /// Width of the model's `diag` input: it was trained on the first `n_diag` of
     /// `DIAGNOSIS_NAMES` (`lensnet.diag_names`; 47 for lensnet-v1 and -v2).
     pub n_diag: usize,
+    /// The high-purity threshold the model declares (`lensnet.threshold_purity`), if any.
+    pub threshold_purity: Option<String>,
 }
 
 /// One ONNX Runtime session, built once per process and shared (`score` takes `&self`).
@@ -313,7 +320,7 @@ impl Scorer {
         if opts.batch_size == 0 {
             return Err(ScoreError::Shape("score.batch_size must be at least 1".into()));
         }
-        let thresholds = Thresholds::new(opts.thresholds.purity, opts.thresholds.recall)?;
+        let mut thresholds = Thresholds::new(opts.thresholds.purity, opts.thresholds.recall)?;
         let runtime = runtime(opts.ort_library.as_deref())?;
         let bytes = std::fs::read(&opts.model).map_err(|source| ScoreError::ReadModel { path: opts.model.clone(), source })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
@@ -330,10 +337,16 @@ impl Scorer {
                 Err(message) => return Err(ScoreError::Cuda { message }),
             },
         };
-        let (kind, stats_meta, n_diag) = check_contract(&session, &opts.model)?;
+        let (kind, stats_meta, n_diag, declared) = check_contract(&session, &opts.model)?;
         let sidecar = opts.model.with_extension("preprocess.json");
         let preprocess_stats = stats_meta.or_else(|| std::fs::read_to_string(&sidecar).ok());
-        let model = ModelInfo { path: opts.model.clone(), sha256, kind, bytes: bytes.len() as u64, preprocess_stats, n_diag };
+        if let (true, Some(text)) = (opts.model_threshold, &declared) {
+            let contract = |message: String| ScoreError::Contract { path: opts.model.clone(), message };
+            let purity: f64 = text.trim().parse().map_err(|_| contract(format!("metadata lensnet.threshold_purity is `{text}`, not a number")))?;
+            thresholds = Thresholds::new(purity, opts.thresholds.recall)
+                .map_err(|e| contract(format!("metadata lensnet.threshold_purity {purity} does not fit score.threshold_recall {}: {e}", opts.thresholds.recall)))?;
+        }
+        let model = ModelInfo { path: opts.model.clone(), sha256, kind, bytes: bytes.len() as u64, preprocess_stats, n_diag, threshold_purity: declared };
         info!(
             provider = provider.as_str(),
             cuda_fallback = cuda_fallback.is_some(),
@@ -343,6 +356,7 @@ impl Scorer {
             model_sha256 = %model.sha256,
             model_kind = %model.kind,
             batch_size = opts.batch_size,
+            threshold_purity = thresholds.purity,
             "scorer ready"
         );
         Ok(Scorer { session: Mutex::new(session), runtime, model, provider, cuda_fallback, batch_size: opts.batch_size, thresholds, fast_rise: opts.fast_rise })
@@ -478,7 +492,7 @@ fn build_session(rt: &Runtime, path: &Path, bytes: &[u8], cuda: bool, intra: Opt
 /// Check the metadata and the input/output names; returns `lensnet.kind`, the preprocessing
 /// statistics of the metadata, if any, and the width of `diag` (the model's diagnosis names must
 /// be the first 47 or more of `DIAGNOSIS_NAMES`, in order: the list only grows at its end).
-fn check_contract(session: &Session, path: &Path) -> Result<(String, Option<String>, usize), ScoreError> {
+fn check_contract(session: &Session, path: &Path) -> Result<(String, Option<String>, usize, Option<String>), ScoreError> {
     let bad = |message: String| ScoreError::Contract { path: path.to_path_buf(), message };
     let meta = session.metadata().map_err(|e| bad(format!("cannot read metadata: {e}")))?;
     let want = [
@@ -517,7 +531,8 @@ fn check_contract(session: &Session, path: &Path) -> Result<(String, Option<Stri
             return Err(bad(format!("no output named `{name}` (outputs: {})", outputs.join(", "))));
         }
     }
-    Ok((kind, stats, n_diag))
+    let threshold = meta.custom("lensnet.threshold_purity").filter(|s| !s.trim().is_empty());
+    Ok((kind, stats, n_diag, threshold))
 }
 
 fn run_chunk(session: &mut Session, seq: &[f32], diag: &[f32], n: usize, width: usize, out: &mut Vec<Probabilities>) -> Result<(), ScoreError> {
