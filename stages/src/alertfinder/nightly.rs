@@ -442,7 +442,7 @@ pub(crate) async fn earlier_histories(photometry: &PhotometryStore, season: i32,
 }
 
 /// The bucket's start histories: each searched star's history of the earlier seasons, frozen
-/// as at the season's start ([`start_histories`]), kept per bucket and season as state
+/// as at the season's start ([`earlier_histories`]), kept per bucket and season as state
 /// (`.../bucket=0003/start.parquet`), so that a star's earlier seasons are read once a season,
 /// the first time it is searched, and not every time the screen lets it through (a star of a
 /// field with nine earlier seasons read them all on each of its searches). A function of the
