@@ -117,6 +117,11 @@ def main() -> None:
     write_onnx(merged, props, "lensnet models/train/ensemble.py", args.description, args.out)
     if STATS_KEY in props:
         args.out.with_suffix(".preprocess.json").write_text(props[STATS_KEY] + "\n")
+    # The machine-readable card, as train.py writes one for a single model.
+    data = args.out.read_bytes()
+    card = {**props, "model": str(args.out), "model_sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+            "members": [{"model": str(p), "sha256": h} for p, h in zip(args.members, shas)]}
+    args.out.with_suffix(".card.json").write_text(json.dumps(card, indent=1) + "\n")
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes, {len(models)} members)"
           + (f"; check acc3 {props['lensnet.check_acc3']} acc2 {props['lensnet.check_acc2']}" if args.test else ""))
 

@@ -76,6 +76,32 @@ fn trained_model_v2_reproduces_the_stored_probabilities() {
     reproduces("v2");
 }
 
+#[test]
+fn trained_model_v3_reproduces_the_stored_probabilities() {
+    reproduces("v3");
+}
+
+/// A model may declare its high-purity operating point (`lensnet.threshold_purity`, chosen for
+/// it out of fold): the scorer takes it when told to (`score.threshold_purity` unset) and keeps
+/// the configured one otherwise; a model that declares none keeps the configured one.
+#[test]
+fn a_model_declares_its_operating_point_and_a_configured_one_overrides_it() {
+    use lensnet_stages::score::Thresholds;
+    let (v2, v3) = (root().join("models/lensnet-v2.onnx"), root().join("models/lensnet-v3.onnx"));
+    let given = Thresholds::new(0.95, 0.5).unwrap();
+    let own = Scorer::new(&ScoreOptions { thresholds: given, model_threshold: true, ..ScoreOptions::cpu(&v3) }).expect("v3");
+    assert_eq!(own.model().threshold_purity.as_deref(), Some("0.8"));
+    assert_eq!(own.thresholds(), Thresholds::new(0.8, 0.5).unwrap());
+    let configured = Scorer::new(&ScoreOptions { thresholds: given, model_threshold: false, ..ScoreOptions::cpu(&v3) }).expect("v3");
+    assert_eq!(configured.thresholds(), given);
+    let none = Scorer::new(&ScoreOptions { thresholds: given, model_threshold: true, ..ScoreOptions::cpu(&v2) }).expect("v2");
+    assert_eq!((none.model().threshold_purity.as_deref(), none.thresholds()), (None, given));
+    // A recall threshold above the model's own purity: an error naming the model and the key.
+    let high_recall = Thresholds::new(0.95, 0.85).unwrap();
+    let err = Scorer::new(&ScoreOptions { thresholds: high_recall, model_threshold: true, ..ScoreOptions::cpu(&v3) }).unwrap_err().to_string();
+    assert!(err.contains("lensnet-v3.onnx") && err.contains("lensnet.threshold_purity"), "{err}");
+}
+
 fn reproduces(version: &str) {
     let model = format!("models/lensnet-{version}.onnx");
     let stats_path = format!("models/lensnet-{version}.preprocess.json");

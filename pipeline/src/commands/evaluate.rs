@@ -71,7 +71,21 @@ pub async fn run(cfg: Config, args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     }
     let scorer = Arc::new(app::scorer(&ecfg, args.model.as_deref()).context("loading the model")?);
     let m = scorer.model();
-    println!("evaluate   {} labelled stars in {}; model {} (sha256 {})", labels.len(), args.input.display(), m.path.display(), &m.sha256[..12]);
+    let th = scorer.thresholds();
+    let whose = match (ecfg.threshold_purity, &m.threshold_purity) {
+        (Some(_), _) => "configured",
+        (None, Some(_)) => "the model's own",
+        (None, None) => "the default",
+    };
+    println!(
+        "evaluate   {} labelled stars in {}; model {} (sha256 {}); yes at binary >= {} ({whose}), maybe at >= {}",
+        labels.len(),
+        args.input.display(),
+        m.path.display(),
+        &m.sha256[..12],
+        th.purity,
+        th.recall
+    );
     println!("           store {}, database {db_name}", out.join("store").display());
     let runner = app::field_runner(&ecfg, pool, scorer).context("setting up the field runner")?;
     let input = match half {
