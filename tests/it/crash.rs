@@ -127,8 +127,9 @@ async fn killed_at_random_moments(standalone_ingest: bool) {
     let expected_rows = store_rows(&ref_work.path().join(".lensnet/store")).await;
     assert!(!expected_rows.is_empty());
     let expected_history = history_state(&ref_work.path().join(".lensnet/store"));
-    // A live run streams: the field's watermarks and the run's screening state of its one bucket.
-    assert_eq!(expected_history.len(), 2, "the watermarks and the run's screening state: {:?}", expected_history.iter().map(|h| &h.0).collect::<Vec<_>>());
+    // A live run streams: the field's watermarks, and of its one bucket the run's screening
+    // state and the start histories of the stars it searched.
+    assert_eq!(expected_history.len(), 3, "the watermarks, the run's screening state and the start histories: {:?}", expected_history.iter().map(|h| &h.0).collect::<Vec<_>>());
     let verdicts: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts").fetch_one(&ref_db.pool).await.unwrap();
     assert!(verdicts > 0, "the reference run published verdicts");
     // Where the run ingested the files itself, it compacted them after its publish (after a
