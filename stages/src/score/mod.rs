@@ -490,8 +490,9 @@ fn build_session(rt: &Runtime, path: &Path, bytes: &[u8], cuda: bool, intra: Opt
 }
 
 /// Check the metadata and the input/output names; returns `lensnet.kind`, the preprocessing
-/// statistics of the metadata, if any, and the width of `diag` (the model's diagnosis names must
-/// be the first 47 or more of `DIAGNOSIS_NAMES`, in order: the list only grows at its end).
+/// statistics of the metadata, if any, the width of `diag` (the model's diagnosis names must
+/// be the first 47 or more of `DIAGNOSIS_NAMES`, in order: the list only grows at its end), and
+/// the high-purity threshold the model declares (`lensnet.threshold_purity`), if any.
 fn check_contract(session: &Session, path: &Path) -> Result<(String, Option<String>, usize, Option<String>), ScoreError> {
     let bad = |message: String| ScoreError::Contract { path: path.to_path_buf(), message };
     let meta = session.metadata().map_err(|e| bad(format!("cannot read metadata: {e}")))?;
