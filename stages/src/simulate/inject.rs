@@ -8,10 +8,8 @@
 use rand::Rng;
 
 use crate::photometry::{SiteCurve, StarCurves};
+use crate::ingest::MAG_ZP;
 use crate::simulate::lens::{pspl, trajectory, u_of_t, BinaryLens};
-
-/// Magnitude zero point of the stored flux scale (`ingest::MAG_ZP`).
-const MAG_ZP: f64 = 28.0;
 
 /// The lens.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -15,11 +15,9 @@
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+use crate::ingest::MAG_ZP;
 use crate::photometry::{SiteCurve, StarCurves};
 use crate::simulate::inject::baseline_flux;
-
-/// Magnitude zero point of the stored flux scale (`ingest::MAG_ZP`).
-const MAG_ZP: f64 = 28.0;
 
 /// One variant.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,9 +38,9 @@ impl Resampling {
 
 /// `star` resampled by `r` (see the module docs), with its randomness from `rng`.
 pub fn resample(star: &StarCurves, r: &Resampling, rng: &mut impl Rng) -> StarCurves {
-    let mut out = star.clone();
     let extra = (r.noise * r.noise - 1.0).max(0.0).sqrt();
-    for (c, src) in out.curves.iter_mut().zip(&star.curves) {
+    let mut curves = Vec::with_capacity(star.curves.len());
+    for src in &star.curves {
         let f0 = baseline_flux(src);
         let mut kept = SiteCurve { site: src.site, band: src.band, ..Default::default() };
         for i in 0..src.hjd.len() {
@@ -54,9 +52,9 @@ pub fn resample(star: &StarCurves, r: &Resampling, rng: &mut impl Rng) -> StarCu
                 let g: f64 = StandardNormal.sample(rng);
                 let d = err * extra * g;
                 if mag.is_finite() {
-                    // The total flux of the epoch, from its magnitude (or the baseline and the
-                    // difference flux); a total pushed to zero or below has no magnitude.
-                    let total = f0.map_or(10f64.powf(-0.4 * (mag - MAG_ZP)), |f0| f0 + flux);
+                    // The total flux of the epoch, from the baseline and the difference flux (or
+                    // its magnitude); a total pushed to zero or below has no magnitude.
+                    let total = f0.map_or_else(|| 10f64.powf(-0.4 * (mag - MAG_ZP)), |f0| f0 + flux);
                     mag = if total + d > 0.0 && total > 0.0 { mag - 2.5 * ((total + d) / total).log10() } else { f64::NAN };
                 }
                 flux += d;
@@ -72,9 +70,9 @@ pub fn resample(star: &StarCurves, r: &Resampling, rng: &mut impl Rng) -> StarCu
             kept.sky.push(src.sky[i]);
             kept.airmass.push(src.airmass[i]);
         }
-        *c = kept;
+        curves.push(kept);
     }
-    out
+    StarCurves { star: star.star.clone(), field: star.field, curves }
 }
 
 #[cfg(test)]
