@@ -18,9 +18,6 @@ pub fn photometry(cfg: &Config) -> Result<(OpenedStore, PhotometryStore), StoreE
     Ok((opened, photometry))
 }
 
-/// The high-purity threshold of a model that declares none, when `score.threshold_purity` is unset.
-pub const DEFAULT_THRESHOLD_PURITY: f64 = 0.95;
-
 /// The scorer of the configured model (or `model`, when given): one ONNX Runtime session.
 pub fn scorer(cfg: &Config, model: Option<&std::path::Path>) -> Result<lensnet_stages::score::Scorer, lensnet_stages::score::ScoreError> {
     use lensnet_stages::score::{find_model, ExecutionProvider, ScoreOptions, Scorer, Thresholds};
@@ -34,8 +31,8 @@ pub fn scorer(cfg: &Config, model: Option<&std::path::Path>) -> Result<lensnet_s
         },
         cuda_fallback: cfg.cuda_fallback,
         batch_size: cfg.batch_size,
-        // Unset, the model's own operating point (else 0.95, lensnet-v2's).
-        thresholds: Thresholds::new(cfg.threshold_purity.unwrap_or(DEFAULT_THRESHOLD_PURITY), cfg.threshold_recall)?,
+        // Unset, the model's own operating point (else the default, 0.95: lensnet-v2's).
+        thresholds: Thresholds::new(cfg.threshold_purity.unwrap_or(Thresholds::default().purity), cfg.threshold_recall)?,
         model_threshold: cfg.threshold_purity.is_none(),
         intra_threads: None,
         fast_rise: cfg.fast_rise,

@@ -122,9 +122,10 @@ impl Thresholds {
 }
 
 impl Default for Thresholds {
-    /// The configuration's defaults (`[score]` in defaults.toml).
+    /// The configuration's defaults (`[score]` in defaults.toml): the high-purity threshold of a
+    /// model that declares none of its own (`lensnet.threshold_purity`), and the high-recall one.
     fn default() -> Self {
-        Thresholds { purity: 0.9, recall: 0.5 }
+        Thresholds { purity: 0.95, recall: 0.5 }
     }
 }
 
