@@ -367,9 +367,6 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
     let inbox = dir.join("inbox");
     std::fs::create_dir_all(&inbox)?;
     let child = ChildEnv { store_url: bcfg.store_url.clone(), db_name: db_name.clone(), inbox };
-    // Night by night as the survey runs: the night's rows written as an ingest writes them,
-    // then the night's run, which compacts after its publish (the `compact` stage), so that
-    // each run finds the parts a live night leaves.
     // Earlier seasons first, whole (a survey's archive): the same star ids, each season its own
     // draw of the stars' behaviour.
     for k in (1..=args.earlier_seasons).rev() {
@@ -381,6 +378,9 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
         drop(lock);
         println!("  earlier season {year}: {} rows written in {:.1} s", r.rows, t.elapsed().as_secs_f64());
     }
+    // Night by night as the survey runs: the night's rows written as an ingest writes them,
+    // then the night's run, which compacts after its publish (the `compact` stage), so that
+    // each run finds the parts a live night leaves.
     let t = std::time::Instant::now();
     let (mut rows, mut write, mut rewritten) = (0u64, 0.0, 0u64);
     let mut buckets = 0;

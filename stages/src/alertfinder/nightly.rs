@@ -451,9 +451,10 @@ pub(crate) async fn earlier_histories(photometry: &PhotometryStore, season: i32,
 /// state, an earlier season ingested late is not folded into entries that exist: delete them.
 #[derive(Default)]
 struct StartCache {
-    loaded: bool,
-    histories: HashMap<String, StarHistory>,
-    added: usize,
+    /// Read from the state on first use.
+    histories: Option<HashMap<String, StarHistory>>,
+    /// Stars were added: the state is written again.
+    changed: bool,
 }
 
 impl StartCache {
@@ -465,39 +466,43 @@ impl StartCache {
     /// the earlier seasons' photometry (and kept). A star without earlier seasons gets (and
     /// keeps) the empty history, as the search would give it.
     async fn histories(&mut self, ctx: &RunCtx, photometry: &PhotometryStore, bucket: Option<u32>, ids: &[String], budget_rows: usize) -> Result<HashMap<String, StarHistory>, StageError> {
-        if !self.loaded {
-            let path = Self::path(ctx, bucket);
-            self.histories = match ctx.store.head(&path).await {
-                Ok(_) => match super::stage::read_history(ctx.store.as_ref(), &path).await {
-                    Ok(h) => h,
-                    Err(e) if e.is_retryable() => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(%path, error = %e, "start histories unreadable; rebuilt from the earlier seasons as stars are searched");
-                        HashMap::new()
-                    }
-                },
-                Err(object_store::Error::NotFound { .. }) => HashMap::new(),
-                Err(e) => return Err(transient(format!("cannot read {path}: {e}"))),
-            };
-            self.loaded = true;
-        }
-        let missing: Vec<String> = ids.iter().filter(|id| !self.histories.contains_key(id.as_str())).cloned().collect();
+        let histories = match &mut self.histories {
+            Some(h) => h,
+            none => {
+                let path = Self::path(ctx, bucket);
+                let read = match ctx.store.head(&path).await {
+                    Ok(_) => match super::stage::read_history(ctx.store.as_ref(), &path).await {
+                        Ok(h) => h,
+                        Err(e) if e.is_retryable() => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(%path, error = %e, "start histories unreadable; rebuilt from the earlier seasons as stars are searched");
+                            HashMap::new()
+                        }
+                    },
+                    Err(object_store::Error::NotFound { .. }) => HashMap::new(),
+                    Err(e) => return Err(transient(format!("cannot read {path}: {e}"))),
+                };
+                none.insert(read)
+            }
+        };
+        let missing: Vec<String> = ids.iter().filter(|id| !histories.contains_key(id.as_str())).cloned().collect();
         if !missing.is_empty() {
             let mut fresh = earlier_histories(photometry, ctx.season, ctx.field, Some(&missing), budget_rows).await?;
             for id in missing {
-                self.histories.insert(id.clone(), fresh.remove(&id).unwrap_or_default());
-                self.added += 1;
+                let h = fresh.remove(&id).unwrap_or_default();
+                histories.insert(id, h);
             }
+            self.changed = true;
         }
-        Ok(ids.iter().filter_map(|id| self.histories.get(id).map(|h| (id.clone(), *h))).collect())
+        Ok(ids.iter().filter_map(|id| histories.get(id).map(|h| (id.clone(), *h))).collect())
     }
 
     /// Writes the state when stars were added to it.
     async fn store(&self, ctx: &RunCtx, bucket: Option<u32>) -> Result<(), StageError> {
-        if self.added == 0 {
-            return Ok(());
+        match (&self.histories, self.changed) {
+            (Some(h), true) => super::stage::put_history(ctx.store.as_ref(), &Self::path(ctx, bucket), h).await,
+            _ => Ok(()),
         }
-        super::stage::put_history(ctx.store.as_ref(), &Self::path(ctx, bucket), &self.histories).await
     }
 }
 
