@@ -1,13 +1,16 @@
 //! Robust per-site baseline (median flux, MAD-rescaled error bars) and the N_high pre-selection.
 //!
-//! The baseline of each site is the median flux of the star's history (points older than the
-//! search window); the error bars of each site are multiplied by
-//! `k_s = 1.4826 * median(|f_i - median| / e_i)`, the MAD-based robust estimate of the standard
-//! deviation of the normalised residuals, so that the baseline's reduced chi-square is about 1
-//! while a past event or a few outliers in the history barely move it.
+//! The baseline of each site is the median flux of the season's points older than the search
+//! window; the error bars of each site are multiplied by `k_s = 1.4826 * median(|f_i - m_i| /
+//! e_i)`, the MAD-based robust estimate of the standard deviation of the normalised residuals,
+//! so that the baseline's reduced chi-square is about 1 while a past event or a few outliers
+//! barely move it. Both medians are P² estimates ([`SiteEstimator`]) fed once per point in time
+//! order (`m_i` is the median before point `i`), so that a run can carry them as state and read
+//! only a star's recent points (issue 14).
 
 use serde::Serialize;
 
+use super::history::P2;
 use super::{AlertParams, N_SITES};
 use crate::photometry::LightCurve;
 
@@ -48,76 +51,87 @@ pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
     *m
 }
 
-/// Reusable buffers of the baseline estimate, so a batch allocates once per thread.
-#[derive(Debug, Default)]
-pub struct BaselineScratch {
-    flux: [Vec<f64>; N_SITES],
-    err: [Vec<f64>; N_SITES],
-    sel: Vec<f64>,
+/// A site's streaming baseline estimators, fed with its valid points once, in time order
+/// (issue 14: the same state whether a run fed every point of the season or a stored state
+/// carried the older ones): the count, the running sum of the error bars, the P² median of the
+/// flux, and the P² median of `|f - m| / e`, `m` being the flux median before the point.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SiteEstimator {
+    pub n: u32,
+    pub sum_err: f64,
+    pub level: P2,
+    pub resid: P2,
 }
 
-/// Estimate the robust baseline of every site from the valid points with `time < history_end`
-/// among the first `end` points; a site with fewer than `min_baseline_points` such points falls
-/// back to all its valid points before `end` (a short event barely moves a median).
-pub fn site_baselines(
-    lc: &LightCurve<'_>,
-    end: usize,
-    history_end: f64,
-    p: &AlertParams,
-    scratch: &mut BaselineScratch,
-) -> [SiteBaseline; N_SITES] {
-    let mut out = [SiteBaseline::default(); N_SITES];
-    for s in 0..N_SITES {
-        scratch.flux[s].clear();
-        scratch.err[s].clear();
+impl SiteEstimator {
+    #[inline]
+    pub fn push(&mut self, f: f64, e: f64) {
+        if self.level.n > 0 {
+            let m = self.level.quartiles().1;
+            self.resid.push((f - m).abs() / e);
+        }
+        self.level.push(f);
+        self.n += 1;
+        self.sum_err += e;
     }
-    let mut n_all = [0usize; N_SITES];
-    for i in 0..end {
-        let (t, f, e, s) = (lc.time[i], lc.flux[i], lc.err[i], lc.site[i]);
-        if !valid(t, f, e, s) {
-            continue;
+
+    /// The site's baseline from the points fed so far (unusable below `min_baseline_points`).
+    pub fn baseline(&self, p: &AlertParams) -> SiteBaseline {
+        let n = self.n;
+        if (n as usize) < p.min_baseline_points.max(1) {
+            return SiteBaseline { n, ..Default::default() };
         }
-        let s = s as usize;
-        n_all[s] += 1;
-        if t < history_end {
-            scratch.flux[s].push(f);
-            scratch.err[s].push(e);
-        }
-    }
-    for s in 0..N_SITES {
-        let min = p.min_baseline_points.max(1);
-        out[s].from_season = scratch.flux[s].len() >= min;
-        if scratch.flux[s].len() < min && n_all[s] >= min {
-            // Short history: use every valid point of the site instead.
-            scratch.flux[s].clear();
-            scratch.err[s].clear();
-            for i in 0..end {
-                let (t, f, e, si) = (lc.time[i], lc.flux[i], lc.err[i], lc.site[i]);
-                if si as usize == s && valid(t, f, e, si) {
-                    scratch.flux[s].push(f);
-                    scratch.err[s].push(e);
-                }
-            }
-        }
-        let n = scratch.flux[s].len();
-        if n < min {
-            out[s].n = n as u32;
-            continue;
-        }
-        let mean_err = scratch.err[s].iter().sum::<f64>() / n as f64;
-        let sel = &mut scratch.sel;
-        sel.clear();
-        sel.extend_from_slice(&scratch.flux[s]);
-        let med = median_in_place(sel);
-        sel.clear();
-        sel.extend(scratch.flux[s].iter().zip(&scratch.err[s]).map(|(f, e)| (f - med).abs() / e));
-        let k = (MAD_TO_SIGMA * median_in_place(sel)).max(p.min_error_scale);
+        let mean_err = self.sum_err / n as f64;
+        let med = self.level.quartiles().1;
+        let k = (MAD_TO_SIGMA * self.resid.quartiles().1).max(p.min_error_scale);
         if !(k.is_finite() && med.is_finite()) {
             // Overflowing residuals (absurd flux over a tiny error): the site cannot be scaled.
-            out[s].n = n as u32;
-            continue;
+            return SiteBaseline { n, ..Default::default() };
         }
-        out[s] = SiteBaseline { n: n as u32, usable: true, median: med, error_scale: k, mean_err, from_season: out[s].from_season };
+        SiteBaseline { n, usable: true, median: med, error_scale: k, mean_err, from_season: false }
     }
-    out
+}
+
+/// The estimators of every site.
+pub type Estimators = [SiteEstimator; N_SITES];
+
+/// Estimate the robust baseline of every site from the valid points with `time < history_end`
+/// among the first `end` points, continuing `start` (the estimators of the star's points before
+/// `lc`'s first, or the default); a site with fewer than `min_baseline_points` such points
+/// falls back to all its valid points before `end` (a short event barely moves a median).
+/// Returns the baselines and the estimators as fed with the points before `history_end`.
+pub fn site_baselines(lc: &LightCurve<'_>, end: usize, history_end: f64, p: &AlertParams, start: &Estimators) -> ([SiteBaseline; N_SITES], Estimators) {
+    let mut est = *start;
+    let mut i = 0;
+    while i < end {
+        let (t, f, e, s) = (lc.time[i], lc.flux[i], lc.err[i], lc.site[i]);
+        if t >= history_end {
+            break;
+        }
+        if valid(t, f, e, s) {
+            est[s as usize].push(f, e);
+        }
+        i += 1;
+    }
+    let before = est;
+    let mut out = [SiteBaseline::default(); N_SITES];
+    let min = p.min_baseline_points.max(1);
+    let short: Vec<usize> = (0..N_SITES).filter(|&s| (est[s].n as usize) < min).collect();
+    for s in 0..N_SITES {
+        out[s] = est[s].baseline(p);
+        out[s].from_season = out[s].usable;
+    }
+    if !short.is_empty() {
+        // Short history: every valid point of the site instead (the same estimators, fed on).
+        for j in i..end {
+            let (t, f, e, s) = (lc.time[j], lc.flux[j], lc.err[j], lc.site[j]);
+            if valid(t, f, e, s) && short.contains(&(s as usize)) {
+                est[s as usize].push(f, e);
+            }
+        }
+        for &s in &short {
+            out[s] = est[s].baseline(p);
+        }
+    }
+    (out, before)
 }

@@ -120,6 +120,9 @@ pub struct SitePoints {
     pub t: [Vec<f64>; N_SITES],
     pub y: [Vec<f64>; N_SITES],
     pub w: [Vec<f64>; N_SITES],
+    /// Points before each entry (`cum[s][i]`; `len + 1` values): an entry can be a night's
+    /// points merged ([`super::NightSum`]). Empty: every entry is one point.
+    pub cum: [Vec<u32>; N_SITES],
     /// Baseline medians, added back to `f0`.
     pub median: [f64; N_SITES],
 }
@@ -130,6 +133,16 @@ impl SitePoints {
             self.t[s].clear();
             self.y[s].clear();
             self.w[s].clear();
+            self.cum[s].clear();
+        }
+    }
+
+    /// Points in entries `lo..hi` of site `s`.
+    #[inline]
+    pub fn points(&self, s: usize, lo: usize, hi: usize) -> usize {
+        match self.cum[s].len() {
+            0 => hi - lo,
+            _ => (self.cum[s][hi] - self.cum[s][lo]) as usize,
         }
     }
 
@@ -440,7 +453,7 @@ pub fn fit_model_with(kernel: Kernel, pts: &SitePoints, t0: f64, teff: f64, regi
         g.delta_chi2 += d;
         g.f1[s] = f1;
         g.f0[s] = f0 + pts.median[s];
-        g.n_points += (hi - lo) as u32;
+        g.n_points += pts.points(s, lo, hi) as u32;
     }
     g
 }
@@ -494,7 +507,7 @@ pub fn search_grid_with(kernel: Kernel, pts: &SitePoints, now: f64, p: &GridPara
                 let t = &pts.t[s];
                 lo[s] = gallop(t, lo[s], |x| x <= t0 - half);
                 hi[s] = gallop(t, hi[s].max(lo[s]), |x| x < t0 + half);
-                n += hi[s] - lo[s];
+                n += pts.points(s, lo[s], hi[s]);
             }
             if n < p.min_points.max(2) {
                 continue;

@@ -42,7 +42,8 @@ pub use grid::{GridFit, GridParams};
 pub use history::{HistorySummary, NightBuffers, StarHistory};
 
 use crate::photometry::LightCurve;
-use baseline::{valid, BaselineScratch};
+use baseline::{valid, Estimators};
+pub use baseline::SiteEstimator;
 use brokenline::Window;
 use grid::SitePoints;
 
@@ -88,6 +89,11 @@ pub struct AlertParams {
     pub high_sky_ratio: f64,
     /// The EventFinder grid run on candidates.
     pub grid: GridParams,
+    /// Days before `now` whose nights a search needs point by point (issue 14): the grid
+    /// merges each older night of a site into one weighted point ([`NightSum`]), and the
+    /// seeing and sky medians of [`Quality`] are those of the recent nights. Not below the
+    /// grid's `t0_lookback_days` plus a few of its smallest windows. 0: every point on its own.
+    pub recent_days: f64,
     /// Use the star's history ([`history`]: every stored night before the search window,
     /// earlier seasons included) once it holds `min_history_nights` nights: when the season has
     /// too few points before its window, the baseline (level and error-bar multiplier) is the
@@ -127,6 +133,7 @@ impl Default for AlertParams {
             bad_seeing_ratio: 1.5,
             high_sky_ratio: 1.5,
             grid: GridParams::default(),
+            recent_days: 35.0,
             use_history: true,
             min_history_nights: 10,
             recurrent_veto: true,
@@ -267,7 +274,6 @@ impl StarResult {
 /// Reusable buffers for [`scan_star`]; one per thread.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    base: BaselineScratch,
     win: Window,
     pts: SitePoints,
     /// Per site: FWHM then sky values, for [`quality`]'s medians.
@@ -290,9 +296,159 @@ pub fn scan_star_with(
     history: Option<&StarHistory>,
     scratch: &mut Scratch,
 ) -> StarResult {
+    match scan_star_carry(lc, now, since, p, history, None, scratch) {
+        Ok(r) => r,
+        Err(CarryAhead) => unreachable!("no carry, so none ahead of the search"),
+    }
+}
+
+/// What a search carries of a star's points before `upto` instead of reading them (issue 14):
+/// everything [`scan_star_carry`] needs of them. Built by [`Carry::extend`] from the points in
+/// time order; a search given a carry and the points from its `upto` on returns what it returns
+/// given every point (a test holds them equal), as long as `upto` is a night boundary not after
+/// the search window's start nor [`recent_cut`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Carry {
+    /// The points before this time are carried (a whole night: an integer; `-inf`: none).
+    pub upto: f64,
+    /// Rows carried (valid or not) and the first one's time.
+    pub rows: u32,
+    pub first_t: f64,
+    /// Valid points carried.
+    pub n_valid: u32,
+    /// The baseline estimators fed with the carried points.
+    pub est: Estimators,
+    /// Each site's carried nights, merged, in time order.
+    pub nights: [Vec<NightSum>; N_SITES],
+}
+
+impl Default for Carry {
+    fn default() -> Self {
+        Carry { upto: f64::NEG_INFINITY, rows: 0, first_t: f64::NEG_INFINITY, n_valid: 0, est: Estimators::default(), nights: Default::default() }
+    }
+}
+
+impl Carry {
+    /// Carry `lc`'s rows before `upto` (an integer night boundary), `lc` starting where the carry
+    /// ends; returns how many rows it took (the rest are what a search is given).
+    pub fn extend(&mut self, lc: &LightCurve<'_>, upto: f64) -> usize {
+        let n = lc.time.len().min(lc.flux.len()).min(lc.err.len()).min(lc.site.len());
+        let taken = lc.time[..n].partition_point(|&t| !(t >= upto));
+        let mut open: [Option<NightSum>; N_SITES] = [None; N_SITES];
+        for i in 0..taken {
+            let (t, f, e, s) = (lc.time[i], lc.flux[i], lc.err[i], lc.site[i]);
+            if self.rows == 0 {
+                self.first_t = t;
+            }
+            self.rows += 1;
+            if !valid(t, f, e, s) {
+                continue;
+            }
+            let s = s as usize;
+            self.n_valid += 1;
+            self.est[s].push(f, e);
+            let night = t.floor();
+            if open[s].is_some_and(|o| o.night != night) {
+                self.nights[s].extend(open[s].take());
+            }
+            open[s].get_or_insert(NightSum { night, ..Default::default() }).add(t, f, e);
+        }
+        for s in 0..N_SITES {
+            self.nights[s].extend(open[s].take());
+        }
+        if upto > self.upto {
+            self.upto = upto;
+        }
+        taken
+    }
+
+    /// Values of [`Self::to_values`] before the nights.
+    const FIXED_VALUES: usize = 4 + N_SITES * 24 + N_SITES;
+
+    /// The carry as numbers (stored state): `upto, rows, first_t, n_valid`, each site's
+    /// estimators, each site's night count, then the nights (night, n, w, wf, wt).
+    pub fn to_values(&self, out: &mut Vec<f64>) {
+        out.extend_from_slice(&[self.upto, self.rows as f64, self.first_t, self.n_valid as f64]);
+        for e in &self.est {
+            out.extend_from_slice(&[e.n as f64, e.sum_err]);
+            for p in [&e.level, &e.resid] {
+                out.push(p.n as f64);
+                out.extend_from_slice(&p.q);
+                out.extend_from_slice(&p.pos);
+            }
+        }
+        out.extend(self.nights.iter().map(|n| n.len() as f64));
+        for n in self.nights.iter().flatten() {
+            out.extend_from_slice(&[n.night, n.n as f64, n.w, n.wf, n.wt]);
+        }
+    }
+
+    /// The inverse of [`Self::to_values`] (`None` when the numbers do not make a carry).
+    pub fn from_values(v: &[f64]) -> Option<Carry> {
+        if v.len() < Self::FIXED_VALUES {
+            return None;
+        }
+        let p2 = |c: &[f64]| history::P2 { n: c[0] as u32, q: [c[1], c[2], c[3], c[4], c[5]], pos: [c[6], c[7], c[8], c[9], c[10]] };
+        let mut c = Carry { upto: v[0], rows: v[1] as u32, first_t: v[2], n_valid: v[3] as u32, ..Default::default() };
+        for (e, x) in c.est.iter_mut().zip(v[4..4 + N_SITES * 24].chunks_exact(24)) {
+            *e = baseline::SiteEstimator { n: x[0] as u32, sum_err: x[1], level: p2(&x[2..13]), resid: p2(&x[13..24]) };
+        }
+        let counts = &v[4 + N_SITES * 24..Self::FIXED_VALUES];
+        let total: usize = counts.iter().map(|&n| n as usize).sum();
+        if v.len() != Self::FIXED_VALUES + 5 * total {
+            return None;
+        }
+        let mut rest = v[Self::FIXED_VALUES..].chunks_exact(5);
+        for (s, &k) in counts.iter().enumerate() {
+            for x in rest.by_ref().take(k as usize) {
+                c.nights[s].push(NightSum { night: x[0], n: x[1] as u32, w: x[2], wf: x[3], wt: x[4] });
+            }
+        }
+        Some(c)
+    }
+
+    /// The carry's boundary for the next search after one at `now` whose window started at
+    /// `window_start`: the night boundary at or before both (both only move forward in time).
+    pub fn next_upto(now: f64, window_start: f64, p: &AlertParams) -> f64 {
+        window_start.floor().min(recent_cut(now, p))
+    }
+}
+
+/// [`scan_star_carry`]'s answer when the carry reaches past what the search may leave to it
+/// (a search at an earlier `now`, or a window that a cadence change moved back): search the
+/// star with every point instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CarryAhead;
+
+/// [`scan_star_with`] given `carry` (the star's points before `carry.upto`) and `lc`, the star's
+/// points from `carry.upto` on.
+pub fn scan_star_carry(
+    lc: &LightCurve<'_>,
+    now: f64,
+    since: f64,
+    p: &AlertParams,
+    history: Option<&StarHistory>,
+    carry: Option<&Carry>,
+    scratch: &mut Scratch,
+) -> Result<StarResult, CarryAhead> {
+    let none = Carry::default();
+    let carry = carry.unwrap_or(&none);
+    let r = scan_inner(lc, now, since, p, history, carry, scratch)?;
+    Ok(r)
+}
+
+fn scan_inner(
+    lc: &LightCurve<'_>,
+    now: f64,
+    since: f64,
+    p: &AlertParams,
+    history: Option<&StarHistory>,
+    carry: &Carry,
+    scratch: &mut Scratch,
+) -> Result<StarResult, CarryAhead> {
     let n = lc.time.len();
     if [lc.flux.len(), lc.err.len(), lc.site.len()].iter().any(|&l| l != n) {
-        return StarResult::failed(
+        return Ok(StarResult::failed(
             format!(
                 "columns differ in length: time {n}, flux {}, err {}, site {}",
                 lc.flux.len(),
@@ -300,10 +456,10 @@ pub fn scan_star_with(
                 lc.site.len()
             ),
             now,
-        );
+        ));
     }
     if now.is_nan() {
-        return StarResult::failed("now is NaN".into(), now);
+        return Ok(StarResult::failed("now is NaN".into(), now));
     }
     // One pass: sortedness (the scans rely on it), the end of the data up to `now`, new epochs.
     let mut end = 0;
@@ -316,7 +472,7 @@ pub fn scan_star_with(
             continue;
         }
         if t < prev {
-            return StarResult::failed(format!("times not sorted at index {i}"), now);
+            return Ok(StarResult::failed(format!("times not sorted at index {i}"), now));
         }
         prev = t;
         if t > now {
@@ -330,23 +486,34 @@ pub fn scan_star_with(
     }
     if !has_new {
         let mut r = StarResult::empty(Status::NotSearched, Some("no valid epoch newer than the watermark".into()), now);
-        r.n_valid = n_valid;
-        return r;
+        r.n_valid = carry.n_valid + n_valid;
+        return Ok(r);
     }
+    let n_valid = carry.n_valid + n_valid;
     let mut window_start = now - p.window_days.max(0.0);
     if p.min_window_points > 0 && p.max_window_days > p.window_days {
         // Low cadence: widen the window back to its min_window_points-th newest point.
         let first = lc.time[..end].partition_point(|&t| !(t >= window_start));
         if end - first < p.min_window_points {
-            let k = end.saturating_sub(p.min_window_points);
-            let t_k = lc.time[k];
+            // The min_window_points-th newest row, counting the carried ones.
+            let k = (carry.rows as usize + end).saturating_sub(p.min_window_points);
             let earliest = now - p.max_window_days;
+            let t_k = match k.checked_sub(carry.rows as usize) {
+                Some(k) => lc.time[k],
+                None if k == 0 => carry.first_t,
+                // A carried row's time: before the carry's end, so only `earliest` can matter.
+                None if earliest >= carry.upto => earliest,
+                None => return Err(CarryAhead),
+            };
             if t_k.is_finite() {
                 window_start = t_k.max(earliest).min(window_start);
             }
         }
     }
-    let mut baseline = baseline::site_baselines(lc, end, window_start, p, &mut scratch.base);
+    if carry.upto > window_start || carry.upto > recent_cut(now, p) {
+        return Err(CarryAhead);
+    }
+    let (mut baseline, _) = baseline::site_baselines(lc, end, window_start, p, &carry.est);
     let mut hs = HistorySummary::default();
     if let Some(h) = history {
         hs = h.summary();
@@ -394,12 +561,12 @@ pub fn scan_star_with(
             "no site has {} valid points for a baseline (valid points: {n_valid})",
             p.min_baseline_points
         ));
-        return r;
+        return Ok(r);
     }
     let pre = window_and_preselect(lc, end, window_start, since, &baseline, p, &mut scratch.win);
     r.preselection = pre;
     if !pre.passed && !p.fit_all {
-        return r;
+        return Ok(r);
     }
     let min_rise = p.min_rise_points.max(1);
     r.broken_line = brokenline::scan_broken_line(&scratch.win, min_rise, min_rise).map(|mut b| {
@@ -411,28 +578,28 @@ pub fn scan_star_with(
         b
     });
     if !pre.passed {
-        return r;
+        return Ok(r);
     }
     r.status = Status::Preselected;
     let Some(bl) = r.broken_line else {
         r.reason = Some("no break epoch with enough points on both sides".into());
-        return r;
+        return Ok(r);
     };
     if !(bl.delta_chi2 >= pre.delta_chi2_used) {
-        return r;
+        return Ok(r);
     }
     if p.recurrent_veto && hs.recurrent() {
         r.reason = Some(format!("recurrent: {} ended brightening(s) in the star's history", hs.episodes));
-        return r;
+        return Ok(r);
     }
     r.status = Status::Candidate;
-    r.quality = Some(quality(lc, end, &scratch.win, &bl, p, &mut scratch.sel));
-    fill_site_points(lc, end, &baseline, &mut scratch.pts);
+    r.quality = Some(quality(lc, end, recent_cut(now, p), &scratch.win, &bl, p, &mut scratch.sel));
+    fill_site_points(lc, end, &baseline, &mut scratch.pts, recent_cut(now, p), Some(&carry.nights));
     r.grid = grid::search_grid(&scratch.pts, now, &p.grid);
     if r.grid.is_none() {
         r.reason = Some("no grid window with enough points rises".into());
     }
-    r
+    Ok(r)
 }
 
 /// Analyse a field's stars in parallel (rayon, one [`Scratch`] per worker); results are in the
@@ -441,6 +608,23 @@ pub fn scan_batch(curves: &[LightCurve<'_>], now: f64, since: f64, p: &AlertPara
     curves
         .par_iter()
         .map_init(Scratch::default, |scratch, lc| scan_star(lc, now, since, p, scratch))
+        .collect()
+}
+
+/// [`scan_batch_with`] with each star's carry (`carries[i]`: `curves[i]` holds the star's points
+/// from its end on).
+pub fn scan_batch_carry(
+    curves: &[LightCurve<'_>],
+    histories: &[Option<&StarHistory>],
+    carries: &[Option<&Carry>],
+    now: f64,
+    since: f64,
+    p: &AlertParams,
+) -> Vec<Result<StarResult, CarryAhead>> {
+    curves
+        .par_iter()
+        .zip(histories.par_iter().zip(carries.par_iter()))
+        .map_init(Scratch::default, |scratch, (lc, (h, c))| scan_star_carry(lc, now, since, p, *h, *c, scratch))
         .collect()
 }
 
@@ -561,34 +745,115 @@ fn window_and_preselect(
     pre
 }
 
-/// All valid points up to `end` of usable sites, per site, for the grid.
-fn fill_site_points(lc: &LightCurve<'_>, end: usize, base: &[SiteBaseline; N_SITES], pts: &mut SitePoints) {
+/// One site's valid points of one night (`floor(time)`), merged for the grid: the sums that
+/// stand in for them (issue 14: a search reads a star's recent points only, and carries the
+/// older nights as these).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NightSum {
+    pub night: f64,
+    pub n: u32,
+    /// Sums of `1/e^2`, `f/e^2` and `t/e^2`.
+    pub w: f64,
+    pub wf: f64,
+    pub wt: f64,
+}
+
+impl NightSum {
+    #[inline]
+    pub fn add(&mut self, t: f64, f: f64, e: f64) {
+        let w = 1.0 / (e * e);
+        self.n += 1;
+        self.w += w;
+        self.wf += w * f;
+        self.wt += w * t;
+    }
+}
+
+/// The first night that [`fill_site_points`] keeps point by point: older nights enter the grid
+/// merged (`-inf` when `recent_days` is not positive: every point on its own).
+pub fn recent_cut(now: f64, p: &AlertParams) -> f64 {
+    if p.recent_days > 0.0 && p.recent_days.is_finite() {
+        (now - p.recent_days).floor()
+    } else {
+        f64::NEG_INFINITY
+    }
+}
+
+/// The valid points up to `end` of usable sites, per site, for the grid: those of nights before
+/// [`recent_cut`] merged night by night (`carried`: a site's nights before `lc`'s first point,
+/// already merged), the recent ones one by one. Over the 5 `t_eff` half-width of a window, a
+/// night's spread in time moves the templates by far less than the noise.
+fn fill_site_points(lc: &LightCurve<'_>, end: usize, base: &[SiteBaseline; N_SITES], pts: &mut SitePoints, cut: f64, carried: Option<&[Vec<NightSum>; N_SITES]>) {
     pts.clear();
     for s in 0..N_SITES {
         pts.median[s] = if base[s].usable { base[s].median } else { 0.0 };
+        pts.cum[s].push(0);
     }
+    let push_night = |pts: &mut SitePoints, s: usize, ns: &NightSum| {
+        let b = &base[s];
+        let w = ns.w / (b.error_scale * b.error_scale);
+        let t = ns.wt / ns.w;
+        let y = ns.wf / ns.w - b.median;
+        if w.is_finite() && w > 0.0 && t.is_finite() && y.is_finite() {
+            pts.t[s].push(t);
+            pts.y[s].push(y);
+            pts.w[s].push(w);
+            let c = *pts.cum[s].last().unwrap_or(&0);
+            pts.cum[s].push(c + ns.n);
+        }
+    };
+    if let Some(nights) = carried {
+        for s in 0..N_SITES {
+            if base[s].usable {
+                for ns in &nights[s] {
+                    push_night(pts, s, ns);
+                }
+            }
+        }
+    }
+    let mut open: [Option<NightSum>; N_SITES] = [None; N_SITES];
     for i in 0..end {
         let (t, f, e, s) = (lc.time[i], lc.flux[i], lc.err[i], lc.site[i]);
         if !valid(t, f, e, s) || !base[s as usize].usable {
             continue;
         }
-        let b = &base[s as usize];
+        let s = s as usize;
+        if t < cut {
+            let night = t.floor();
+            if open[s].is_some_and(|o| o.night != night) {
+                push_night(pts, s, &open[s].take().unwrap_or_default());
+            }
+            open[s].get_or_insert(NightSum { night, ..Default::default() }).add(t, f, e);
+            continue;
+        }
+        if let Some(o) = open[s].take() {
+            push_night(pts, s, &o);
+        }
+        let b = &base[s];
         let sigma = b.error_scale * e;
         let w = 1.0 / (sigma * sigma);
         if !(w.is_finite() && w > 0.0) {
             continue;
         }
-        let s = s as usize;
         pts.t[s].push(t);
         pts.y[s].push(f - b.median);
         pts.w[s].push(w);
+        let c = *pts.cum[s].last().unwrap_or(&0);
+        pts.cum[s].push(c + 1);
+    }
+    for s in 0..N_SITES {
+        if let Some(o) = open[s].take() {
+            push_night(pts, s, &o);
+        }
     }
 }
 
-/// Seeing and sky of the rising points against each site's median over the points up to `end`.
+/// Seeing and sky of the rising points against each site's median over its points from `cut` (the
+/// recent nights) up to `end`.
 fn quality(
     lc: &LightCurve<'_>,
     end: usize,
+    cut: f64,
     win: &Window,
     bl: &BrokenLine,
     p: &AlertParams,
@@ -602,7 +867,7 @@ fn quality(
     let end_s = if lc.sky.len() >= end { end } else { 0 };
     for i in 0..end_f.max(end_s) {
         let s = lc.site[i] as usize;
-        if s >= N_SITES {
+        if s >= N_SITES || lc.time[i] < cut {
             continue;
         }
         if i < end_f && lc.fwhm[i].is_finite() {
