@@ -128,8 +128,8 @@ async fn killed_at_random_moments(standalone_ingest: bool) {
     assert!(!expected_rows.is_empty());
     let expected_history = history_state(&ref_work.path().join(".lensnet/store"));
     // A live run streams: the field's watermarks, and of its one bucket the run's screening
-    // state and the start histories of the stars it searched.
-    assert_eq!(expected_history.len(), 3, "the watermarks, the run's screening state and the start histories: {:?}", expected_history.iter().map(|h| &h.0).collect::<Vec<_>>());
+    // state, the start histories of the stars it searched and the carries of its sticky stars.
+    assert_eq!(expected_history.len(), 4, "the watermarks, the run's screening state, the start histories and the carries: {:?}", expected_history.iter().map(|h| &h.0).collect::<Vec<_>>());
     let verdicts: i64 = sqlx::query_scalar("SELECT count(*) FROM verdicts").fetch_one(&ref_db.pool).await.unwrap();
     assert!(verdicts > 0, "the reference run published verdicts");
     // Where the run ingested the files itself, it compacted them after its publish (after a

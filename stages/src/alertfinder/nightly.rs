@@ -7,12 +7,15 @@
 //! once, in time order (the flux, and the flux's offset from the running level over its error
 //! bar), the time of the newest point absorbed, the length of the run of high points at the end
 //! of the star's points, and whether the star's last full search found it a candidate, pre-selected
-//! or failed ("sticky"). A star with new points is searched in full (its whole season read and
-//! scanned exactly as the whole-field path scans it, earlier seasons' history included) when:
+//! or failed ("sticky"). A star with new points is searched (scanned exactly as the whole-field
+//! path scans it, earlier seasons' history included; its rows read from its carry's end, see
+//! below) when:
 //! - a site it has new points at has fewer than [`SCREEN_MIN_POINTS`] points in the state, or
 //! - the run of high points (at least [`SCREEN_SIGMA_FACTOR`] × `high_sigma` above the site's
 //!   level in rescaled error bars) ending at its new points, or inside them, reaches the
 //!   smallest N_high the cadence adaptation could ask for, or
+//! - its newest points end such a run (new points or not: the search's baseline moves as
+//!   points leave its window, and a run can become high enough on a later night), or
 //! - its last full search was sticky: a candidate, a failure or pre-selected (an event under
 //!   way keeps being searched every run).
 //!
@@ -23,14 +26,29 @@
 //! saves work; a test holds the candidates of a season of daily runs to the whole-field path's.
 //! The screening state is a cache: lost, every star is searched in full once.
 //!
+//! # The carries
+//! A search needs a star's points before its search window and before the grid's recent nights
+//! only through per-site streaming estimators, merged nights and counts ([`Carry`]). Each bucket
+//! keeps those of its sticky stars (searched at every run), with their histories, up to a night
+//! boundary before both ([`Carry::next_upto`]); the star's next search reads its rows from there on
+//! (`PhotometryStore::read_stars_from`: parts and pages that end before are not opened)
+//! instead of its whole season. A search with a carry returns what the search of every point
+//! returns (tests hold this for single stars and for a season of daily runs); a carry that
+//! reaches too far (a run at an earlier time) is set aside and the star read in full. Rows that
+//! arrive after a star's carry has passed their night are not seen by its searches (the
+//! whole-field path sees them): delete the field-season's `carry.parquet` files to re-read a
+//! night ingested that late.
+//!
 //! # Layout
 //! ```text
 //! state/alertfinder/nightly/season=2025/field=BLG14/bucket=0003/asof-10800.00000.parquet
 //! state/alertfinder/nightly/season=2025/field=BLG14/bucket=0003/start.parquet
+//! state/alertfinder/nightly/season=2025/field=BLG14/bucket=0003/carry.parquet
 //! ```
 //! the screening state, one per bucket and run (the newest two kept), written after the run's
-//! candidates; and the bucket's start histories (`StartCache`: the earlier seasons' history
-//! of each star searched so far this season, so that those seasons are read once a season).
+//! candidates; the bucket's start histories (`StartCache`: the earlier seasons' history of
+//! each star searched so far this season, so that those seasons are read once a season); and
+//! its carries (`CarryCache`, above).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -44,7 +62,7 @@ use parquet::arrow::ArrowWriter;
 
 use super::history::{NightBuffers, StarHistory, P2};
 use super::stage::{candidates_batch, candidates_path, read_state, state_path, write_state, AlertFinderOutput};
-use super::{scan_batch_with, AlertParams, Status, StarResult, N_SITES};
+use super::{scan_batch_carry, AlertParams, Carry, CarryAhead, Status, StarResult, N_SITES};
 use crate::ingest::{IngestError, PartitionKey, PhotometryStore};
 use crate::photometry::{Band, Field, LightCurve, MergedCurve, Site};
 use crate::stage::{RunCtx, StageError};
@@ -160,7 +178,10 @@ impl StarScreen {
     fn screen(&mut self, pts: &[(f64, f64, f64, u8)], p: &AlertParams) -> bool {
         let threshold = p.high_sigma * SCREEN_SIGMA_FACTOR;
         let need = p.n_high.min(p.min_n_high).max(1) as u32;
-        let mut pass = self.sticky || p.fit_all || p.bin_days > 0.0;
+        // A star whose newest points end a run of high points is searched while the run lasts,
+        // new points or not: the search's baseline moves as points leave its window, and can
+        // make that run high enough for the pre-selection on a later night.
+        let mut pass = self.sticky || p.fit_all || p.bin_days > 0.0 || self.trailing >= need;
         let mut run = self.trailing;
         for &(t, f, e, s) in pts {
             let site = &mut self.sites[s as usize];
@@ -172,14 +193,20 @@ impl StarScreen {
             // uses while the season has too few points, or sits above them); the higher.
             let mut z = f64::NEG_INFINITY;
             let mut known = false;
+            let mut k = f64::NAN;
             if site.level.n >= SCREEN_MIN_POINTS && site.resid.n >= 5 {
                 let (q1, med, _) = site.resid.quartiles();
-                let k = ((med - q1) / 0.674_489_750_196_081_7).max(p.min_error_scale);
+                k = ((med - q1) / 0.674_489_750_196_081_7).max(p.min_error_scale);
                 z = (f - level) / (k * e);
                 known = true;
             }
             if self.prior_known && site.prior_level.is_finite() && site.prior_k.is_finite() {
+                // The search takes the earlier seasons' level with their multiplier, or (when
+                // the season sits above them) with the season's own: the larger z of the two.
                 z = z.max((f - site.prior_level) / (site.prior_k * e));
+                if k.is_finite() {
+                    z = z.max((f - site.prior_level) / (k * e));
+                }
                 known = true;
             }
             if !known || !self.prior_known {
@@ -506,6 +533,110 @@ impl StartCache {
     }
 }
 
+/// Version of the stored carries.
+pub const CARRY_VERSION: u32 = 1;
+
+/// The bucket's carries (issue 14, item 3): for each sticky star (one that its last search
+/// found a candidate, pre-selected or failed, so that it is searched at every run), its points
+/// before a night boundary as its next search needs them ([`Carry`]), with its history up to
+/// there, so that the next search reads only the star's rows from that boundary on: the search
+/// window, the grid's recent nights ([`super::recent_cut`]) and what came since. Kept per bucket
+/// and season (`.../bucket=0003/carry.parquet`), replaced by each run that searched a star. A
+/// search with a carry finds what it finds without one (`scan_star_carry`), so a run with the
+/// state, without it, or with an older one finds the same; one that reaches past what a search
+/// may leave to it (a run at an earlier time) is not used, and a star that receives rows older
+/// than its carry's end (a late night) loses it.
+#[derive(Default)]
+struct CarryCache {
+    /// Read from the state on first use.
+    carries: Option<HashMap<String, (Carry, StarHistory)>>,
+    changed: bool,
+}
+
+impl CarryCache {
+    fn path(ctx: &RunCtx, bucket: Option<u32>) -> Path {
+        Path::from(format!("{}/carry.parquet", nightly_dir(&ctx.root, ctx.season, ctx.field, bucket)))
+    }
+
+    async fn load(&mut self, ctx: &RunCtx, bucket: Option<u32>) -> Result<&mut HashMap<String, (Carry, StarHistory)>, StageError> {
+        if self.carries.is_none() {
+            let path = Self::path(ctx, bucket);
+            let read = match ctx.store.head(&path).await {
+                Ok(_) => match read_carries(ctx.store.as_ref(), &path).await {
+                    Ok(c) => c,
+                    Err(e) if e.is_retryable() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(%path, error = %e, "carries unreadable; the stars are read in full and carried again");
+                        HashMap::new()
+                    }
+                },
+                Err(object_store::Error::NotFound { .. }) => HashMap::new(),
+                Err(e) => return Err(transient(format!("cannot read {path}: {e}"))),
+            };
+            self.carries = Some(read);
+        }
+        Ok(self.carries.get_or_insert_with(HashMap::new))
+    }
+
+    async fn store(&self, ctx: &RunCtx, bucket: Option<u32>) -> Result<(), StageError> {
+        let (Some(c), true) = (&self.carries, self.changed) else { return Ok(()) };
+        let path = Self::path(ctx, bucket);
+        let mut keys: Vec<&String> = c.keys().collect();
+        keys.sort_unstable();
+        let mut values = arrow::array::ListBuilder::new(Float64Builder::new());
+        let mut buf = Vec::new();
+        for k in &keys {
+            let (carry, h) = &c[*k];
+            buf.clear();
+            h.to_values(&mut buf);
+            carry.to_values(&mut buf);
+            values.values().append_slice(&buf);
+            values.append(true);
+        }
+        let schema = Arc::new(Schema::new(vec![
+            ArrowField::new("star", DataType::Utf8, false),
+            ArrowField::new("carry", DataType::List(Arc::new(ArrowField::new("item", DataType::Float64, true))), false),
+        ]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.as_str()))), Arc::new(values.finish())])
+            .map_err(|e| permanent(format!("cannot build {path}: {e}")))?;
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::try_new(3).expect("zstd level")))
+            .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new("lensnet.carry_version".to_string(), format!("{CARRY_VERSION}.{}", super::history::HISTORY_VERSION))]))
+            .build();
+        let mut bytes = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).map_err(|e| permanent(format!("cannot encode {path}: {e}")))?;
+        w.write(&batch).and_then(|_| w.close().map(|_| ())).map_err(|e| permanent(format!("cannot encode {path}: {e}")))?;
+        ctx.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| transient(format!("cannot write {path}: {e}")))?;
+        Ok(())
+    }
+}
+
+async fn read_carries(store: &dyn ObjectStore, path: &Path) -> Result<HashMap<String, (Carry, StarHistory)>, StageError> {
+    let bytes = crate::stage::read_object(store, path, STAGE).await?;
+    let bad = |what: String| permanent(format!("corrupt carry state {path}: {what}"));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(e.to_string()))?;
+    let version = builder.metadata().file_metadata().key_value_metadata().and_then(|kv| kv.iter().find(|k| k.key == "lensnet.carry_version").and_then(|k| k.value.clone()));
+    let want = format!("{CARRY_VERSION}.{}", super::history::HISTORY_VERSION);
+    if version.as_deref() != Some(want.as_str()) {
+        return Err(bad(format!("version {version:?}, this build reads {want}")));
+    }
+    let mut out = HashMap::new();
+    for batch in builder.build().map_err(|e| bad(e.to_string()))? {
+        let b = batch.map_err(|e| bad(e.to_string()))?;
+        let stars = b.column_by_name("star").and_then(|c| c.as_any().downcast_ref::<StringArray>()).ok_or_else(|| bad("no star column".into()))?;
+        let list = b.column_by_name("carry").and_then(|c| c.as_list_opt::<i32>()).ok_or_else(|| bad("no carry column".into()))?;
+        for i in 0..b.num_rows() {
+            let v = list.value(i);
+            let v = v.as_primitive_opt::<Float64Type>().ok_or_else(|| bad("items are not f64".into()))?.values();
+            let n = super::history::STAR_VALUES;
+            let h = (v.len() >= n).then(|| StarHistory::from_values(&v[..n])).flatten().ok_or_else(|| bad(format!("star {}: no history", stars.value(i))))?;
+            let c = Carry::from_values(&v[n..]).ok_or_else(|| bad(format!("star {}: not a carry", stars.value(i))))?;
+            out.insert(stars.value(i).to_string(), (c, h));
+        }
+    }
+    Ok(out)
+}
+
 /// The newest epoch stored for the field-season (what a run without an as-of time searches up to).
 async fn newest_epoch(photometry: &PhotometryStore, groups: &[(Option<u32>, Vec<PartitionKey>)]) -> Result<f64, StageError> {
     let mut newest = f64::NEG_INFINITY;
@@ -662,14 +793,17 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
     passed.sort_unstable();
     counts.screened_in += passed.len();
     let mut start_cache = StartCache::default();
+    let mut carries = CarryCache::default();
     // The stars that passed, in batches of about `budget_rows` stored rows.
     let mut start = 0;
+    let upto = as_of - params.window_days.max(0.0);
+    let mut buf = NightBuffers::default();
     while start < passed.len() {
         let mut end = start;
         let mut rows_in = 0usize;
         while end < passed.len() {
             // Rows the search will hold: those stored (a first run) or about those the screen
-            // has seen, with the V band's.
+            // has seen, with the V band's (fewer when the star has a carry).
             let est: usize = match stored.get(&passed[end]) {
                 Some(&n) => n as usize,
                 None => screens.get(&passed[end]).map_or(1, |s| s.sites.iter().map(|x| x.level.n as usize).sum::<usize>() * 5 / 4),
@@ -681,51 +815,102 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
             rows_in += est;
             end += 1;
         }
-        let ids = &passed[start..end];
+        let mut ids: Vec<String> = passed[start..end].to_vec();
         start = end;
-        let stars = photometry.read_stars_with(&keys, ids, ctx.field, true, as_of).await.map_err(store_err)?;
-        let mut histories: HashMap<String, StarHistory> =
-            if params.use_history { start_cache.histories(&ctx, &photometry, bucket, ids, budget_rows).await? } else { HashMap::new() };
-        let merged: Vec<MergedCurve> = stars.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
-        let views: Vec<LightCurve<'_>> = merged.iter().map(MergedCurve::view).collect();
-        let upto = as_of - params.window_days.max(0.0);
-        let mut hs: Vec<Option<StarHistory>> = Vec::with_capacity(stars.len());
-        let mut buf = NightBuffers::default();
-        for (s, v) in stars.iter().zip(&views) {
-            if params.use_history {
-                let mut h = histories.remove(&s.star.0).unwrap_or_default();
-                h.absorb(v, upto, &mut buf);
-                hs.push(Some(h));
-            } else {
-                hs.push(None);
-            }
-        }
-        let hrefs: Vec<Option<&StarHistory>> = hs.iter().map(Option::as_ref).collect();
-        let results = scan_batch_with(&views, &hrefs, as_of, since, params);
-        for (((s, r), h), m) in stars.iter().zip(results).zip(&hs).zip(&merged) {
-            if first {
-                let mut pts: Vec<(f64, f64, f64, u8)> = (0..m.time.len())
-                    .map(|i| (m.time[i], m.flux[i], m.err[i], m.site[i]))
-                    .filter(|&(t, f, e, site)| t > since && t <= as_of && super::baseline::valid(t, f, e, site))
-                    .collect();
-                sort_screen_points(&mut pts);
-                if !pts.is_empty() {
-                    screens.get_or_default(&s.star.0).screen(&pts, params);
+        // A first run reads every star in full; later runs start each star with a carry at the
+        // carry's end. Stars whose carry reaches too far are searched again in full.
+        let mut use_carries = !first;
+        while !ids.is_empty() {
+            let cmap = if use_carries { Some(carries.load(&ctx, bucket).await?) } else { None };
+            let carried: Vec<Option<(Carry, StarHistory)>> = ids.iter().map(|id| cmap.as_ref().and_then(|m| m.get(id).cloned())).collect();
+            let from: Vec<f64> = carried.iter().map(|c| c.as_ref().map_or(f64::NEG_INFINITY, |c| c.0.upto)).collect();
+            let stars = photometry.read_stars_from(&keys, &ids, Some(&from), ctx.field, true, as_of).await.map_err(store_err)?;
+            let fresh: Vec<String> = ids.iter().zip(&carried).filter(|(_, c)| c.is_none()).map(|(id, _)| id.clone()).collect();
+            let mut histories: HashMap<String, StarHistory> =
+                if params.use_history { start_cache.histories(&ctx, &photometry, bucket, &fresh, budget_rows).await? } else { HashMap::new() };
+            let by_id: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+            let merged: Vec<MergedCurve> = stars.iter().map(|s| MergedCurve::from_star(s, Band::I)).collect();
+            let views: Vec<LightCurve<'_>> = merged.iter().map(MergedCurve::view).collect();
+            // Each star's history up to the carry's end (or the season's start), then up to the
+            // search window.
+            let mut base: Vec<Option<StarHistory>> = Vec::with_capacity(stars.len());
+            let mut hs: Vec<Option<StarHistory>> = Vec::with_capacity(stars.len());
+            let mut cs: Vec<Option<&Carry>> = Vec::with_capacity(stars.len());
+            for (s, v) in stars.iter().zip(&views) {
+                let c = by_id.get(s.star.0.as_str()).and_then(|&i| carried[i].as_ref());
+                cs.push(c.map(|c| &c.0));
+                if params.use_history {
+                    let b = match c {
+                        Some((_, h)) => *h,
+                        None => histories.remove(&s.star.0).unwrap_or_default(),
+                    };
+                    let mut h = b;
+                    h.absorb(v, upto, &mut buf);
+                    base.push(Some(b));
+                    hs.push(Some(h));
+                } else {
+                    base.push(None);
+                    hs.push(None);
                 }
             }
-            if let Some(sc) = screens.get_mut(&s.star.0) {
-                sc.sticky = is_sticky(&r);
-                if !sc.prior_known {
-                    sc.set_prior(h.as_ref(), params);
+            let hrefs: Vec<Option<&StarHistory>> = hs.iter().map(Option::as_ref).collect();
+            let results = scan_batch_carry(&views, &hrefs, &cs, as_of, since, params);
+            let mut ahead: Vec<String> = Vec::new();
+            for ((((s, r), h), v), (b, c)) in stars.iter().zip(results).zip(&hs).zip(&views).zip(base.iter().zip(&cs)) {
+                let r = match r {
+                    Ok(r) => r,
+                    Err(CarryAhead) => {
+                        ahead.push(s.star.0.clone());
+                        continue;
+                    }
+                };
+                if first {
+                    let mut pts: Vec<(f64, f64, f64, u8)> = (0..v.time.len())
+                        .map(|i| (v.time[i], v.flux[i], v.err[i], v.site[i]))
+                        .filter(|&(t, f, e, site)| t > since && t <= as_of && super::baseline::valid(t, f, e, site))
+                        .collect();
+                    sort_screen_points(&mut pts);
+                    if !pts.is_empty() {
+                        screens.get_or_default(&s.star.0).screen(&pts, params);
+                    }
+                }
+                if let Some(sc) = screens.get_mut(&s.star.0) {
+                    sc.sticky = is_sticky(&r);
+                    if !sc.prior_known {
+                        sc.set_prior(h.as_ref(), params);
+                    }
+                }
+                // The star's carry for its next search, if it will be searched again (sticky):
+                // the carries are the sticky stars' (a star searched once, on a few noisy new
+                // points, would only add to the state that every run rewrites).
+                if r.status != Status::NotSearched && is_sticky(&r) {
+                    let next = Carry::next_upto(as_of, r.preselection.window_start, params);
+                    let mut carry = c.cloned().unwrap_or_default();
+                    if next > carry.upto {
+                        carry.extend(v, next);
+                        let mut hc = b.unwrap_or_default();
+                        hc.absorb(v, next, &mut buf);
+                        carries.load(&ctx, bucket).await?.insert(s.star.0.clone(), (carry, hc));
+                        carries.changed = true;
+                    }
+                }
+                if matches!(r.status, Status::Candidate | Status::Failed) {
+                    rows.push((s.star.0.clone(), r));
                 }
             }
-            if matches!(r.status, Status::Candidate | Status::Failed) {
-                rows.push((s.star.0.clone(), r));
-            }
+            drop(stars);
+            ids = ahead;
+            use_carries = false;
         }
-        drop(stars);
     }
     start_cache.store(&ctx, bucket).await?;
+    if !first || carries.carries.is_some() {
+        let map = carries.load(&ctx, bucket).await?;
+        let before = map.len();
+        map.retain(|id, _| screens.get(id).is_some_and(|s| s.sticky));
+        carries.changed |= map.len() != before;
+    }
+    carries.store(&ctx, bucket).await?;
     write_screens(&ctx, bucket, as_of, &screens).await?;
     counts.rows_read = photometry.rows_read();
     Ok(BucketOut { rows, site_max, counts })
@@ -790,7 +975,14 @@ mod tests {
         let mut first = 0.0;
         for year in [2024, 2025] {
             let season = Season::new(&SimConfig { season: year, fields: vec![Field(14)], stars, seed, ..SimConfig::default() }).unwrap();
-            simulate_to_store(&season, Field(14), None, &ps.with_bucket_hint(stars)).await.unwrap();
+            if year == 2024 {
+                simulate_to_store(&season, Field(14), None, &ps.with_bucket_hint(stars)).await.unwrap();
+            } else {
+                // The season in parts of 16 nights, as compaction leaves a live season.
+                for d in (0..400).step_by(16) {
+                    simulate_to_store(&season, Field(14), Some(d..d + 16), &ps.with_bucket_hint(stars)).await.unwrap();
+                }
+            }
             first = season_first_night(&season, Field(14)).unwrap();
         }
         (o.store, o.prefix, first)
@@ -874,16 +1066,27 @@ mod tests {
                 let (_, again) = find_candidates_nightly(&ctx(&sb, &rb, as_of), &p, 64 << 20).await.unwrap();
                 assert_eq!(cand(&sb).await, c1);
                 assert_eq!(screen(&sb).await, s1);
-                // Without the start histories the same run reads the earlier season (2024) of
-                // every star it searches, and finds the same; the state is written again.
+                // Without the carries the same run reads the searched stars' whole season, and
+                // finds the same; the carries are written again.
+                let carry = Path::from(format!("{}/carry.parquet", nightly_dir(&rb, 2025, Field(14), Some(0))));
+                assert!(sb.head(&carry).await.is_ok(), "the bucket keeps its carries");
+                sb.delete(&carry).await.unwrap();
+                let (_, full) = find_candidates_nightly(&ctx(&sb, &rb, as_of), &p, 64 << 20).await.unwrap();
+                assert_eq!(cand(&sb).await, c1);
+                assert_eq!(screen(&sb).await, s1);
+                assert!(again.screened_in > 0 && full.rows_read > again.rows_read, "{} rows read without the carries, {} with", full.rows_read, again.rows_read);
+                assert!(sb.head(&carry).await.is_ok());
+                // Without the start histories either, it reads the earlier season (2024) of
+                // every star it searches, and finds the same; both are written again.
                 let start = Path::from(format!("{}/start.parquet", nightly_dir(&rb, 2025, Field(14), Some(0))));
                 assert!(sb.head(&start).await.is_ok(), "the bucket keeps its start histories");
                 sb.delete(&start).await.unwrap();
+                sb.delete(&carry).await.unwrap();
                 let (_, cold) = find_candidates_nightly(&ctx(&sb, &rb, as_of), &p, 64 << 20).await.unwrap();
                 assert_eq!(cand(&sb).await, c1);
                 assert_eq!(screen(&sb).await, s1);
-                assert!(again.screened_in > 0 && cold.rows_read > again.rows_read, "{} rows read without the start histories, {} with", cold.rows_read, again.rows_read);
-                assert!(sb.head(&start).await.is_ok());
+                assert!(cold.rows_read > full.rows_read, "{} rows read without the start histories, {} with", cold.rows_read, full.rows_read);
+                assert!(sb.head(&start).await.is_ok() && sb.head(&carry).await.is_ok());
             }
         }
         assert!(found > 20, "the season holds candidates to compare: {found}");

@@ -585,23 +585,35 @@ impl PhotometryStore {
     /// search uses (star, band, hjd, flux, flux_err, fwhm, sky; the others are NaN); only the
     /// rows up to `upto` (the parts that start after it are not opened: what a replay step asks).
     pub async fn read_stars_with(&self, keys: &[PartitionKey], ids: &[String], field: Field, search_columns: bool, upto: f64) -> Result<Vec<StarCurves>, IngestError> {
+        self.read_stars_from(keys, ids, None, field, search_columns, upto).await
+    }
+
+    /// [`Self::read_stars_with`], each star `ids[i]` from `from[i]` on (its rows with `hjd >=
+    /// from[i]`; `-inf`: all): a part that ends before every star's start is not opened, nor
+    /// a page whose `hjd` bounds end before it (issue 14: a search reads a star's recent rows).
+    pub async fn read_stars_from(&self, keys: &[PartitionKey], ids: &[String], from: Option<&[f64]>, field: Field, search_columns: bool, upto: f64) -> Result<Vec<StarCurves>, IngestError> {
         let mut stars: BTreeMap<String, HashMap<(String, String), SiteCurve>> = BTreeMap::new();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        if from.is_some_and(|f| f.len() != ids.len()) {
+            return Err(IngestError::Corrupt { path: String::new(), reason: "read_stars_from: one start per star".into() });
+        }
+        let earliest = from.map_or(f64::NEG_INFINITY, |f| f.iter().copied().fold(f64::INFINITY, f64::min));
         let mut jobs = Vec::new();
         for key in keys {
             let m = self.read_manifest(key).await?;
-            for p in m.files.into_iter().filter(|p| p.min_hjd <= upto) {
+            for p in m.files.into_iter().filter(|p| p.min_hjd <= upto && !(p.max_hjd < earliest)) {
                 jobs.push((key.clone(), p));
             }
         }
         // One task per part (decoding on every worker thread), at most a few at a time.
         let ids: Arc<Vec<String>> = Arc::new(ids.to_vec());
+        let from: Option<Arc<Vec<f64>>> = from.map(|f| Arc::new(f.to_vec()));
         let reads = jobs.iter().cloned().map(|(key, part)| {
-            let (me, ids) = (self.clone(), ids.clone());
+            let (me, ids, from) = (self.clone(), ids.clone(), from.clone());
             async move {
-                tokio::spawn(async move { me.read_part_for_stars(&key, &part, &ids, search_columns, upto).await })
+                tokio::spawn(async move { me.read_part_for_stars(&key, &part, &ids, from.as_deref().map(|v| v.as_slice()), search_columns, upto).await })
                     .await
                     .map_err(|e| IngestError::Corrupt { path: String::new(), reason: format!("a read task died: {e}") })?
             }
@@ -615,7 +627,7 @@ impl PhotometryStore {
         Ok(finish_stars(stars, field, None))
     }
 
-    async fn read_part_for_stars(&self, key: &PartitionKey, part: &PartInfo, ids: &[String], search_columns: bool, upto: f64) -> Result<Vec<RecordBatch>, IngestError> {
+    async fn read_part_for_stars(&self, key: &PartitionKey, part: &PartInfo, ids: &[String], from: Option<&[f64]>, search_columns: bool, upto: f64) -> Result<Vec<RecordBatch>, IngestError> {
         let path = self.partition_dir(key).join(part.name.as_str());
         let reader = RangeReader { store: self.store.clone(), path, size: part.bytes, page_index: true };
         let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?;
@@ -645,23 +657,61 @@ impl PhotometryStore {
         for &g in &groups {
             let n = md.row_group(g).num_rows() as usize;
             let pi = md.page_index_for_row_group(g);
+            // The `star` pages that can hold a wanted star, with their bounds.
+            let mut by_star: Vec<(std::ops::Range<usize>, Option<(Vec<u8>, Vec<u8>)>)> = Vec::new();
             match (pi.column_index(0), pi.offset_index(0)) {
                 (Some(parquet::file::page_index::column_index::ColumnIndexMetaData::BYTE_ARRAY(ci)), Some(oi)) => {
                     let locs = oi.page_locations();
                     for p in 0..locs.len() {
                         let start = locs[p].first_row_index as usize;
                         let end = locs.get(p + 1).map_or(n, |l| l.first_row_index as usize);
-                        let keep = match (ci.min_value(p), ci.max_value(p)) {
-                            (Some(lo), Some(hi)) => holds(lo, hi),
-                            _ => true,
-                        };
-                        if keep {
-                            ranges.push(offset + start..offset + end);
+                        match (ci.min_value(p), ci.max_value(p)) {
+                            (Some(lo), Some(hi)) if holds(lo, hi) => by_star.push((start..end, Some((lo.to_vec(), hi.to_vec())))),
+                            (Some(_), Some(_)) => {}
+                            _ => by_star.push((start..end, None)),
                         }
                     }
                 }
-                _ => ranges.push(offset..offset + n),
+                _ => by_star.push((0..n, None)),
             }
+            let mut keep: Vec<std::ops::Range<usize>> = by_star.iter().map(|(r, _)| r.clone()).collect();
+            // Of those, not the `hjd` pages (their own row bounds) that end before the start of
+            // every wanted star that the overlapping `star` pages can hold.
+            if let (Some(from), Some(parquet::file::page_index::column_index::ColumnIndexMetaData::DOUBLE(ci)), Some(oi)) = (from, pi.column_index(2), pi.offset_index(2)) {
+                let locs = oi.page_locations();
+                let mut by_time: Vec<std::ops::Range<usize>> = Vec::new();
+                let mut k = 0;
+                for p in 0..locs.len() {
+                    let start = locs[p].first_row_index as usize;
+                    let end = locs.get(p + 1).map_or(n, |l| l.first_row_index as usize);
+                    let Some(&hi_t) = ci.max_value(p) else {
+                        by_time.push(start..end);
+                        continue;
+                    };
+                    while k < by_star.len() && by_star[k].0.end <= start {
+                        k += 1;
+                    }
+                    // The earliest start of the wanted stars in the star pages over these rows.
+                    let mut first = f64::INFINITY;
+                    let mut j = k;
+                    while j < by_star.len() && by_star[j].0.start < end {
+                        match &by_star[j].1 {
+                            Some((lo, hi)) => {
+                                let a = ids.partition_point(|id| id.as_bytes() < lo.as_slice());
+                                let b = ids.partition_point(|id| id.as_bytes() <= hi.as_slice());
+                                first = from[a..b].iter().copied().fold(first, f64::min);
+                            }
+                            None => first = f64::NEG_INFINITY,
+                        }
+                        j += 1;
+                    }
+                    if !(hi_t < first) {
+                        by_time.push(start..end);
+                    }
+                }
+                keep = intersect_ranges(&keep, &by_time);
+            }
+            ranges.extend(keep.into_iter().map(|r| offset + r.start..offset + r.end));
             offset += n;
         }
         let selection = parquet::arrow::arrow_reader::RowSelection::from_consecutive_ranges(ranges.into_iter(), offset);
@@ -689,9 +739,13 @@ impl PhotometryStore {
                 while j < b.num_rows() && col.value(j) == id {
                     j += 1;
                 }
-                let wanted = ids.binary_search_by(|x| x.as_str().cmp(id)).is_ok();
+                let (wanted, start) = match ids.binary_search_by(|x| x.as_str().cmp(id)) {
+                    Ok(k) => (true, from.map_or(f64::NEG_INFINITY, |f| f[k])),
+                    Err(_) => (false, f64::NEG_INFINITY),
+                };
                 for r in i..j {
-                    keep.append(wanted && !(hjd.value(r) > upto));
+                    let t = hjd.value(r);
+                    keep.append(wanted && !(t > upto) && !(t < start));
                 }
                 i = j;
             }
@@ -1430,6 +1484,27 @@ pub async fn read_photometry(
 
 /// Per-star curves from [`absorb_batch`]: curves in (site, band) order, each sorted by time;
 /// with `since`, only stars with an epoch after it.
+/// The rows in both sorted, disjoint range lists.
+fn intersect_ranges(a: &[std::ops::Range<usize>], b: &[std::ops::Range<usize>]) -> Vec<std::ops::Range<usize>> {
+    let (mut i, mut j) = (0, 0);
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    while i < a.len() && j < b.len() {
+        let (lo, hi) = (a[i].start.max(b[j].start), a[i].end.min(b[j].end));
+        if lo < hi {
+            match out.last_mut() {
+                Some(last) if last.end == lo => last.end = hi,
+                _ => out.push(lo..hi),
+            }
+        }
+        if a[i].end <= b[j].end {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
 fn finish_stars(stars: BTreeMap<String, HashMap<(String, String), SiteCurve>>, field: Field, since: Option<f64>) -> Vec<StarCurves> {
     let mut out = Vec::with_capacity(stars.len());
     for (star, curves) in stars {
