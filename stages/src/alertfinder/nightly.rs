@@ -468,6 +468,24 @@ pub(crate) async fn earlier_histories(photometry: &PhotometryStore, season: i32,
     Ok(h)
 }
 
+/// A state file that is a cache (the start histories, the carries): its contents; empty when
+/// it is missing, or unreadable (with a warning, `lost`, since it is rebuilt as stars are
+/// searched); a store error that may pass is returned.
+async fn read_cache_state<T: Default>(ctx: &RunCtx, path: &Path, read: impl std::future::Future<Output = Result<T, StageError>>, lost: &str) -> Result<T, StageError> {
+    match ctx.store.head(path).await {
+        Ok(_) => match read.await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_retryable() => Err(e),
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "{lost}");
+                Ok(T::default())
+            }
+        },
+        Err(object_store::Error::NotFound { .. }) => Ok(T::default()),
+        Err(e) => Err(transient(format!("cannot read {path}: {e}"))),
+    }
+}
+
 /// The bucket's start histories: each searched star's history of the earlier seasons, frozen
 /// as at the season's start ([`earlier_histories`]), kept per bucket and season as state
 /// (`.../bucket=0003/start.parquet`), so that a star's earlier seasons are read once a season,
@@ -497,19 +515,8 @@ impl StartCache {
             Some(h) => h,
             none => {
                 let path = Self::path(ctx, bucket);
-                let read = match ctx.store.head(&path).await {
-                    Ok(_) => match super::stage::read_history(ctx.store.as_ref(), &path).await {
-                        Ok(h) => h,
-                        Err(e) if e.is_retryable() => return Err(e),
-                        Err(e) => {
-                            tracing::warn!(%path, error = %e, "start histories unreadable; rebuilt from the earlier seasons as stars are searched");
-                            HashMap::new()
-                        }
-                    },
-                    Err(object_store::Error::NotFound { .. }) => HashMap::new(),
-                    Err(e) => return Err(transient(format!("cannot read {path}: {e}"))),
-                };
-                none.insert(read)
+                let read = super::stage::read_history(ctx.store.as_ref(), &path);
+                none.insert(read_cache_state(ctx, &path, read, "start histories unreadable; rebuilt from the earlier seasons as stars are searched").await?)
             }
         };
         let missing: Vec<String> = ids.iter().filter(|id| !histories.contains_key(id.as_str())).cloned().collect();
@@ -561,19 +568,8 @@ impl CarryCache {
     async fn load(&mut self, ctx: &RunCtx, bucket: Option<u32>) -> Result<&mut HashMap<String, (Carry, StarHistory)>, StageError> {
         if self.carries.is_none() {
             let path = Self::path(ctx, bucket);
-            let read = match ctx.store.head(&path).await {
-                Ok(_) => match read_carries(ctx.store.as_ref(), &path).await {
-                    Ok(c) => c,
-                    Err(e) if e.is_retryable() => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(%path, error = %e, "carries unreadable; the stars are read in full and carried again");
-                        HashMap::new()
-                    }
-                },
-                Err(object_store::Error::NotFound { .. }) => HashMap::new(),
-                Err(e) => return Err(transient(format!("cannot read {path}: {e}"))),
-            };
-            self.carries = Some(read);
+            let read = read_carries(ctx.store.as_ref(), &path);
+            self.carries = Some(read_cache_state(ctx, &path, read, "carries unreadable; the stars are read in full and carried again").await?);
         }
         Ok(self.carries.get_or_insert_with(HashMap::new))
     }
