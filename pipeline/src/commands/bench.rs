@@ -394,12 +394,13 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
         let night_rewritten = stage_row(&pool, c.run_id, "compact").await?.rows_out as u64;
         rewritten += night_rewritten;
         println!(
-            "  night {d:>3}: {:>8} rows, {:>9} rewritten by compaction; run {:>6.1} s, {:>8} stars with new points, {:>8} searched in full, {:>5} candidates, {:>10} rows read ({} for new points), peak {:>6.0} MB",
+            "  night {d:>3}: {:>8} rows, {:>9} rewritten by compaction; run {:>6.1} s, {:>8} stars with new points, {:>8} searched ({} from a carry), {:>5} candidates, {:>10} rows read ({} for new points), peak {:>6.0} MB",
             r.rows,
             night_rewritten,
             c.wall,
             a.rows_in,
             a.detail("searched_in_full"),
+            a.detail("searched_from_carry"),
             a.rows_out,
             a.detail("photometry_rows_read"),
             a.detail("photometry_rows_read_for_new_points"),

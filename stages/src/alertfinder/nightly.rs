@@ -396,6 +396,8 @@ pub struct NightlyCounts {
     pub buckets: usize,
     pub stars_with_new_points: usize,
     pub screened_in: usize,
+    /// Of them, searched from their carry (their rows read from its end).
+    pub from_carry: usize,
     pub rows_read: u64,
     /// Of them, read looking for new points (the rest: the stars searched in full).
     pub new_rows_read: u64,
@@ -702,6 +704,7 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
             }
             counts.stars_with_new_points += d.counts.stars_with_new_points;
             counts.screened_in += d.counts.screened_in;
+            counts.from_carry += d.counts.from_carry;
             counts.rows_read += d.counts.rows_read;
             counts.new_rows_read += d.counts.new_rows_read;
             drop(d.rows);
@@ -854,7 +857,10 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
             let mut ahead: Vec<String> = Vec::new();
             for ((((s, r), h), v), (b, c)) in stars.iter().zip(results).zip(&hs).zip(&views).zip(base.iter().zip(&cs)) {
                 let r = match r {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        counts.from_carry += c.is_some() as usize;
+                        r
+                    }
                     Err(CarryAhead) => {
                         ahead.push(s.star.0.clone());
                         continue;

@@ -114,6 +114,7 @@ impl Stage for AlertFinderStage {
             return Ok(stage_report(ctx, &out, [
                 ("buckets", serde_json::json!(n.buckets)),
                 ("searched_in_full", serde_json::json!(n.screened_in)),
+                ("searched_from_carry", serde_json::json!(n.from_carry)),
                 ("photometry_rows_read", serde_json::json!(n.rows_read)),
                 ("photometry_rows_read_for_new_points", serde_json::json!(n.new_rows_read)),
             ]));
