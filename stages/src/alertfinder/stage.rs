@@ -42,6 +42,11 @@ use crate::stage::{Dataset, RunCtx, Stage, StageError, StageReport};
 
 pub const STAGE: &str = "alertfinder";
 
+
+/// Version of the search's results for the same photometry, bumped when the algorithm changes
+/// what it finds (2: the baseline from streaming P² estimators and the grid's older nights
+/// merged, stop 37), so that the runner searches a step again instead of keeping its results.
+pub const SEARCH_VERSION: u32 = 2;
 /// Thresholds by field cadence, as in KMTNet: prime fields use the high-cadence pair; a field
 /// in `per_field` uses its own parameters instead.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,17 +100,20 @@ impl Stage for AlertFinderStage {
         &[Dataset::Candidates]
     }
     /// The photometry of the field-season visible at the as-of time (see
-    /// [`crate::cache::FieldPhotometry::digest`]).
+    /// [`crate::cache::FieldPhotometry::digest`]), and the search's [`SEARCH_VERSION`]: a
+    /// replay made with an earlier search is searched again.
     async fn input_digest(&self, ctx: &RunCtx) -> Result<Option<String>, StageError> {
         let Some(cache) = &self.cache else { return Ok(None) };
         let photometry = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
-        if cache.streaming_budget().is_some() {
-            return super::nightly::manifests_digest(&photometry, ctx.season, ctx.field).await.map(Some);
-        }
-        let field = cache.get(&photometry, ctx.season, ctx.field).await.map_err(|e| {
-            if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
-        })?;
-        Ok(Some(field.digest(ctx.as_of)))
+        let digest = if cache.streaming_budget().is_some() {
+            super::nightly::manifests_digest(&photometry, ctx.season, ctx.field).await?
+        } else {
+            let field = cache.get(&photometry, ctx.season, ctx.field).await.map_err(|e| {
+                if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
+            })?;
+            field.digest(ctx.as_of)
+        };
+        Ok(Some(format!("search-v{SEARCH_VERSION}:{digest}")))
     }
 
     async fn run(&self, ctx: &RunCtx) -> Result<StageReport, StageError> {
