@@ -29,8 +29,8 @@
 //! # The carries
 //! A search needs a star's points before its search window and before the grid's recent nights
 //! only through per-site streaming estimators, merged nights and counts ([`Carry`]). Each bucket
-//! keeps those of its sticky stars (searched at every run), with their histories, up to a night
-//! boundary before both ([`Carry::next_upto`]); the star's next search reads its rows from there on
+//! keeps those of the stars it searched lately, with their histories, up to a night boundary
+//! before both ([`Carry::next_upto`]); the star's next search reads its rows from there on
 //! (`PhotometryStore::read_stars_from`: parts and pages that end before are not opened)
 //! instead of its whole season. A search with a carry returns what the search of every point
 //! returns (tests hold this for single stars and for a season of daily runs); a carry that
@@ -542,11 +542,14 @@ impl StartCache {
     }
 }
 
+/// Nights a carry is kept after its star's last search (unless the star is sticky).
+pub const CARRY_KEEP_NIGHTS: f64 = 10.0;
 /// Version of the stored carries.
 pub const CARRY_VERSION: u32 = 1;
 
-/// The bucket's carries (issue 14, item 3): for each sticky star (one that its last search
-/// found a candidate, pre-selected or failed, so that it is searched at every run), its points
+/// The bucket's carries (issue 14, item 3): for each star searched in the last
+/// [`CARRY_KEEP_NIGHTS`] nights or sticky (its last search found a candidate, pre-selected or
+/// failed, so that it is searched at every run), its points
 /// before a night boundary as its next search needs them ([`Carry`]), with its history up to
 /// there, so that the next search reads only the star's rows from that boundary on: the search
 /// window, the grid's recent nights ([`super::recent_cut`]) and what came since. Kept per bucket
@@ -882,10 +885,9 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
                         sc.set_prior(h.as_ref(), params);
                     }
                 }
-                // The star's carry for its next search, if it will be searched again (sticky):
-                // the carries are the sticky stars' (a star searched once, on a few noisy new
-                // points, would only add to the state that every run rewrites).
-                if r.status != Status::NotSearched && is_sticky(&r) {
+                // The star's carry for its next search: every searched star's, but in a first
+                // run (which searches every star) only the sticky ones'.
+                if r.status != Status::NotSearched && (!first || is_sticky(&r)) {
                     let next = Carry::next_upto(as_of, r.preselection.window_start, params);
                     let mut carry = c.cloned().unwrap_or_default();
                     if next > carry.upto {
@@ -909,7 +911,12 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
     if !first || carries.carries.is_some() {
         let map = carries.load(&ctx, bucket).await?;
         let before = map.len();
-        map.retain(|id, _| screens.get(id).is_some_and(|s| s.sticky));
+        // Kept: the sticky stars' (searched at every run) and those of the stars searched in
+        // the last CARRY_KEEP_NIGHTS nights (the screen lets the same variable stars through
+        // again and again); a carry not used for longer is dropped, so the state that every
+        // run rewrites holds the stars that are being searched.
+        let keep_from = super::recent_cut(as_of, params) - CARRY_KEEP_NIGHTS;
+        map.retain(|id, (c, _)| c.upto >= keep_from || screens.get(id).is_some_and(|s| s.sticky));
         carries.changed |= map.len() != before;
     }
     carries.store(&ctx, bucket).await?;
