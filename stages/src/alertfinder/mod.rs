@@ -7,13 +7,17 @@
 //! 1. stars without a valid epoch in `(since, now]` are not searched ([`Status::NotSearched`]);
 //!    epochs after `now` are ignored, so a rerun over old data reproduces the old answer;
 //! 2. each site's robust baseline comes from the history before the search window
-//!    `[now - window_days, now]` ([`baseline`]);
+//!    `[now - window_days, now]` ([`baseline`]: P² estimators fed once per point);
 //! 3. pre-selection: the window must hold `n_high` consecutive points (merged time order, any
 //!    mix of sites) at least `high_sigma` rescaled error bars above the baseline;
 //! 4. the broken line against a flat line over the window ([`brokenline`]); a pre-selected star
 //!    with `delta_chi2 >= delta_chi2_min` is a [`Status::Candidate`];
-//! 5. candidates get the EventFinder grid over all their points up to `now` ([`grid`]), the
+//! 5. candidates get the EventFinder grid over all their points up to `now` ([`grid`]; each
+//!    night older than `recent_days` merged into one weighted point per site), the
 //!    data-quality indicators, and a fixed feature vector ([`diagnosis`]).
+//!
+//! Points before the window and the recent nights enter only through state that can be carried
+//! ([`Carry`]), so a search can be given a star's recent rows and its carry ([`scan_star_carry`]).
 //!
 //! A star that cannot be analysed is a [`Status::Failed`] row with a reason, never a panic or an
 //! error that aborts the batch. All reported numbers are finite.
@@ -431,10 +435,7 @@ pub fn scan_star_carry(
     carry: Option<&Carry>,
     scratch: &mut Scratch,
 ) -> Result<StarResult, CarryAhead> {
-    let none = Carry::default();
-    let carry = carry.unwrap_or(&none);
-    let r = scan_inner(lc, now, since, p, history, carry, scratch)?;
-    Ok(r)
+    scan_inner(lc, now, since, p, history, carry.unwrap_or(&Carry::default()), scratch)
 }
 
 fn scan_inner(
