@@ -770,7 +770,7 @@ impl NightSum {
     }
 }
 
-/// The first night that [`fill_site_points`] keeps point by point: older nights enter the grid
+/// The first night that `fill_site_points` keeps point by point: older nights enter the grid
 /// merged (`-inf` when `recent_days` is not positive: every point on its own).
 pub fn recent_cut(now: f64, p: &AlertParams) -> f64 {
     if p.recent_days > 0.0 && p.recent_days.is_finite() {
