@@ -338,7 +338,7 @@ impl Carry {
     pub fn extend(&mut self, lc: &LightCurve<'_>, upto: f64) -> usize {
         let n = lc.time.len().min(lc.flux.len()).min(lc.err.len()).min(lc.site.len());
         let taken = lc.time[..n].partition_point(|&t| !(t >= upto));
-        let mut open: [Option<NightSum>; N_SITES] = [None; N_SITES];
+        let mut open = OpenNights::default();
         for i in 0..taken {
             let (t, f, e, s) = (lc.time[i], lc.flux[i], lc.err[i], lc.site[i]);
             if self.rows == 0 {
@@ -351,14 +351,10 @@ impl Carry {
             let s = s as usize;
             self.n_valid += 1;
             self.est[s].push(f, e);
-            let night = t.floor();
-            if open[s].is_some_and(|o| o.night != night) {
-                self.nights[s].extend(open[s].take());
-            }
-            open[s].get_or_insert(NightSum { night, ..Default::default() }).add(t, f, e);
+            self.nights[s].extend(open.add(s, t, f, e));
         }
         for s in 0..N_SITES {
-            self.nights[s].extend(open[s].take());
+            self.nights[s].extend(open.take(s));
         }
         if upto > self.upto {
             self.upto = upto;
@@ -770,6 +766,28 @@ impl NightSum {
     }
 }
 
+/// Each site's night being merged: the one way [`Carry::extend`] and `fill_site_points` merge
+/// points into nights, so that a carried night and one merged during a search are the same sums.
+#[derive(Default)]
+struct OpenNights([Option<NightSum>; N_SITES]);
+
+impl OpenNights {
+    /// Adds a valid point of site `s`; returns the site's previous night if the point starts a
+    /// new one.
+    #[inline]
+    fn add(&mut self, s: usize, t: f64, f: f64, e: f64) -> Option<NightSum> {
+        let night = t.floor();
+        let closed = if self.0[s].is_some_and(|o| o.night != night) { self.0[s].take() } else { None };
+        self.0[s].get_or_insert(NightSum { night, ..Default::default() }).add(t, f, e);
+        closed
+    }
+
+    /// The site's open night, closed.
+    fn take(&mut self, s: usize) -> Option<NightSum> {
+        self.0[s].take()
+    }
+}
+
 /// The first night that `fill_site_points` keeps point by point: older nights enter the grid
 /// merged (`-inf` when `recent_days` is not positive: every point on its own).
 pub fn recent_cut(now: f64, p: &AlertParams) -> f64 {
@@ -812,7 +830,7 @@ fn fill_site_points(lc: &LightCurve<'_>, end: usize, base: &[SiteBaseline; N_SIT
             }
         }
     }
-    let mut open: [Option<NightSum>; N_SITES] = [None; N_SITES];
+    let mut open = OpenNights::default();
     for i in 0..end {
         let (t, f, e, s) = (lc.time[i], lc.flux[i], lc.err[i], lc.site[i]);
         if !valid(t, f, e, s) || !base[s as usize].usable {
@@ -820,14 +838,12 @@ fn fill_site_points(lc: &LightCurve<'_>, end: usize, base: &[SiteBaseline; N_SIT
         }
         let s = s as usize;
         if t < cut {
-            let night = t.floor();
-            if open[s].is_some_and(|o| o.night != night) {
-                push_night(pts, s, &open[s].take().unwrap_or_default());
+            if let Some(o) = open.add(s, t, f, e) {
+                push_night(pts, s, &o);
             }
-            open[s].get_or_insert(NightSum { night, ..Default::default() }).add(t, f, e);
             continue;
         }
-        if let Some(o) = open[s].take() {
+        if let Some(o) = open.take(s) {
             push_night(pts, s, &o);
         }
         let b = &base[s];
@@ -843,7 +859,7 @@ fn fill_site_points(lc: &LightCurve<'_>, end: usize, base: &[SiteBaseline; N_SIT
         pts.cum[s].push(c + 1);
     }
     for s in 0..N_SITES {
-        if let Some(o) = open[s].take() {
+        if let Some(o) = open.take(s) {
             push_night(pts, s, &o);
         }
     }
