@@ -431,18 +431,8 @@ pub fn scan_star_carry(
     carry: Option<&Carry>,
     scratch: &mut Scratch,
 ) -> Result<StarResult, CarryAhead> {
-    scan_inner(lc, now, since, p, history, carry.unwrap_or(&Carry::default()), scratch)
-}
-
-fn scan_inner(
-    lc: &LightCurve<'_>,
-    now: f64,
-    since: f64,
-    p: &AlertParams,
-    history: Option<&StarHistory>,
-    carry: &Carry,
-    scratch: &mut Scratch,
-) -> Result<StarResult, CarryAhead> {
+    let none = Carry::default();
+    let carry = carry.unwrap_or(&none);
     let n = lc.time.len();
     if [lc.flux.len(), lc.err.len(), lc.site.len()].iter().any(|&l| l != n) {
         return Ok(StarResult::failed(
