@@ -99,8 +99,7 @@ pub type Estimators = [SiteEstimator; N_SITES];
 /// among the first `end` points, continuing `start` (the estimators of the star's points before
 /// `lc`'s first, or the default); a site with fewer than `min_baseline_points` such points
 /// falls back to all its valid points before `end` (a short event barely moves a median).
-/// Returns the baselines and the estimators as fed with the points before `history_end`.
-pub fn site_baselines(lc: &LightCurve<'_>, end: usize, history_end: f64, p: &AlertParams, start: &Estimators) -> ([SiteBaseline; N_SITES], Estimators) {
+pub fn site_baselines(lc: &LightCurve<'_>, end: usize, history_end: f64, p: &AlertParams, start: &Estimators) -> [SiteBaseline; N_SITES] {
     let mut est = *start;
     let mut i = 0;
     while i < end {
@@ -113,25 +112,23 @@ pub fn site_baselines(lc: &LightCurve<'_>, end: usize, history_end: f64, p: &Ale
         }
         i += 1;
     }
-    let before = est;
-    let mut out = [SiteBaseline::default(); N_SITES];
     let min = p.min_baseline_points.max(1);
-    let short: Vec<usize> = (0..N_SITES).filter(|&s| (est[s].n as usize) < min).collect();
-    for s in 0..N_SITES {
-        out[s] = est[s].baseline(p);
-        out[s].from_season = out[s].usable;
-    }
-    if !short.is_empty() {
+    let short: [bool; N_SITES] = std::array::from_fn(|s| (est[s].n as usize) < min);
+    let mut out: [SiteBaseline; N_SITES] = std::array::from_fn(|s| {
+        let b = est[s].baseline(p);
+        SiteBaseline { from_season: b.usable, ..b }
+    });
+    if short.iter().any(|&x| x) {
         // Short history: every valid point of the site instead (the same estimators, fed on).
         for j in i..end {
             let (t, f, e, s) = (lc.time[j], lc.flux[j], lc.err[j], lc.site[j]);
-            if valid(t, f, e, s) && short.contains(&(s as usize)) {
+            if valid(t, f, e, s) && short[s as usize] {
                 est[s as usize].push(f, e);
             }
         }
-        for &s in &short {
+        for s in (0..N_SITES).filter(|&s| short[s]) {
             out[s] = est[s].baseline(p);
         }
     }
-    (out, before)
+    out
 }

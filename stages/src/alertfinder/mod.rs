@@ -500,7 +500,7 @@ pub fn scan_star_carry(
     if carry.upto > window_start || carry.upto > recent_cut(now, p) {
         return Err(CarryAhead);
     }
-    let (mut baseline, _) = baseline::site_baselines(lc, end, window_start, p, &carry.est);
+    let mut baseline = baseline::site_baselines(lc, end, window_start, p, &carry.est);
     let mut hs = HistorySummary::default();
     if let Some(h) = history {
         hs = h.summary();
