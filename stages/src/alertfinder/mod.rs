@@ -120,6 +120,13 @@ pub struct AlertParams {
     /// `ref_window_points` when fewer, never below `min_delta_chi2` (0: fixed).
     pub ref_window_points: usize,
     pub min_delta_chi2: f64,
+    /// A site whose baseline comes from the history because the season has too few points
+    /// before the window (its first weeks) has no flat points before a rise that starts with
+    /// the season, and the broken line, whose per-site offsets are free, sees no rise there. With
+    /// this on, such a site's history level enters the broken line as `min_baseline_points`
+    /// points at the level (or the history's nights, when fewer), just before the window's first
+    /// point: the flat part the season cannot show yet (issue 12).
+    pub anchor_history: bool,
 }
 
 impl Default for AlertParams {
@@ -146,6 +153,7 @@ impl Default for AlertParams {
             min_n_high: 3,
             ref_window_points: 100,
             min_delta_chi2: 50.0,
+            anchor_history: true,
         }
     }
 }
@@ -279,6 +287,8 @@ impl StarResult {
 #[derive(Debug, Default)]
 pub struct Scratch {
     win: Window,
+    /// `win` with the history anchors in front ([`AlertParams::anchor_history`]).
+    anchored: Window,
     pts: SitePoints,
     /// Per site: FWHM then sky values, for [`quality`]'s medians.
     sel: [Vec<f64>; 2 * N_SITES],
@@ -502,6 +512,8 @@ pub fn scan_star_carry(
     }
     let mut baseline = baseline::site_baselines(lc, end, window_start, p, &carry.est);
     let mut hs = HistorySummary::default();
+    // Sites whose baseline is the history's because the season has none yet: (site, points).
+    let mut anchors = [0usize; N_SITES];
     if let Some(h) = history {
         hs = h.summary();
         for s in 0..N_SITES {
@@ -527,6 +539,9 @@ pub fn scan_star_carry(
                 }
                 *b = SiteBaseline { n, usable: true, median: level, error_scale: k, mean_err: if b.mean_err > 0.0 { b.mean_err } else { mean_err }, from_season: false };
                 hs.sites_used |= 1 << s;
+                if p.anchor_history {
+                    anchors[s] = (n as usize).min(p.min_baseline_points.max(1));
+                }
             } else if let Some((_, level, _, _)) = prior {
                 // The season sits above the earlier seasons by more than a point's noise (a
                 // long event under way, or a variable's bright phase): their level, with the
@@ -556,7 +571,16 @@ pub fn scan_star_carry(
         return Ok(r);
     }
     let min_rise = p.min_rise_points.max(1);
-    r.broken_line = brokenline::scan_broken_line(&scratch.win, min_rise, min_rise).map(|mut b| {
+    // Anchored only when the window's own points rise (a straight line over them, `high_sigma`
+    // significant): a season whose level merely differs from the earlier seasons' (a new
+    // calibration, a variable's other phase) is no rise from the history's level.
+    let win = if anchors.iter().any(|&a| a > 0) && window_trend(&scratch.win) >= p.high_sigma {
+        anchor_window(&scratch.win, &anchors, &baseline, &mut scratch.anchored);
+        &scratch.anchored
+    } else {
+        &scratch.win
+    };
+    r.broken_line = brokenline::scan_broken_line(win, min_rise, min_rise).map(|mut b| {
         for s in 0..N_SITES {
             if baseline[s].usable {
                 b.offset[s] += baseline[s].median;
@@ -625,6 +649,47 @@ pub fn scan_batch_with(curves: &[LightCurve<'_>], histories: &[Option<&StarHisto
 }
 
 /// Build the search window (fit units) and count the pre-selection in the same pass.
+/// Significance `b / sigma_b` of a straight line (per-site offsets, one slope) over the
+/// window's points (the broken line with its break at the first point); 0 when undefined.
+fn window_trend(win: &Window) -> f64 {
+    let mut sig = 0.0;
+    brokenline::for_each_break(&win.t, &win.y, &win.w, &win.site, 1, 1, |k, num, den| {
+        if k == 0 {
+            sig = num / den.sqrt();
+        }
+    });
+    if sig.is_finite() { sig } else { 0.0 }
+}
+
+/// `win` with, in front, `anchors[s]` points of each anchored site at its baseline level
+/// (`y` = 0) and a window point's weight (`1 / (k e)^2`, `e` the site's mean error bar), at the
+/// time of the window's first point: the history's level as the flat part before the window.
+/// Index `u32::MAX` marks them (they are no light-curve rows).
+fn anchor_window(win: &Window, anchors: &[usize; N_SITES], base: &[SiteBaseline; N_SITES], out: &mut Window) {
+    out.clear();
+    let t0 = win.t[0];
+    for s in 0..N_SITES {
+        let b = &base[s];
+        let sigma = b.error_scale * b.mean_err;
+        let w = 1.0 / (sigma * sigma);
+        if anchors[s] == 0 || !b.usable || !(w.is_finite() && w > 0.0) {
+            continue;
+        }
+        for _ in 0..anchors[s] {
+            out.t.push(t0);
+            out.y.push(0.0);
+            out.w.push(w);
+            out.site.push(s as u8);
+            out.index.push(u32::MAX);
+        }
+    }
+    out.t.extend_from_slice(&win.t);
+    out.y.extend_from_slice(&win.y);
+    out.w.extend_from_slice(&win.w);
+    out.site.extend_from_slice(&win.site);
+    out.index.extend_from_slice(&win.index);
+}
+
 fn window_and_preselect(
     lc: &LightCurve<'_>,
     end: usize,

@@ -465,6 +465,46 @@ fn the_history_enters_the_diagnosis_vector_by_name() {
     assert!(quiet[N_DIAGNOSIS_V1..].iter().all(|&x| x == 0.0));
 }
 
+/// A star seen about once a night: 120 quiet nights of earlier seasons (flux ~ N(0, 1), error
+/// bars 1), then a season whose first nights are `season`; searched after its last point.
+fn anchored_search(season: &[f64], p: &AlertParams) -> StarResult {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let prior_t: Vec<f64> = (0..120).map(|k| 8000.3 + k as f64).collect();
+    let prior_f: Vec<f64> = prior_t.iter().map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal)).collect();
+    let ones = vec![1.0; prior_t.len()];
+    let sites = vec![1u8; prior_t.len()];
+    let before = LightCurve { time: &prior_t, flux: &prior_f, err: &ones, site: &sites, fwhm: &[], sky: &[] };
+    let mut h = StarHistory::default();
+    h.absorb(&before, 8200.0, &mut history::NightBuffers::default());
+    h.freeze_prior();
+    let t: Vec<f64> = (0..season.len()).map(|k| 8350.3 + k as f64).collect();
+    let (e, s) = (vec![1.0; t.len()], vec![1u8; t.len()]);
+    let lc = LightCurve { time: &t, flux: season, err: &e, site: &s, fwhm: &[], sky: &[] };
+    scan_star_with(&lc, t[t.len() - 1] + 0.2, f64::NEG_INFINITY, p, Some(&h), &mut Scratch::default())
+}
+
+#[test]
+fn a_season_that_starts_rising_is_searched_against_the_earlier_seasons_level() {
+    let p = AlertParams::default();
+    // An event rising from the season's first night: no season point before it, so the
+    // broken line alone has no flat part to break from.
+    let rise = [1.5, 4.0, 7.0, 10.0, 13.0];
+    let r = anchored_search(&rise, &p);
+    assert!(r.preselection.passed && !r.baseline[1].from_season, "{r:?}");
+    assert_eq!(r.status, Status::Candidate, "{r:?}");
+    let bl = r.broken_line.expect("a break");
+    assert!(bl.delta_chi2 >= r.preselection.delta_chi2_used && bl.slope > 0.0, "{bl:?}");
+    let off = AlertParams { anchor_history: false, ..p.clone() };
+    assert_ne!(anchored_search(&rise, &off).status, Status::Candidate, "without the anchor the rise is not seen");
+    // A season that sits at another level than the earlier seasons, flat (a recalibration, a
+    // variable's other phase): high points, but no rise of its own, so no anchor.
+    let shifted = [9.0, 10.5, 9.2, 10.1, 9.6, 10.3, 9.4, 10.0];
+    let r = anchored_search(&shifted, &p);
+    assert!(r.preselection.passed, "{r:?}");
+    assert_ne!(r.status, Status::Candidate, "{r:?}");
+}
+
 /// The rows of `lc` from `from` on (fwhm and sky cut alike when present).
 fn tail_view<'a>(lc: &LightCurve<'a>, from: usize) -> LightCurve<'a> {
     let cut = |v: &'a [f64]| if v.len() >= from { &v[from..] } else { v };
