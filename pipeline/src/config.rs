@@ -122,6 +122,8 @@ pub struct RawAlertFinder {
     pub min_n_high: usize,
     pub ref_window_points: usize,
     pub min_delta_chi2: f64,
+    /// In a season's first weeks, the broken line rises from the history's level.
+    pub anchor_history: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -808,6 +810,7 @@ fn alert_thresholds(a: &RawAlertFinder, bad: &mut impl FnMut(&str, String)) -> l
         min_n_high: a.min_n_high,
         ref_window_points: a.ref_window_points,
         min_delta_chi2: a.min_delta_chi2,
+        anchor_history: a.anchor_history,
         ..base
     };
     t.high = common(AlertParams { n_high: a.high_n_high, delta_chi2_min: a.high_delta_chi2, ..AlertParams::high_cadence() });

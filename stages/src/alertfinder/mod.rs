@@ -11,7 +11,9 @@
 //! 3. pre-selection: the window must hold `n_high` consecutive points (merged time order, any
 //!    mix of sites) at least `high_sigma` rescaled error bars above the baseline;
 //! 4. the broken line against a flat line over the window ([`brokenline`]); a pre-selected star
-//!    with `delta_chi2 >= delta_chi2_min` is a [`Status::Candidate`];
+//!    with `delta_chi2 >= delta_chi2_min` is a [`Status::Candidate`]; in a season's first weeks,
+//!    when a site's baseline is its history's, that level enters the fit as points before the
+//!    window (`anchor_history`);
 //! 5. candidates get the EventFinder grid over all their points up to `now` ([`grid`]; each
 //!    night older than `recent_days` merged into one weighted point per site), the
 //!    data-quality indicators, and a fixed feature vector ([`diagnosis`]).
