@@ -84,7 +84,8 @@ pub struct BrokenLine {
     pub n_sites_after: u8,
     /// Sites with at least two points after `t_rise` whose own data rise (positive covariance).
     pub n_sites_rising: u8,
-    /// Points in the window and number of break epochs tried.
+    /// Points in the window (with the history anchors, when the search adds them:
+    /// [`super::AlertParams::anchor_history`]) and number of break epochs tried.
     pub n_points: u32,
     pub n_breaks: u32,
     /// Per-site offsets `c_s` relative to the baseline median (0 for a site without points).

@@ -514,7 +514,8 @@ pub fn scan_star_carry(
     }
     let mut baseline = baseline::site_baselines(lc, end, window_start, p, &carry.est);
     let mut hs = HistorySummary::default();
-    // Sites whose baseline is the history's because the season has none yet: (site, points).
+    // Per site: the points of the history's level that the broken line gets, for a site whose
+    // baseline is the history's because the season has none before the window (0: none).
     let mut anchors = [0usize; N_SITES];
     if let Some(h) = history {
         hs = h.summary();
