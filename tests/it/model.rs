@@ -81,6 +81,11 @@ fn trained_model_v3_reproduces_the_stored_probabilities() {
     reproduces("v3");
 }
 
+#[test]
+fn trained_model_v4_reproduces_the_stored_probabilities() {
+    reproduces("v4");
+}
+
 /// A model may declare its high-purity operating point (`lensnet.threshold_purity`, chosen for
 /// it out of fold): the scorer takes it when told to (`score.threshold_purity` unset) and keeps
 /// the configured one otherwise; a model that declares none keeps the configured one.
