@@ -651,7 +651,6 @@ pub fn scan_batch_with(curves: &[LightCurve<'_>], histories: &[Option<&StarHisto
         .collect()
 }
 
-/// Build the search window (fit units) and count the pre-selection in the same pass.
 /// Significance `b / sigma_b` of a straight line (per-site offsets, one slope) over the
 /// window's points (the broken line with its break at the first point); 0 when undefined.
 fn window_trend(win: &Window) -> f64 {
@@ -693,6 +692,7 @@ fn anchor_window(win: &Window, anchors: &[usize; N_SITES], base: &[SiteBaseline;
     out.index.extend_from_slice(&win.index);
 }
 
+/// Build the search window (fit units) and count the pre-selection in the same pass.
 fn window_and_preselect(
     lc: &LightCurve<'_>,
     end: usize,
