@@ -35,7 +35,7 @@ pub fn scorer(cfg: &Config, model: Option<&std::path::Path>) -> Result<lensnet_s
         thresholds: Thresholds::new(cfg.threshold_purity.unwrap_or(Thresholds::default().purity), cfg.threshold_recall)?,
         model_threshold: cfg.threshold_purity.is_none(),
         intra_threads: None,
-        fast_rise: cfg.fast_rise,
+        hold: cfg.hold,
     };
     Scorer::new(&opts)
 }

@@ -149,6 +149,9 @@ pub struct RawScore {
     /// (0 = off).
     pub fast_rise_max_days: f64,
     pub fast_rise_min_mag: f64,
+    /// A "yes" whose brightening has been high on fewer nights in a row than this is kept as
+    /// "maybe" (0 or 1 = off).
+    pub min_high_nights: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -274,8 +277,8 @@ pub struct Config {
     /// None: the model's declared operating point (see [`lensnet_stages::score::ScoreOptions`]).
     pub threshold_purity: Option<f64>,
     pub threshold_recall: f64,
-    /// The fast-rise check (`score.fast_rise_*`).
-    pub fast_rise: lensnet_stages::score::FastRiseParams,
+    /// The checks that keep a "yes" as "maybe" (`score.fast_rise_*`, `score.min_high_nights`).
+    pub hold: lensnet_stages::score::HoldParams,
     /// AlertFinder parameters by field.
     pub alert_thresholds: lensnet_stages::alertfinder::stage::FieldThresholds,
     /// `lensnet web` settings.
@@ -694,10 +697,13 @@ fn resolve(raw: RawConfig, sources: &Sources, problems: &mut Vec<ConfigProblem>)
         batch_size: raw.score.batch_size,
         threshold_purity: raw.score.threshold_purity,
         threshold_recall: raw.score.threshold_recall,
-        fast_rise: lensnet_stages::score::FastRiseParams {
-            max_rise_days: raw.score.fast_rise_max_days,
-            min_amplitude_mag: raw.score.fast_rise_min_mag,
-            ..Default::default()
+        hold: lensnet_stages::score::HoldParams {
+            fast_rise: lensnet_stages::score::FastRiseParams {
+                max_rise_days: raw.score.fast_rise_max_days,
+                min_amplitude_mag: raw.score.fast_rise_min_mag,
+                ..Default::default()
+            },
+            min_high_nights: raw.score.min_high_nights,
         },
         alert_thresholds,
         web,

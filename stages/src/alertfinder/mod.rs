@@ -223,6 +223,10 @@ pub struct Preselection {
     pub window_start: f64,
     /// Nights with points in the window.
     pub n_nights: u32,
+    /// Nights in a row, up to the window's newest, whose points (all sites, weighted mean) lie
+    /// `high_sigma` above the baseline: how many nights the brightening has lasted so far (0
+    /// when the newest night is not high). A night is `floor(time)`, as in [`NightSum`].
+    pub high_nights: u32,
     /// The N_high and broken-line threshold applied (adapted to the cadence).
     pub n_high_used: u32,
     pub delta_chi2_used: f64,
@@ -714,6 +718,13 @@ fn window_and_preselect(
     let mut run_sites = 0u8;
     let mut run_t0 = 0.0;
     let mut max_z = f64::NEG_INFINITY;
+    // The open night's sums of y / sigma^2 and 1 / sigma^2 ([`Preselection::high_nights`]).
+    let (mut night_wy, mut night_w) = (0.0f64, 0.0f64);
+    let close_night = |wy: f64, w: f64, pre: &mut Preselection| {
+        if w > 0.0 {
+            pre.high_nights = if wy / w.sqrt() >= p.high_sigma { pre.high_nights + 1 } else { 0 };
+        }
+    };
     // The open bin: start time, sum of y / sigma^2, sum of 1 / sigma^2; and the run of bins.
     let (mut bin_t, mut bin_wy, mut bin_w) = (f64::NAN, 0.0f64, 0.0f64);
     let mut bin_run = 0u32;
@@ -758,8 +769,14 @@ fn window_and_preselect(
         pre.n_window += 1;
         pre.n_new += (t > since) as u32;
         if t.floor() != last_night {
+            close_night(night_wy, night_w, &mut pre);
+            (night_wy, night_w) = (0.0, 0.0);
             last_night = t.floor();
             pre.n_nights += 1;
+        }
+        if w.is_finite() {
+            night_wy += w * y;
+            night_w += w;
         }
         max_z = max_z.max(z);
         if z >= p.high_sigma {
@@ -780,6 +797,7 @@ fn window_and_preselect(
             run = 0;
         }
     }
+    close_night(night_wy, night_w, &mut pre);
     // A rescaled weight can underflow to zero or overflow; such points carry no information.
     pre.max_z = if max_z.is_finite() { max_z } else { 0.0 };
     if p.bin_days > 0.0 {

@@ -308,6 +308,44 @@ fn binned_preselection_passes_a_sustained_faint_excess_that_breaks_point_runs() 
     assert!(!scan_star(&quiet.view(), now, now - 1.0, &on, &mut scratch).preselection.passed);
 }
 
+/// `high_nights` counts the nights in a row, up to the newest, whose weighted mean is high: a
+/// single visit of four very high points makes one night, a rising event several, a constant
+/// star none, and a brightening that is over by the newest night none.
+#[test]
+fn high_nights_count_the_nights_in_a_row_the_brightening_has_lasted() {
+    let spec = SynthSpec { season_days: 120.0, ..SynthSpec::season(2.0) };
+    let now = spec.season_start + spec.season_days;
+    let p = AlertParams::high_cadence();
+    let mut scratch = Scratch::default();
+    let quiet = generate(&spec, 11);
+    let r = scan_star(&quiet.view(), now, now - 1.0, &p, &mut scratch);
+    assert_eq!(r.preselection.high_nights, 0, "{:?}", r.preselection);
+    // Four points of the newest night 20 rescaled error bars high (an asteroid, a flare).
+    let newest = quiet.time.iter().rev().find(|t| **t <= now).expect("points").floor();
+    let mut blip = quiet.clone();
+    let last4: Vec<usize> = (0..blip.time.len()).filter(|&i| blip.time[i] <= now).rev().take(4).collect();
+    assert!(last4.iter().all(|&i| blip.time[i].floor() == newest));
+    for &i in &last4 {
+        let k = spec.true_error_scale[blip.site[i] as usize];
+        blip.flux[i] += 20.0 * k * blip.err[i];
+    }
+    let r = scan_star(&blip.view(), now, now - 1.0, &p, &mut scratch);
+    assert_eq!(r.preselection.high_nights, 1, "{:?}", r.preselection);
+    // The same visit a night before the newest: over by now.
+    let mut earlier = quiet.clone();
+    let prev: Vec<usize> = (0..earlier.time.len()).filter(|&i| earlier.time[i].floor() < newest).rev().take(4).collect();
+    for &i in &prev {
+        let k = spec.true_error_scale[earlier.site[i] as usize];
+        earlier.flux[i] += 20.0 * k * earlier.err[i];
+    }
+    let r = scan_star(&earlier.view(), now, now - 1.0, &p, &mut scratch);
+    assert_eq!(r.preselection.high_nights, 0, "{:?}", r.preselection);
+    // A rising event three days before its peak has been high for several nights.
+    let lc = generate(&event_spec(4.0, 8300.0, 30.0, 0.1, 150.0), 5);
+    let r = scan_star(&lc.view(), 8297.0, 8296.0, &AlertParams::high_cadence(), &mut scratch);
+    assert!(r.preselection.high_nights >= 2, "{:?}", r.preselection);
+}
+
 /// For the diagnostics below: the field's AlertFinder parameters (`RECALL_BIN_DAYS` sets
 /// `bin_days`), its simulated stars, and the first and last epoch of the season.
 fn simulated_field(cfg: crate::simulate::SimConfig) -> (AlertParams, Vec<crate::simulate::SimStar>, f64, f64) {

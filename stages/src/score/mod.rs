@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod fastrise;
+pub mod hold;
 pub mod runtime;
 pub mod stage;
 
@@ -32,6 +33,7 @@ use crate::stage::StageReport;
 
 pub use bench::{bench, BenchRow};
 pub use fastrise::{fast_rise, FastRise, FastRiseParams};
+pub use hold::{hold, Hold, HoldParams};
 pub use runtime::{find_ort_library, runtime, Runtime};
 
 /// Sites in tensor order.
@@ -241,8 +243,9 @@ pub struct ScoreOptions {
     pub model_threshold: bool,
     /// Intra-op threads; None = ONNX Runtime's default (one per core).
     pub intra_threads: Option<usize>,
-    /// A "yes" that rose too fast for microlensing is kept as "maybe" ([`fastrise`]).
-    pub fast_rise: FastRiseParams,
+    /// A "yes" that rose too fast for microlensing, or whose brightening has lasted one night
+    /// so far, is kept as "maybe" ([`hold`]).
+    pub hold: HoldParams,
 }
 
 impl ScoreOptions {
@@ -257,7 +260,7 @@ impl ScoreOptions {
             thresholds: Thresholds::default(),
             model_threshold: false,
             intra_threads: None,
-            fast_rise: FastRiseParams::default(),
+            hold: HoldParams::default(),
         }
     }
 }
@@ -293,7 +296,7 @@ pub struct Scorer {
     cuda_fallback: Option<String>,
     batch_size: usize,
     thresholds: Thresholds,
-    fast_rise: FastRiseParams,
+    hold: HoldParams,
 }
 
 impl fmt::Debug for Scorer {
@@ -360,7 +363,7 @@ impl Scorer {
             threshold_purity = thresholds.purity,
             "scorer ready"
         );
-        Ok(Scorer { session: Mutex::new(session), runtime, model, provider, cuda_fallback, batch_size: opts.batch_size, thresholds, fast_rise: opts.fast_rise })
+        Ok(Scorer { session: Mutex::new(session), runtime, model, provider, cuda_fallback, batch_size: opts.batch_size, thresholds, hold: opts.hold })
     }
 
     /// Score `batch` sequences: `seq` holds `batch * SEQ_VALUES` f32 (row-major `[batch, 3, 128,
@@ -400,18 +403,18 @@ impl Scorer {
         probs.iter().map(|p| p.verdict(&self.thresholds)).collect()
     }
 
-    /// The fast-rise check's parameters ([`fastrise`]).
-    pub fn fast_rise(&self) -> FastRiseParams {
-        self.fast_rise
+    /// The parameters of the checks that keep a "yes" as "maybe" ([`hold`]).
+    pub fn hold(&self) -> HoldParams {
+        self.hold
     }
 
-    /// Final verdicts: [`Scorer::verdicts`], with a "yes" whose candidate rose too fast for
-    /// microlensing (`fast[i]` is Some) kept as "maybe".
-    pub fn final_verdicts(&self, probs: &[Probabilities], fast: &[Option<FastRise>]) -> Vec<Class> {
+    /// Final verdicts: [`Scorer::verdicts`], with a "yes" that a check holds (`held[i]` is
+    /// Some: [`hold`]) kept as "maybe".
+    pub fn final_verdicts(&self, probs: &[Probabilities], held: &[Option<Hold>]) -> Vec<Class> {
         self.verdicts(probs)
             .into_iter()
             .enumerate()
-            .map(|(i, c)| if c == Class::Yes && fast.get(i).is_some_and(|f| f.is_some()) { Class::Maybe } else { c })
+            .map(|(i, c)| if c == Class::Yes && held.get(i).is_some_and(|f| f.is_some()) { Class::Maybe } else { c })
             .collect()
     }
 
@@ -454,8 +457,9 @@ impl Scorer {
         m.insert("batch_size".into(), self.batch_size.into());
         m.insert("threshold_purity".into(), self.thresholds.purity.into());
         m.insert("threshold_recall".into(), self.thresholds.recall.into());
-        m.insert("fast_rise_max_days".into(), self.fast_rise.max_rise_days.into());
-        m.insert("fast_rise_min_mag".into(), self.fast_rise.min_amplitude_mag.into());
+        m.insert("fast_rise_max_days".into(), self.hold.fast_rise.max_rise_days.into());
+        m.insert("fast_rise_min_mag".into(), self.hold.fast_rise.min_amplitude_mag.into());
+        m.insert("min_high_nights".into(), self.hold.min_high_nights.into());
         m
     }
 

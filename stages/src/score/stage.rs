@@ -22,7 +22,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::{fast_rise, FastRise, Probabilities, Scorer};
+use super::{hold, Hold, Probabilities, Scorer};
 use crate::alertfinder::stage::{read_candidate_rows, CandidateRecord};
 use crate::alertfinder::N_DIAGNOSIS;
 use crate::cache::PhotometryCache;
@@ -118,22 +118,27 @@ impl Stage for ScoreStage {
             Some(budget) => score_batches(&records, (budget / crate::alertfinder::nightly::BYTES_PER_ROW).max(1)),
             None => vec![0..records.len()],
         };
-        let (mut ids, mut star_ids, mut probs, mut fast) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut ids, mut star_ids, mut probs, mut held) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for chunk in chunks {
             let (i, s, p, f) = self.score_chunk(&photometry, ctx, as_of, &records[chunk]).await?;
             ids.extend(i);
             star_ids.extend(s);
             probs.extend(p);
-            fast.extend(f);
+            held.extend(f);
         }
         let model = self.scorer.model();
         let object = verdicts_path(&ctx.root, ctx.season, ctx.field, as_of, &model.sha256);
         let by_score = self.scorer.verdicts(&probs);
-        let classes = self.scorer.final_verdicts(&probs, &fast);
-        let bytes = verdicts_parquet(self.scorer.as_ref(), &ids, &star_ids, &probs, &by_score, &classes, &fast)
+        let classes = self.scorer.final_verdicts(&probs, &held);
+        let bytes = verdicts_parquet(self.scorer.as_ref(), &ids, &star_ids, &probs, &by_score, &classes, &held)
             .map_err(|e| permanent(format!("cannot encode {object}: {e}")))?;
         ctx.store.put(&object, PutPayload::from(bytes)).await.map_err(|e| transient(format!("cannot write {object}: {e}")))?;
-        let fast_kept = by_score.iter().zip(&classes).filter(|(a, b)| **a != **b).count();
+        // Yes kept as maybe, by check.
+        let kept = |f: &dyn Fn(&Hold) -> bool| {
+            (0..classes.len()).filter(|&i| by_score[i] != classes[i] && held[i].as_ref().is_some_and(f)).count()
+        };
+        let fast_kept = kept(&|h| matches!(h, Hold::FastRise(_)));
+        let one_night_kept = kept(&|h| matches!(h, Hold::OneNight { .. }));
         let count = |c: super::Class| classes.iter().filter(|&&x| x == c).count();
         tracing::info!(field = %ctx.field, as_of, scored = probs.len(), yes = count(super::Class::Yes), maybe = count(super::Class::Maybe), "score finished");
         let mut report = StageReport {
@@ -146,6 +151,7 @@ impl Stage for ScoreStage {
                 ("maybe".to_string(), serde_json::json!(count(super::Class::Maybe))),
                 ("no".to_string(), serde_json::json!(count(super::Class::No))),
                 ("fast_rise_kept_as_maybe".to_string(), serde_json::json!(fast_kept)),
+                ("one_night_kept_as_maybe".to_string(), serde_json::json!(one_night_kept)),
             ]),
         };
         self.scorer.fill_report(&mut report);
@@ -172,8 +178,8 @@ fn score_batches(records: &[CandidateRecord], budget_rows: usize) -> Vec<std::op
     out
 }
 
-/// Candidate ids, star ids, probabilities and fast rises, in the batch's order.
-type Scored = (Vec<String>, Vec<String>, Vec<Probabilities>, Vec<Option<FastRise>>);
+/// Candidate ids, star ids, probabilities and holds ([`hold`]), in the batch's order.
+type Scored = (Vec<String>, Vec<String>, Vec<Probabilities>, Vec<Option<Hold>>);
 
 impl ScoreStage {
     /// Read the photometry of one batch of candidates, prepare and score them.
@@ -186,30 +192,31 @@ impl ScoreStage {
             if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
         })?;
         let by_id: HashMap<&str, usize> = photometry_of_field.stars.iter().enumerate().map(|(i, s)| (s.star.0.as_str(), i)).collect();
-        let mut plan: Vec<(String, usize, [f64; N_DIAGNOSIS])> = Vec::with_capacity(records.len());
+        let mut plan: Vec<(String, usize, [f64; N_DIAGNOSIS], Option<u32>)> = Vec::with_capacity(records.len());
         for r in records {
             let Some(&i) = by_id.get(r.star.as_str()) else {
                 return Err(permanent(format!("candidate {} names star {} that has no photometry", r.candidate_id, r.star)));
             };
             let diag = diagnosis_for_model(r, self.stats.n_diag())
                 .map_err(|e| permanent(format!("{e}: re-run the alertfinder of season {} field {} to rewrite its candidates", ctx.season, ctx.field)))?;
-            plan.push((r.candidate_id.clone(), i, diag));
+            plan.push((r.candidate_id.clone(), i, diag, super::hold::high_nights(&r.result_json)));
         }
         drop(by_id);
         let scorer = self.scorer.clone();
         let stats = self.stats.clone();
         // prepare (polars) and ONNX Runtime are CPU-bound: keep them off the async workers.
         tokio::task::spawn_blocking(move || -> Result<Scored, StageError> {
+            let nights: Vec<Option<u32>> = plan.iter().map(|p| p.3).collect();
             let cands: Vec<Candidate<'_>> =
-                plan.into_iter().map(|(id, i, diag)| Candidate { id, star: &photometry_of_field.stars[i], now: as_of, diag, label: None }).collect();
+                plan.into_iter().map(|(id, i, diag, _)| Candidate { id, star: &photometry_of_field.stars[i], now: as_of, diag, label: None }).collect();
             let prepared = prepare(&cands, &stats).map_err(|e| permanent(format!("preprocess: {e}")))?;
             let probs = scorer.score(&prepared.seq, &prepared.diag, prepared.len()).map_err(|e| {
                 if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
             })?;
             // `prepare` keeps the input order.
-            let params = scorer.fast_rise();
-            let fast = cands.iter().map(|c| fast_rise(c.star, as_of, &params)).collect();
-            Ok((prepared.ids, prepared.stars, probs, fast))
+            let params = scorer.hold();
+            let held = cands.iter().zip(&nights).map(|(c, &n)| hold(c.star, as_of, n, &params)).collect();
+            Ok((prepared.ids, prepared.stars, probs, held))
         })
         .await
         .map_err(|e| permanent(format!("the scoring task died: {e}")))?
@@ -232,9 +239,9 @@ fn verdicts_parquet(
     probs: &[Probabilities],
     by_score: &[super::Class],
     classes: &[super::Class],
-    fast: &[Option<FastRise>],
+    held: &[Option<Hold>],
 ) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let note = |i: usize| match (by_score[i], classes[i], fast.get(i).and_then(|f| f.as_ref())) {
+    let note = |i: usize| match (by_score[i], classes[i], held.get(i).and_then(|f| f.as_ref())) {
         (super::Class::Yes, super::Class::Maybe, Some(f)) => format!("kept as maybe: {}", f.describe()),
         _ => String::new(),
     };
@@ -247,7 +254,7 @@ fn verdicts_parquet(
         ("p_no", f32col(&|p| p.no)),
         ("binary", f32col(&|p| p.binary)),
         ("verdict", Arc::new(StringArray::from_iter_values(classes.iter().map(|c| c.as_str())))),
-        // Why a verdict is not the binary score's ("fast rise: ..."); empty otherwise.
+        // Why a verdict is not the binary score's ("kept as maybe: fast rise: ..."); empty otherwise.
         ("note", Arc::new(StringArray::from_iter_values((0..ids.len()).map(note)))),
     ];
     let schema = Arc::new(Schema::new(cols.iter().map(|(n, a)| ArrowField::new(*n, a.data_type().clone(), false)).collect::<Vec<_>>()));
