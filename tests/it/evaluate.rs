@@ -1,7 +1,8 @@
 //! `lensnet evaluate` as a survey team runs it: a small labelled archive of real light curves
 //! (a few real-dev stars copied into tests/fixtures/evaluate: a KMTNet event, two OGLE-II events,
-//! an OGLE dwarf nova, an ASAS-3 Mira) ingested, replayed as if live, and reported; and the clear
-//! error for a label that names a star the archive lacks.
+//! an OGLE dwarf nova, an ASAS-3 Mira) ingested, replayed as if live, and reported; the clear
+//! error for a label that names a star the archive lacks; and the one-night check on a Catalina
+//! RR Lyrae star (tests/fixtures/evaluate-rrlyr).
 
 use std::path::Path;
 use std::process::Command;
@@ -13,12 +14,17 @@ fn fixture() -> std::path::PathBuf {
 }
 
 fn evaluate(url: &str, work: &Path, labels: &Path, out: &Path) -> std::process::Output {
+    evaluate_in(&fixture(), url, work, labels, out, &[])
+}
+
+fn evaluate_in(fixture: &Path, url: &str, work: &Path, labels: &Path, out: &Path, env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lensnet"))
-        .args(["evaluate", "--input", fixture().join("inbox").to_str().unwrap(), "--labels", labels.to_str().unwrap()])
+        .args(["evaluate", "--input", fixture.join("inbox").to_str().unwrap(), "--labels", labels.to_str().unwrap()])
         .args(["--out", out.to_str().unwrap(), "--step", "5d"])
         .current_dir(work)
         .env("DATABASE_URL", url)
         .env("LENSNET_LOG", "error")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -83,4 +89,45 @@ async fn evaluate_reports_a_labelled_archive_by_survey_and_type() {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success());
     assert!(err.contains("OGLE-BLG-DN-9999 (line 7)") && err.contains("does not hold"), "{err}");
+}
+
+/// The one-night check end to end (candidate JSON -> score stage -> verdict): a real Catalina RR
+/// Lyrae star of real-dev's validation half (tests/fixtures/evaluate-rrlyr), whose candidates
+/// rest on one visit's four points, all high, is called "yes" by the model and kept as "maybe"
+/// by the check; with the check off it is flagged "yes".
+#[tokio::test]
+async fn a_brightening_of_one_night_is_kept_as_maybe() {
+    let db = TestDb::new().await;
+    let Some(url) = db.url() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/evaluate-rrlyr");
+    let run = |out: &str, env: &[(&str, &str)]| {
+        let o = evaluate_in(&dir, &url, work.path(), &dir.join("labels.csv"), &work.path().join(out), env);
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+        text
+    };
+    let on = run("on", &[]);
+    assert!(on.contains("| rrlyr | 1 | 0 (0.0 %) | 1 (100.0 %) |"), "{on}");
+    let off = run("off", &[("LENSNET__SCORE__MIN_HIGH_NIGHTS", "0")]);
+    assert!(off.contains("| rrlyr | 1 | 1 (100.0 %) | 0 (0.0 %) |"), "{off}");
+    // The verdicts say why: their `note` column.
+    let mut notes = Vec::new();
+    let mut dirs = vec![work.path().join("on/store/verdicts")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "parquet") {
+                let file = std::fs::File::open(&path).unwrap();
+                for b in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap() {
+                    let b = b.unwrap();
+                    let col = b.column_by_name("note").unwrap().as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+                    notes.extend(col.iter().flatten().filter(|n| !n.is_empty()).map(str::to_string));
+                }
+            }
+        }
+    }
+    assert!(notes.iter().any(|n| n == "kept as maybe: brightening seen on 1 night(s) in a row, 2 needed"), "{notes:?}");
 }

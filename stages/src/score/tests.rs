@@ -117,3 +117,18 @@ fn cuda_asked_for_on_a_cpu_build_errors_or_falls_back_as_configured() {
     assert!(scorer.cuda_fallback_reason().is_some());
     assert!(scorer.audit_details()["cuda_fallback"].is_string());
 }
+
+#[test]
+fn a_held_yes_becomes_maybe_and_nothing_else_moves() {
+    let scorer = Scorer::new(&ScoreOptions::cpu(standin())).unwrap();
+    let (purity, recall) = (scorer.thresholds().purity as f32, scorer.thresholds().recall as f32);
+    let p = |binary: f32| Probabilities { yes: 0.3, maybe: 0.3, no: 0.4, binary };
+    let probs = [p(1.0), p(1.0), p(0.5 * (purity + recall)), p(0.1), p(1.0)];
+    let one = Some(Hold::OneNight { nights: 1, needed: 2 });
+    // A yes held, a yes not held, a maybe and a no held (nothing to keep), a yes past the list.
+    let held = [one.clone(), None, one.clone(), one];
+    let v = scorer.final_verdicts(&probs, &held);
+    assert_eq!(scorer.verdicts(&probs)[..2], [Class::Yes, Class::Yes]);
+    assert_eq!(v, vec![Class::Maybe, Class::Yes, Class::Maybe, Class::No, Class::Yes]);
+    assert_eq!(scorer.hold().min_high_nights, 2, "on by default");
+}
