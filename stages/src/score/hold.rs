@@ -12,7 +12,9 @@
 //!   can. It matters where a night's points come in one visit (Catalina takes four images in
 //!   half an hour): at one point a night N_high already spans three nights, and at KMTNet's
 //!   cadence an event's nightly means are high for several nights before its points pass.
-//!   A candidate whose row lacks the count (written before it existed) is not held.
+//!   A count of 0 (the newest night is not high: the "yes" rests on older nights, as when an
+//!   outburst fades) is held too. A candidate whose row lacks the count (written before it
+//!   existed) is not held.
 
 use serde::Deserialize;
 
