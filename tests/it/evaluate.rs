@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::TestDb;
+use crate::harness::{walk_ext, TestDb};
 
 fn fixture() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/evaluate")
@@ -113,20 +113,12 @@ async fn a_brightening_of_one_night_is_kept_as_maybe() {
     assert!(off.contains("| rrlyr | 1 | 1 (100.0 %) | 0 (0.0 %) |"), "{off}");
     // The verdicts say why: their `note` column.
     let mut notes = Vec::new();
-    let mut dirs = vec![work.path().join("on/store/verdicts")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|x| x == "parquet") {
-                let file = std::fs::File::open(&path).unwrap();
-                for b in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap() {
-                    let b = b.unwrap();
-                    let col = b.column_by_name("note").unwrap().as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
-                    notes.extend(col.iter().flatten().filter(|n| !n.is_empty()).map(str::to_string));
-                }
-            }
+    for path in walk_ext(&work.path().join("on/store/verdicts"), "parquet") {
+        let file = std::fs::File::open(&path).unwrap();
+        for b in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap() {
+            let b = b.unwrap();
+            let col = b.column_by_name("note").unwrap().as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+            notes.extend(col.iter().flatten().filter(|n| !n.is_empty()).map(str::to_string));
         }
     }
     assert!(notes.iter().any(|n| n == "kept as maybe: brightening seen on 1 night(s) in a row, 2 needed"), "{notes:?}");

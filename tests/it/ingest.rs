@@ -14,7 +14,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use sqlx::Row;
 
-use crate::harness::TestDb;
+use crate::harness::{walk_ext, TestDb};
 
 pub fn shared_data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/kmtnet")
@@ -57,7 +57,7 @@ async fn real_files_ingest_once_grow_and_quarantine_with_the_pg_ledger() {
     let input = inbox.path().to_str().unwrap();
 
     // Real files: every data line becomes a row, once.
-    let data_lines: u64 = walk(inbox.path())
+    let data_lines: u64 = walk_ext(inbox.path(), "pysis")
         .iter()
         .map(|p| std::fs::read_to_string(p).unwrap().lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count() as u64)
         .sum();
@@ -128,32 +128,6 @@ async fn real_files_ingest_once_grow_and_quarantine_with_the_pg_ledger() {
         polars_rows += df.height() as u64;
     }
     assert_eq!(polars_rows, data_lines + 4);
-}
-
-fn walk_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk_ext(&p, ext));
-        } else if p.extension().is_some_and(|x| x == ext) {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else if p.extension().is_some_and(|x| x == "pysis") {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test]
@@ -288,7 +262,7 @@ async fn an_adversarial_corpus_is_quarantined_and_the_good_files_are_stored() {
     let odd = inbox.join("KB it's #1 %41 & co");
     std::fs::create_dir_all(&odd).unwrap();
     std::fs::copy(shared_data().join("BLG14-2018-season/KMTA14_I.pysis"), odd.join("KMTA14_I.pysis")).unwrap();
-    let good_rows: u64 = walk(&inbox.join("KB180003")).iter().chain(walk(&odd).iter()).map(|p| data_lines(p)).sum();
+    let good_rows: u64 = walk_ext(&inbox.join("KB180003"), "pysis").iter().chain(walk_ext(&odd, "pysis").iter()).map(|p| data_lines(p)).sum();
     // What git cannot hold: a FIFO (would block a reader), a symlink loop, a link to the inbox.
     assert!(Command::new("mkfifo").arg(inbox.join("KB180003/KMTS99_I.pysis")).status().unwrap().success());
     std::os::unix::fs::symlink("self-loop", inbox.join("self-loop")).unwrap();

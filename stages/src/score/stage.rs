@@ -192,30 +192,37 @@ impl ScoreStage {
             if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
         })?;
         let by_id: HashMap<&str, usize> = photometry_of_field.stars.iter().enumerate().map(|(i, s)| (s.star.0.as_str(), i)).collect();
-        let mut plan: Vec<(String, usize, [f64; N_DIAGNOSIS], Option<u32>)> = Vec::with_capacity(records.len());
+        let mut plan: Vec<(String, usize, [f64; N_DIAGNOSIS])> = Vec::with_capacity(records.len());
         for r in records {
             let Some(&i) = by_id.get(r.star.as_str()) else {
                 return Err(permanent(format!("candidate {} names star {} that has no photometry", r.candidate_id, r.star)));
             };
             let diag = diagnosis_for_model(r, self.stats.n_diag())
                 .map_err(|e| permanent(format!("{e}: re-run the alertfinder of season {} field {} to rewrite its candidates", ctx.season, ctx.field)))?;
-            plan.push((r.candidate_id.clone(), i, diag, super::hold::high_nights(&r.result_json)));
+            plan.push((r.candidate_id.clone(), i, diag));
         }
         drop(by_id);
+        let nights: Vec<Option<u32>> = records.iter().map(|r| super::hold::high_nights(&r.result_json)).collect();
         let scorer = self.scorer.clone();
         let stats = self.stats.clone();
         // prepare (polars) and ONNX Runtime are CPU-bound: keep them off the async workers.
         tokio::task::spawn_blocking(move || -> Result<Scored, StageError> {
-            let nights: Vec<Option<u32>> = plan.iter().map(|p| p.3).collect();
             let cands: Vec<Candidate<'_>> =
-                plan.into_iter().map(|(id, i, diag, _)| Candidate { id, star: &photometry_of_field.stars[i], now: as_of, diag, label: None }).collect();
+                plan.into_iter().map(|(id, i, diag)| Candidate { id, star: &photometry_of_field.stars[i], now: as_of, diag, label: None }).collect();
             let prepared = prepare(&cands, &stats).map_err(|e| permanent(format!("preprocess: {e}")))?;
             let probs = scorer.score(&prepared.seq, &prepared.diag, prepared.len()).map_err(|e| {
                 if e.is_retryable() { transient(e.to_string()) } else { permanent(e.to_string()) }
             })?;
-            // `prepare` keeps the input order.
+            // `prepare` keeps the input order. Only a "yes" can be held: the checks (the fast
+            // rise reads the star's photometry) run for those alone.
             let params = scorer.hold();
-            let held = cands.iter().zip(&nights).map(|(c, &n)| hold(c.star, as_of, n, &params)).collect();
+            let by_score = scorer.verdicts(&probs);
+            let held = cands
+                .iter()
+                .zip(&nights)
+                .zip(&by_score)
+                .map(|((c, &n), &v)| if v == super::Class::Yes { hold(c.star, as_of, n, &params) } else { None })
+                .collect();
             Ok((prepared.ids, prepared.stars, probs, held))
         })
         .await
