@@ -176,6 +176,8 @@ impl LocalPg {
         let lock = self.lock()?;
         match self.state()? {
             ClusterState::Running => {
+                // A server started outside our lock (by hand, say) may still be starting up.
+                self.wait_ready(Duration::from_secs(60))?;
                 if !self.secret_file().exists() {
                     self.upgrade_legacy(&lock)?;
                 }
@@ -256,7 +258,7 @@ impl LocalPg {
         // still say "the database system is starting up" for a moment after pg_ctl returned.
         let started = std::time::Instant::now();
         loop {
-            let out = self.pg_cmd_full("psql", &args, password.map(|p| ("PGPASSWORD", p)), None)?;
+            let out = self.pg_cmd_full("psql", &args, password.map(|p| ("PGPASSWORD", p)), None, None)?;
             if out.status.success() {
                 return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
             }
@@ -438,18 +440,46 @@ impl LocalPg {
     }
 
     fn pg_cmd(&self, program: &str, args: &[&str]) -> Result<Output, LocalPgError> {
-        self.pg_cmd_full(program, args, None, None)
+        self.pg_cmd_full(program, args, None, None, None)
     }
 
     /// A command that holds the cluster's lock for as long as it lives: the lock file is its
     /// standard input, so if we are killed, a second start waits for an orphaned initdb or
     /// pg_ctl to finish before it looks at (and redoes) what they left.
+    ///
+    /// Its standard output and error go to files, not to pipes: were we killed, a pipe's reading
+    /// end would close with us and the orphan's next message (pg_ctl writes "waiting for server
+    /// to start" straight after it forks the server) would kill it with SIGPIPE, releasing the
+    /// lock before the server it forked has written its pid file. A second start would then see
+    /// no server and start another one, which fails on the first one's lock file.
     fn pg_cmd_locked(&self, program: &str, args: &[&str], lock: &fs::File) -> Result<Output, LocalPgError> {
         let stdin = lock.try_clone().map_err(|e| io_err(&self.root.join("lock"), e))?;
-        self.pg_cmd_full(program, args, None, Some(stdin))
+        let dir = self.root.join("log");
+        create_private_dir(&dir)?;
+        // Only the lock's holder writes these files, so truncating them here is safe.
+        let open = |name: String| {
+            let path = dir.join(name);
+            fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).mode(0o600).open(&path).map(|f| (f, path.clone())).map_err(|e| io_err(&path, e))
+        };
+        let (out, out_path) = open(format!("{program}.stdout"))?;
+        let (err, err_path) = open(format!("{program}.stderr"))?;
+        let mut output = self.pg_cmd_full(program, args, None, Some(stdin), Some((out, err)))?;
+        output.stdout = fs::read(&out_path).map_err(|e| io_err(&out_path, e))?;
+        output.stderr = fs::read(&err_path).map_err(|e| io_err(&err_path, e))?;
+        Ok(output)
     }
 
-    fn pg_cmd_full(&self, program: &str, args: &[&str], env: Option<(&str, &str)>, stdin: Option<fs::File>) -> Result<Output, LocalPgError> {
+    /// Runs `program` from the server's binaries and waits for it. With `files`, its standard
+    /// output and error go there (and the returned `Output` has them empty); without, they are
+    /// captured through pipes.
+    fn pg_cmd_full(
+        &self,
+        program: &str,
+        args: &[&str],
+        env: Option<(&str, &str)>,
+        stdin: Option<fs::File>,
+        files: Option<(fs::File, fs::File)>,
+    ) -> Result<Output, LocalPgError> {
         let exe = self.bindir.join(program);
         let mut cmd = Command::new(&exe);
         cmd.args(args).env("LC_ALL", "C").env("PGTZ", "UTC").env_remove("PGPASSWORD");
@@ -461,7 +491,14 @@ impl LocalPg {
         if let Some(run_as) = run_as()? {
             cmd.uid(run_as.uid).gid(run_as.gid).env("HOME", "/tmp").current_dir("/");
         }
-        cmd.output().map_err(|e| match e.kind() {
+        let result = match files {
+            Some((out, err)) => {
+                cmd.stdout(out).stderr(err);
+                cmd.status().map(|status| Output { status, stdout: Vec::new(), stderr: Vec::new() })
+            }
+            None => cmd.output(),
+        };
+        result.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => LocalPgError::MissingBinaries { detail: format!("{} not found", exe.display()) },
             _ => LocalPgError::CommandFailed { what: exe.display().to_string(), status: "not started".into(), stderr: e.to_string() },
         })

@@ -126,6 +126,59 @@ fn a_kill_during_the_first_creation_never_bricks_the_folder() {
     }
 }
 
+/// The children of process `pid` named `name` (from /proc; Linux only).
+fn children_named(pid: u32, name: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+            let ppid = stat[close + 1..].split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+            &stat[open + 1..close] == name && ppid == Some(pid)
+        })
+        .count()
+}
+
+#[test]
+fn a_kill_the_moment_a_server_command_starts_never_starts_two_servers() {
+    // The kills at fixed delays above rarely land in the few milliseconds between `db start`
+    // spawning initdb or pg_ctl and that child's first message. There, an orphan whose output
+    // went to our pipe died of SIGPIPE at its first message and released the lock while the
+    // server it had forked was not yet up, so the next start launched a second server, which
+    // failed on the first one's lock file. Kill exactly there: at initdb, at pg_ctl start, and
+    // at the first psql that sets up the roles.
+    for (program, nth) in [("initdb", 1), ("pg_ctl", 1), ("psql", 1)] {
+        let dir = workdir("lensnet-kill2-");
+        let d = dir.path();
+        let _stop = Stop(d);
+        let mut child: Child = lensnet_cmd(d, &["db", "start"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        // Wait for the nth command of that name to appear.
+        let started = std::time::Instant::now();
+        let mut seen = 0;
+        let mut was_there = false;
+        while started.elapsed() < Duration::from_secs(60) {
+            let there = children_named(child.id(), program) > 0;
+            if there && !was_there {
+                seen += 1;
+            }
+            was_there = there;
+            if seen >= nth || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = ok(d, &["db", "start"]);
+        assert!(out.contains("started") || out.contains("running"), "{out}");
+        ok(d, &["db", "migrate"]);
+        let log = std::fs::read_to_string(d.join(".lensnet/pg/log/postgresql.log")).unwrap_or_default();
+        assert!(!log.contains("already exists"), "a second server was started after a kill at {program} #{nth}:\n{log}");
+    }
+}
+
 #[test]
 fn two_first_starts_at_once_both_succeed() {
     let dir = workdir("lensnet-race-");
