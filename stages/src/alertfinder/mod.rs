@@ -47,7 +47,7 @@ pub use diagnosis::{diagnosis_vector, is_model_prefix, DIAGNOSIS_NAMES, DIAGNOSI
 pub use grid::{GridFit, GridParams};
 pub use history::{HistorySummary, NightBuffers, StarHistory};
 
-use crate::photometry::LightCurve;
+use crate::photometry::{LightCurve, Site};
 use baseline::{valid, Estimators};
 pub use baseline::SiteEstimator;
 use brokenline::Window;
@@ -225,7 +225,8 @@ pub struct Preselection {
     pub n_nights: u32,
     /// Nights in a row, up to the window's newest, whose points (all sites, weighted mean) lie
     /// `high_sigma` above the baseline: how many nights the brightening has lasted so far (0
-    /// when the newest night is not high). A night is `floor(time)`, as in [`NightSum`].
+    /// when the newest night is not high). A night is a local night ([`local_night`]), so that
+    /// the points of one KMTA night, which straddle a whole HJD, count once.
     pub high_nights: u32,
     /// The N_high and broken-line threshold applied (adapted to the cadence).
     pub n_high_used: u32,
@@ -718,13 +719,9 @@ fn window_and_preselect(
     let mut run_sites = 0u8;
     let mut run_t0 = 0.0;
     let mut max_z = f64::NEG_INFINITY;
-    // The open night's sums of y / sigma^2 and 1 / sigma^2 ([`Preselection::high_nights`]).
-    let (mut night_wy, mut night_w) = (0.0f64, 0.0f64);
-    let close_night = |wy: f64, w: f64, pre: &mut Preselection| {
-        if w > 0.0 {
-            pre.high_nights = if wy / w.sqrt() >= p.high_sigma { pre.high_nights + 1 } else { 0 };
-        }
-    };
+    // Per local night, in order: the night, sums of y / sigma^2 and 1 / sigma^2
+    // ([`Preselection::high_nights`]).
+    let mut nights: Vec<(f64, f64, f64)> = Vec::new();
     // The open bin: start time, sum of y / sigma^2, sum of 1 / sigma^2; and the run of bins.
     let (mut bin_t, mut bin_wy, mut bin_w) = (f64::NAN, 0.0f64, 0.0f64);
     let mut bin_run = 0u32;
@@ -769,14 +766,11 @@ fn window_and_preselect(
         pre.n_window += 1;
         pre.n_new += (t > since) as u32;
         if t.floor() != last_night {
-            close_night(night_wy, night_w, &mut pre);
-            (night_wy, night_w) = (0.0, 0.0);
             last_night = t.floor();
             pre.n_nights += 1;
         }
         if w.is_finite() {
-            night_wy += w * y;
-            night_w += w;
+            add_to_night(&mut nights, local_night(t, s), w * y, w);
         }
         max_z = max_z.max(z);
         if z >= p.high_sigma {
@@ -797,7 +791,14 @@ fn window_and_preselect(
             run = 0;
         }
     }
-    close_night(night_wy, night_w, &mut pre);
+    // The nights in a row, back from the newest, whose weighted mean is high (a night without
+    // a finite weight neither counts nor breaks the run).
+    for &(_, wy, w) in nights.iter().rev().filter(|n| n.2 > 0.0) {
+        if wy / w.sqrt() < p.high_sigma {
+            break;
+        }
+        pre.high_nights += 1;
+    }
     // A rescaled weight can underflow to zero or overflow; such points carry no information.
     pre.max_z = if max_z.is_finite() { max_z } else { 0.0 };
     if p.bin_days > 0.0 {
@@ -816,6 +817,32 @@ fn window_and_preselect(
     }
     pre.passed = pre.longest_run as usize >= n_high || pre.longest_bin_run as usize >= n_high;
     pre
+}
+
+/// The observing night of a point taken at `t` (HJD - 2450000) at site `site`: the whole part
+/// of the time shifted so that local noon at the site falls on a whole day. HJD's days start at
+/// noon in Greenwich, which splits the nights of sites far to the east (KMTA, at 149° E,
+/// observes from about HJD x.88 to x+1.33); a local night is one whole number at every site,
+/// and the same number for the three sites' nights of the same evening. A site index that is
+/// not a KMTNet site is taken as Greenwich.
+pub fn local_night(t: f64, site: u8) -> f64 {
+    let shift = Site::from_index(site as usize).map_or(0.0, |s| s.longitude_deg() / 360.0);
+    (t + shift).floor()
+}
+
+/// Adds a point's weighted sums to its night in `nights` (kept in night order; points come
+/// in time order, so their night is nearly always the last one, or one of the last few when
+/// two sites' nights overlap at twilight).
+fn add_to_night(nights: &mut Vec<(f64, f64, f64)>, night: f64, wy: f64, w: f64) {
+    let at = nights.iter().rposition(|n| n.0 <= night);
+    match at {
+        Some(i) if nights[i].0 == night => {
+            nights[i].1 += wy;
+            nights[i].2 += w;
+        }
+        Some(i) => nights.insert(i + 1, (night, wy, w)),
+        None => nights.insert(0, (night, wy, w)),
+    }
 }
 
 /// One site's valid points of one night (`floor(time)`), merged for the grid: the sums that

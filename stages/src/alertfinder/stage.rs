@@ -46,9 +46,10 @@ pub const STAGE: &str = "alertfinder";
 /// Version of the search's results for the same photometry, bumped when the algorithm changes
 /// what it finds (2: the baseline from streaming P² estimators and the grid's older nights
 /// merged, stop 37; 3: the history anchors of the broken line, stop 38; 4: the pre-selection's
-/// `high_nights`, which the score stage's one-night check reads, stop 39), so that the runner
+/// `high_nights`, which the score stage's one-night check reads, stop 39; 5: its nights are local
+/// nights, stop 40), so that the runner
 /// searches a step again instead of keeping its results.
-pub const SEARCH_VERSION: u32 = 4;
+pub const SEARCH_VERSION: u32 = 5;
 /// Thresholds by field cadence, as in KMTNet: prime fields use the high-cadence pair; a field
 /// in `per_field` uses its own parameters instead.
 #[derive(Debug, Clone, PartialEq)]

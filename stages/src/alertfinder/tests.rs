@@ -321,10 +321,12 @@ fn high_nights_count_the_nights_in_a_row_the_brightening_has_lasted() {
     let r = scan_star(&quiet.view(), now, now - 1.0, &p, &mut scratch);
     assert_eq!(r.preselection.high_nights, 0, "{:?}", r.preselection);
     // Four points of the newest night 20 rescaled error bars high (an asteroid, a flare).
-    let newest = quiet.time.iter().rev().find(|t| **t <= now).expect("points").floor();
+    let night = |lc: &MergedCurve, i: usize| local_night(lc.time[i], lc.site[i]);
+    let last = (0..quiet.time.len()).rev().find(|&i| quiet.time[i] <= now).expect("points");
+    let newest = night(&quiet, last);
     let mut blip = quiet.clone();
     let last4: Vec<usize> = (0..blip.time.len()).filter(|&i| blip.time[i] <= now).rev().take(4).collect();
-    assert!(last4.iter().all(|&i| blip.time[i].floor() == newest));
+    assert!(last4.iter().all(|&i| night(&blip, i) == newest));
     for &i in &last4 {
         let k = spec.true_error_scale[blip.site[i] as usize];
         blip.flux[i] += 20.0 * k * blip.err[i];
@@ -333,7 +335,7 @@ fn high_nights_count_the_nights_in_a_row_the_brightening_has_lasted() {
     assert_eq!(r.preselection.high_nights, 1, "{:?}", r.preselection);
     // The same visit a night before the newest: over by now.
     let mut earlier = quiet.clone();
-    let prev: Vec<usize> = (0..earlier.time.len()).filter(|&i| earlier.time[i].floor() < newest).rev().take(4).collect();
+    let prev: Vec<usize> = (0..earlier.time.len()).filter(|&i| night(&earlier, i) < newest).rev().take(4).collect();
     for &i in &prev {
         let k = spec.true_error_scale[earlier.site[i] as usize];
         earlier.flux[i] += 20.0 * k * earlier.err[i];
@@ -344,6 +346,45 @@ fn high_nights_count_the_nights_in_a_row_the_brightening_has_lasted() {
     let lc = generate(&event_spec(4.0, 8300.0, 30.0, 0.1, 150.0), 5);
     let r = scan_star(&lc.view(), 8297.0, 8296.0, &AlertParams::high_cadence(), &mut scratch);
     assert!(r.preselection.high_nights >= 2, "{:?}", r.preselection);
+}
+
+/// A night is a local night: KMTA's nights straddle a whole HJD (Greenwich noon) and count
+/// once, and the three sites' nights of one evening are the same night.
+#[test]
+fn a_kmta_night_across_a_whole_hjd_is_one_night() {
+    // One evening: KMTA (from HJD x.88), then KMTS, then KMTC (to x+1.92); KMTA's next night.
+    for (t, site) in [(9000.90, 0u8), (9001.00, 0), (9001.30, 0), (9001.25, 2), (9001.65, 2), (9001.50, 1), (9001.90, 1)] {
+        assert_eq!(local_night(t, site), 9001.0, "site {site} at {t}");
+    }
+    assert_eq!(local_night(9001.90, 0), 9002.0);
+    // A KMTA-only star whose newest night is high: one night, however it falls on HJD.
+    let spec = SynthSpec { season_days: 60.0, ..SynthSpec::season(2.0) };
+    let now = spec.season_start + spec.season_days;
+    let all = generate(&spec, 12);
+    let mut lc = MergedCurve::default();
+    for i in (0..all.time.len()).filter(|&i| all.site[i] == 0 && all.time[i] <= now) {
+        lc.time.push(all.time[i]);
+        lc.flux.push(all.flux[i]);
+        lc.err.push(all.err[i]);
+        lc.site.push(0);
+        lc.fwhm.push(all.fwhm[i]);
+        lc.sky.push(all.sky[i]);
+    }
+    let last = lc.time.len() - 1;
+    let newest: Vec<usize> = (0..lc.time.len()).filter(|&i| local_night(lc.time[i], 0) == local_night(lc.time[last], 0)).collect();
+    assert!(newest.iter().any(|&i| lc.time[i].fract() > 0.5) && newest.iter().any(|&i| lc.time[i].fract() < 0.5), "the night straddles a whole HJD");
+    for &i in &newest {
+        lc.flux[i] += 20.0 * spec.true_error_scale[0] * lc.err[i];
+    }
+    let mut scratch = Scratch::default();
+    let r = scan_star(&lc.view(), now, now - 1.0, &AlertParams::high_cadence(), &mut scratch);
+    assert_eq!(r.preselection.high_nights, 1, "{:?}", r.preselection);
+    // And nights that overlap at twilight are summed into their own night.
+    let mut nights = Vec::new();
+    for (night, wy) in [(1.0, 5.0), (2.0, 1.0), (1.0, 5.0), (2.0, 1.0), (0.0, 7.0), (3.0, 2.0)] {
+        add_to_night(&mut nights, night, wy, 1.0);
+    }
+    assert_eq!(nights, vec![(0.0, 7.0, 1.0), (1.0, 10.0, 2.0), (2.0, 2.0, 2.0), (3.0, 2.0, 1.0)]);
 }
 
 /// For the diagnostics below: the field's AlertFinder parameters (`RECALL_BIN_DAYS` sets

@@ -5,7 +5,8 @@
 //! - [`fastrise`](super::fastrise): a rise of 1.5 mag or more within 2 days (a dwarf nova).
 //! - The one-night check: the brightening has been seen on fewer than
 //!   [`HoldParams::min_high_nights`] nights in a row so far (the AlertFinder's
-//!   [`crate::alertfinder::Preselection::high_nights`]: nights, all sites together, whose weighted mean lies
+//!   [`crate::alertfinder::Preselection::high_nights`]: local nights
+//!   ([`crate::alertfinder::local_night`]), all sites together, whose weighted mean lies
 //!   `high_sigma` above the baseline, up to the newest). A microlensing brightening lasts days,
 //!   while a flare, an asteroid passing, an RR Lyrae star's maximum and a bad night of one site
 //!   last hours: one night's points, however many, cannot tell them apart, and the next night
