@@ -394,7 +394,7 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
         let night_rewritten = stage_row(&pool, c.run_id, "compact").await?.rows_out as u64;
         rewritten += night_rewritten;
         println!(
-            "  night {d:>3}: {:>8} rows, {:>9} rewritten by compaction; run {:>6.1} s, {:>8} stars with new points, {:>8} searched ({} from a carry), {:>5} candidates, {:>10} rows read ({} for new points), peak {:>6.0} MB",
+            "  night {d:>3}: {:>8} rows, {:>9} rewritten by compaction; run {:>6.1} s, {:>8} stars with new points, {:>8} searched ({} from a carry), {:>5} candidates, {:>10} rows read ({} for new points, {} of the searched stars' windows), peak {:>6.0} MB",
             r.rows,
             night_rewritten,
             c.wall,
@@ -404,6 +404,7 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
             a.rows_out,
             a.detail("photometry_rows_read"),
             a.detail("photometry_rows_read_for_new_points"),
+            a.detail("photometry_rows_in_windows"),
             c.peak_mb
         );
     }
@@ -454,6 +455,22 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
         );
     }
     println!("  {:<34} {:>8.2} {:>14} {:>12} {:>10.0}", "nightly run: the `lensnet run` process", c.wall, "", "", c.peak_mb);
+    // What the alertfinder's reads were: the night's new points (every star's), the windows of
+    // the stars it searched (what the search asked for), and the other stars' rows in the pages
+    // that hold those windows.
+    if let Ok(a) = stage_row(&pool, c.run_id, "alertfinder").await {
+        let (read, new, windows) = (a.detail("photometry_rows_read"), a.detail("photometry_rows_read_for_new_points"), a.detail("photometry_rows_in_windows"));
+        let other = read.saturating_sub(new + windows);
+        let x = |v: u64| v as f64 / night.rows.max(1) as f64;
+        println!(
+            "  alertfinder rows read: {read} ({:.1}x the night's rows) = new points {new} ({:.1}x) + the searched stars' windows {windows} ({:.2}x, {} stars) + other stars' rows in the pages holding them {other} ({:.1}x)",
+            x(read),
+            x(new),
+            x(windows),
+            a.detail("searched_in_full"),
+            x(other)
+        );
+    }
     println!("  (a stage's figure in parentheses: the run process's peak resident memory when the stage ended)");
     let total = night.write_seconds + c.wall;
     let alerts = total - compact_s;

@@ -401,6 +401,10 @@ pub struct NightlyCounts {
     pub rows_read: u64,
     /// Of them, read looking for new points (the rest: the stars searched in full).
     pub new_rows_read: u64,
+    /// Of the rest, the rows of the searched stars' windows (and of their earlier seasons, the
+    /// first time a season searches them): what the search asked for. The others are other
+    /// stars' rows in the pages that hold them.
+    pub window_rows: u64,
 }
 
 /// Rows a whole-field run reads at a time while it builds a season's start state from the
@@ -667,6 +671,11 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
     let mut counts = NightlyCounts { buckets: groups.len(), ..Default::default() };
     // A site without new points keeps its watermark, as in the whole-field path.
     let mut site_max = state.carried_over(as_of);
+    // Each site's own watermark, from which its new points are read: `since` is the oldest of
+    // them (the search counts its new points from there), and reading every site from it
+    // read the nights of sites that end later in HJD again (KMTA's night ends at about HJD
+    // x.33, KMTC's at x.92: the night before's KMTC and KMTS parts, 0.9x a night's rows).
+    let site_since: Arc<BTreeMap<String, f64>> = Arc::new(site_max.iter().filter(|(_, v)| v.is_finite()).map(|(k, v)| (k.clone(), v.max(since))).collect());
     // The candidates file is written as the buckets finish, in bucket order and sorted by star
     // within a bucket (a multipart upload: it appears whole or not at all), so that a night on
     // which every star of the field fails (a season's first) holds one bucket's rows at a time.
@@ -684,9 +693,9 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
     if as_of.is_finite() {
         use futures::StreamExt;
         let jobs = groups.iter().cloned().map(|(bucket, keys)| {
-            let (ctx, params) = (ctx.clone(), params.clone());
+            let (ctx, params, site_since) = (ctx.clone(), params.clone(), site_since.clone());
             async move {
-                tokio::spawn(search_bucket(ctx, params, bucket, keys, since, as_of, (budget_rows / 2).max(1)))
+                tokio::spawn(search_bucket(ctx, params, bucket, keys, since, site_since, as_of, (budget_rows / 2).max(1)))
                     .await
                     .map_err(|e| permanent(format!("a bucket's search died: {e}")))?
             }
@@ -710,6 +719,7 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
             counts.from_carry += d.counts.from_carry;
             counts.rows_read += d.counts.rows_read;
             counts.new_rows_read += d.counts.new_rows_read;
+            counts.window_rows += d.counts.window_rows;
             drop(d.rows);
             crate::stage::release_free_memory();
         }
@@ -732,7 +742,17 @@ struct BucketOut {
 
 /// One bucket of [`find_candidates_nightly`]: screen its new points, search the stars that
 /// pass, store its screening state.
-async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, keys: Vec<PartitionKey>, since: f64, as_of: f64, budget_rows: usize) -> Result<BucketOut, StageError> {
+#[allow(clippy::too_many_arguments)]
+async fn search_bucket(
+    ctx: RunCtx,
+    params: AlertParams,
+    bucket: Option<u32>,
+    keys: Vec<PartitionKey>,
+    since: f64,
+    site_since: Arc<BTreeMap<String, f64>>,
+    as_of: f64,
+    budget_rows: usize,
+) -> Result<BucketOut, StageError> {
     let params = &params;
     let photometry = PhotometryStore::new(ctx.store.clone(), ctx.root.clone());
     let mut counts = NightlyCounts::default();
@@ -765,7 +785,8 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
     } else {
         // The new I-band points of the bucket, per star, in merged time order.
         let before = photometry.rows_read();
-        let new_rows = photometry.read_new_rows(&keys, since, as_of).await.map_err(store_err)?;
+        let from: Vec<f64> = keys.iter().map(|k| site_since.get(&k.site).copied().unwrap_or(since)).collect();
+        let new_rows = photometry.read_new_rows(&keys, &from, as_of).await.map_err(store_err)?;
         counts.new_rows_read += photometry.rows_read() - before;
         let mut per_star: HashMap<&str, Vec<(f64, f64, f64, u8)>> = HashMap::new();
         for (site, b) in &new_rows {
@@ -922,6 +943,7 @@ async fn search_bucket(ctx: RunCtx, params: AlertParams, bucket: Option<u32>, ke
     carries.store(&ctx, bucket).await?;
     write_screens(&ctx, bucket, as_of, &screens).await?;
     counts.rows_read = photometry.rows_read();
+    counts.window_rows = photometry.rows_wanted();
     Ok(BucketOut { rows, site_max, counts })
 }
 
@@ -1045,6 +1067,9 @@ mod tests {
             let as_of = first + day as f64 + 0.5;
             super::super::stage::find_candidates_with(&ctx(&sa, &ra, as_of), &p, Some(&cache)).await.unwrap();
             let (_, n) = find_candidates_nightly(&ctx(&sb, &rb, as_of), &p, 64 << 20).await.unwrap();
+            // The reads' parts: new points, the searched stars' windows, the pages' other rows.
+            assert!(n.new_rows_read + n.window_rows <= n.rows_read, "{n:?}");
+            assert!(n.screened_in == 0 || n.window_rows > 0, "{n:?}");
             searched_in_full += n.screened_in;
             with_new += n.stars_with_new_points;
             let whole = super::super::stage::read_candidates(sa.as_ref(), &ra, 2025, Field(14), as_of).await.unwrap();

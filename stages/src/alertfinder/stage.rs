@@ -128,6 +128,7 @@ impl Stage for AlertFinderStage {
                 ("searched_from_carry", serde_json::json!(n.from_carry)),
                 ("photometry_rows_read", serde_json::json!(n.rows_read)),
                 ("photometry_rows_read_for_new_points", serde_json::json!(n.new_rows_read)),
+                ("photometry_rows_in_windows", serde_json::json!(n.window_rows)),
             ]));
         }
         let out = find_candidates_with(ctx, self.thresholds.for_field(ctx.field), self.cache.as_ref()).await?;

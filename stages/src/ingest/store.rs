@@ -345,6 +345,9 @@ pub struct PhotometryStore {
     writing: Arc<std::sync::Mutex<HashMap<(i32, Field), Option<Layout>>>>,
     /// Rows decoded by this store's readers (its clones included): what a benchmark reports.
     rows_read: Arc<std::sync::atomic::AtomicU64>,
+    /// Of the rows read for chosen stars ([`Self::read_stars_from`]), those of the stars and
+    /// times asked for (the rest: other stars' rows in the same pages).
+    rows_wanted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How a part is compressed: the small parts that each file's commit adds use Snappy, because
@@ -463,12 +466,19 @@ pub fn part_name(seed: &[u8]) -> String {
 
 impl PhotometryStore {
     pub fn new(store: Arc<dyn ObjectStore>, root: Path) -> Self {
-        PhotometryStore { store, root, bucket_hint: 0, layouts: Default::default(), writing: Default::default(), rows_read: Default::default() }
+        PhotometryStore { store, root, bucket_hint: 0, layouts: Default::default(), writing: Default::default(), rows_read: Default::default(), rows_wanted: Default::default() }
     }
 
     /// Rows decoded so far by readers of this store.
     pub fn rows_read(&self) -> u64 {
         self.rows_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Of [`Self::rows_read`], the rows of the stars and times that readers of chosen stars
+    /// asked for ([`Self::read_stars_from`]: a nightly search's windows); the others came with
+    /// them in the pages that hold them.
+    pub fn rows_wanted(&self) -> u64 {
+        self.rows_wanted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn count_rows(&self, batches: &[RecordBatch]) {
@@ -526,21 +536,24 @@ impl PhotometryStore {
     }
 
     /// The rows of `keys` with an epoch in `(since, upto]` (columns star, band, hjd, flux,
-    /// flux_err), reading only the parts whose time range can hold one, each paired
-    /// with its partition's site. What a nightly run reads of the photometry besides the stars
-    /// it then searches.
-    pub async fn read_new_rows(&self, keys: &[PartitionKey], since: f64, upto: f64) -> Result<Vec<(String, RecordBatch)>, IngestError> {
+    /// flux_err; `since` per partition: its site's watermark), reading only the parts whose
+    /// time range can hold one, each paired with its partition's site. What a nightly run reads
+    /// of the photometry besides the stars it then searches.
+    pub async fn read_new_rows(&self, keys: &[PartitionKey], since: &[f64], upto: f64) -> Result<Vec<(String, RecordBatch)>, IngestError> {
+        if since.len() != keys.len() {
+            return Err(IngestError::Corrupt { path: String::new(), reason: "read_new_rows: one `since` per partition".into() });
+        }
         let mut jobs = Vec::new();
-        for key in keys {
+        for (key, &since) in keys.iter().zip(since) {
             let m = self.read_manifest(key).await?;
             for p in m.files.iter().filter(|p| p.max_hjd > since && p.min_hjd <= upto) {
-                jobs.push((key.clone(), p.name.clone()));
+                jobs.push((key.clone(), p.name.clone(), since));
             }
         }
         // A task per part, so that the decoding runs on every worker thread; two at a time, so
         // that a bucket holds two parts' bytes and batches, not all of its parts' at once.
         use futures::StreamExt;
-        let reads = jobs.into_iter().map(|(key, name)| {
+        let reads = jobs.into_iter().map(|(key, name, since)| {
             let me = self.clone();
             tokio::spawn(async move { me.read_new_part(&key, &name, since, upto).await })
         });
@@ -750,6 +763,7 @@ impl PhotometryStore {
                 i = j;
             }
             let mask = arrow::array::BooleanArray::new(keep.finish(), None);
+            self.rows_wanted.fetch_add(mask.true_count() as u64, std::sync::atomic::Ordering::Relaxed);
             let f = arrow::compute::filter_record_batch(&b, &mask)?;
             if f.num_rows() > 0 {
                 out.push(f);
@@ -1775,6 +1789,46 @@ mod sort_tests {
                 }
             }
         }
+    }
+
+    /// New points are read from each partition's own `since` (its site's watermark): a site
+    /// whose nights end earlier in HJD does not make the others' last night be read again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_rows_are_read_from_each_sites_own_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = crate::store::open_store(dir.path().to_str().unwrap(), true).unwrap();
+        let ps = PhotometryStore::new(o.store.clone(), o.prefix.clone());
+        let key = |site: &str| PartitionKey { season: 2025, field: Field(14), site: site.into(), bucket: Some(0) };
+        // One part per site and night of 100 points: KMTA's nights at HJD x-0.1..x+0.3, KMTC's
+        // at x+0.5..x+0.9.
+        let night = |t0: f64| {
+            let b = batch(100, 0);
+            let mut cols = b.columns().to_vec();
+            cols[2] = Arc::new(Float64Array::from_iter_values((0..100).map(|i| t0 + 0.004 * i as f64)));
+            sort_batch(&RecordBatch::try_new(b.schema(), cols).unwrap()).unwrap()
+        };
+        for (site, offset) in [("KMTA", -0.1), ("KMTC", 0.5)] {
+            for d in [1.0, 2.0] {
+                let info = ps.stage_part(&key(site), &format!("part-{site}-{d}.parquet"), &night(d + offset)).await.unwrap();
+                ps.commit_parts(&key(site), &[info]).await.unwrap();
+            }
+        }
+        // After the run of night 1: KMTA's watermark 1.296, KMTC's 1.896.
+        let keys = [key("KMTA"), key("KMTC")];
+        let since = [1.0 - 0.1 + 0.396, 1.0 + 0.5 + 0.396];
+        let before = ps.rows_read();
+        let rows = ps.read_new_rows(&keys, &since, 3.0).await.unwrap();
+        assert_eq!(ps.rows_read() - before, 200, "night 2 of each site, and nothing of night 1");
+        assert_eq!(rows.iter().map(|(_, b)| b.num_rows()).sum::<usize>(), 200);
+        for (site, b) in &rows {
+            let s = if site == "KMTA" { since[0] } else { since[1] };
+            assert!(f64_col(b, "hjd").unwrap().values().iter().all(|&t| t > s), "{site}");
+        }
+        // From the older watermark for both (as before), KMTC's night 1 is read again.
+        let before = ps.rows_read();
+        let again = ps.read_new_rows(&keys, &[since[0], since[0]], 3.0).await.unwrap();
+        assert_eq!(ps.rows_read() - before, 300);
+        assert_eq!(again.iter().map(|(_, b)| b.num_rows()).sum::<usize>(), 300);
     }
 
     /// The streamed k-way merge of sorted parts writes the part that the in-memory merge (the
