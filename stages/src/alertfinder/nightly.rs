@@ -174,6 +174,13 @@ impl StarScreen {
         }
     }
 
+    /// Whether the star is searched whatever its new points, and without any
+    /// ([`Self::screen`]).
+    fn searched_without_new_points(&self, p: &AlertParams) -> bool {
+        let need = p.n_high.min(p.min_n_high).max(1) as u32;
+        self.sticky || p.fit_all || p.bin_days > 0.0 || self.trailing >= need
+    }
+
     /// Feed the star's new points (merged time order) and say whether it must be searched.
     fn screen(&mut self, pts: &[(f64, f64, f64, u8)], p: &AlertParams) -> bool {
         let threshold = p.high_sigma * SCREEN_SIGMA_FACTOR;
@@ -181,7 +188,7 @@ impl StarScreen {
         // A star whose newest points end a run of high points is searched while the run lasts,
         // new points or not: the search's baseline moves as points leave its window, and can
         // make that run high enough for the pre-selection on a later night.
-        let mut pass = self.sticky || p.fit_all || p.bin_days > 0.0 || self.trailing >= need;
+        let mut pass = self.searched_without_new_points(p);
         let mut run = self.trailing;
         for &(t, f, e, s) in pts {
             let site = &mut self.sites[s as usize];
@@ -808,6 +815,15 @@ async fn search_bucket(
             sort_screen_points(pts);
             let sc = screens.get_or_default(star);
             if sc.screen(pts, params) {
+                passed.push(star.to_string());
+            }
+        }
+        // The stars the screen keeps searched without new points (sticky, or whose newest
+        // points end a run of high points): their window moves with the run's time, so their
+        // search can change. (Until stop 40 every site's points were read from the oldest
+        // site's watermark, which brought nearly every star some points to screen again.)
+        for (star, sc) in screens.entries() {
+            if !per_star.contains_key(star) && sc.searched_without_new_points(params) {
                 passed.push(star.to_string());
             }
         }
