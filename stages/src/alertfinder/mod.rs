@@ -720,8 +720,9 @@ fn window_and_preselect(
     let mut run_t0 = 0.0;
     let mut max_z = f64::NEG_INFINITY;
     // Per local night, in order: the night, sums of y / sigma^2 and 1 / sigma^2
-    // ([`Preselection::high_nights`]).
+    // ([`Preselection::high_nights`]); each site's shift to its local nights, once.
     let mut nights: Vec<(f64, f64, f64)> = Vec::new();
+    let shift: [f64; N_SITES] = std::array::from_fn(|s| night_shift(s as u8));
     // The open bin: start time, sum of y / sigma^2, sum of 1 / sigma^2; and the run of bins.
     let (mut bin_t, mut bin_wy, mut bin_w) = (f64::NAN, 0.0f64, 0.0f64);
     let mut bin_run = 0u32;
@@ -770,7 +771,7 @@ fn window_and_preselect(
             pre.n_nights += 1;
         }
         if w.is_finite() {
-            add_to_night(&mut nights, local_night(t, s), w * y, w);
+            add_to_night(&mut nights, (t + shift[s as usize]).floor(), w * y, w);
         }
         max_z = max_z.max(z);
         if z >= p.high_sigma {
@@ -826,8 +827,12 @@ fn window_and_preselect(
 /// and the same number for the three sites' nights of the same evening. A site index that is
 /// not a KMTNet site is taken as Greenwich.
 pub fn local_night(t: f64, site: u8) -> f64 {
-    let shift = Site::from_index(site as usize).map_or(0.0, |s| s.longitude_deg() / 360.0);
-    (t + shift).floor()
+    (t + night_shift(site)).floor()
+}
+
+/// The days a site's times are shifted by for [`local_night`].
+fn night_shift(site: u8) -> f64 {
+    Site::from_index(site as usize).map_or(0.0, |s| s.longitude_deg() / 360.0)
 }
 
 /// Adds a point's weighted sums to its night in `nights` (kept in night order; points come

@@ -792,8 +792,8 @@ async fn search_bucket(
     } else {
         // The new I-band points of the bucket, per star, in merged time order.
         let before = photometry.rows_read();
-        let from: Vec<f64> = keys.iter().map(|k| site_since.get(&k.site).copied().unwrap_or(since)).collect();
-        let new_rows = photometry.read_new_rows(&keys, &from, as_of).await.map_err(store_err)?;
+        let from: Vec<(PartitionKey, f64)> = keys.iter().map(|k| (k.clone(), site_since.get(&k.site).copied().unwrap_or(since))).collect();
+        let new_rows = photometry.read_new_rows(&from, as_of).await.map_err(store_err)?;
         counts.new_rows_read += photometry.rows_read() - before;
         let mut per_star: HashMap<&str, Vec<(f64, f64, f64, u8)>> = HashMap::new();
         for (site, b) in &new_rows {

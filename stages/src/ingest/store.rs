@@ -535,16 +535,14 @@ impl PhotometryStore {
         Ok(groups.into_iter().collect())
     }
 
-    /// The rows of `keys` with an epoch in `(since, upto]` (columns star, band, hjd, flux,
-    /// flux_err; `since` per partition: its site's watermark), reading only the parts whose
-    /// time range can hold one, each paired with its partition's site. What a nightly run reads
-    /// of the photometry besides the stars it then searches.
-    pub async fn read_new_rows(&self, keys: &[PartitionKey], since: &[f64], upto: f64) -> Result<Vec<(String, RecordBatch)>, IngestError> {
-        if since.len() != keys.len() {
-            return Err(IngestError::Corrupt { path: String::new(), reason: "read_new_rows: one `since` per partition".into() });
-        }
+    /// The rows of each partition with an epoch in `(since, upto]`, its `since` given with it
+    /// (its site's watermark) (columns star, band, hjd, flux, flux_err), reading only the parts
+    /// whose time range can hold one, each paired with its partition's site. What a nightly run
+    /// reads of the photometry besides the stars it then searches.
+    pub async fn read_new_rows(&self, keys: &[(PartitionKey, f64)], upto: f64) -> Result<Vec<(String, RecordBatch)>, IngestError> {
         let mut jobs = Vec::new();
-        for (key, &since) in keys.iter().zip(since) {
+        for (key, since) in keys {
+            let since = *since;
             let m = self.read_manifest(key).await?;
             for p in m.files.iter().filter(|p| p.max_hjd > since && p.min_hjd <= upto) {
                 jobs.push((key.clone(), p.name.clone(), since));
@@ -1814,10 +1812,9 @@ mod sort_tests {
             }
         }
         // After the run of night 1: KMTA's watermark 1.296, KMTC's 1.896.
-        let keys = [key("KMTA"), key("KMTC")];
         let since = [1.0 - 0.1 + 0.396, 1.0 + 0.5 + 0.396];
         let before = ps.rows_read();
-        let rows = ps.read_new_rows(&keys, &since, 3.0).await.unwrap();
+        let rows = ps.read_new_rows(&[(key("KMTA"), since[0]), (key("KMTC"), since[1])], 3.0).await.unwrap();
         assert_eq!(ps.rows_read() - before, 200, "night 2 of each site, and nothing of night 1");
         assert_eq!(rows.iter().map(|(_, b)| b.num_rows()).sum::<usize>(), 200);
         for (site, b) in &rows {
@@ -1826,7 +1823,7 @@ mod sort_tests {
         }
         // From the older watermark for both (as before), KMTC's night 1 is read again.
         let before = ps.rows_read();
-        let again = ps.read_new_rows(&keys, &[since[0], since[0]], 3.0).await.unwrap();
+        let again = ps.read_new_rows(&[(key("KMTA"), since[0]), (key("KMTC"), since[0])], 3.0).await.unwrap();
         assert_eq!(ps.rows_read() - before, 300);
         assert_eq!(again.iter().map(|(_, b)| b.num_rows()).sum::<usize>(), 300);
     }
