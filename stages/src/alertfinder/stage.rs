@@ -724,6 +724,29 @@ mod tests {
         assert_eq!(s.since(103.0), 100.2, "a night without data does not reset the watermark");
     }
 
+    /// The watermarks read back are the epochs written, bit for bit (serde_json's default float
+    /// parser was off by an ulp for some: 10764.911798192921 came back 10764.91179819292, below
+    /// the epoch, so the rows at the watermark were read as new again at the next run).
+    #[test]
+    fn watermarks_round_trip_bit_for_bit() {
+        let mut s = WatermarkState::default();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut epochs = vec![10764.911798192921, 10763.808319172651];
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            epochs.push(10_000.0 + (x >> 11) as f64 / (1u64 << 53) as f64 * 2000.0);
+        }
+        for (i, t) in epochs.iter().enumerate() {
+            s.record(i as f64, BTreeMap::from([("KMTC".to_string(), *t)]));
+        }
+        let back: WatermarkState = serde_json::from_slice(&serde_json::to_vec_pretty(&s).unwrap()).unwrap();
+        for (a, b) in s.runs.iter().zip(&back.runs) {
+            assert_eq!(a.sites["KMTC"].to_bits(), b.sites["KMTC"].to_bits(), "{} came back {}", a.sites["KMTC"], b.sites["KMTC"]);
+        }
+    }
+
     #[tokio::test]
     async fn a_run_after_a_night_without_data_searches_only_stars_with_new_points() {
         let dir = tempfile::tempdir().unwrap();
