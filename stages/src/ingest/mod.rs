@@ -28,7 +28,7 @@ pub use error::{IngestError, ParseError};
 pub use ledger::{FileLedger, FileStatus, LedgerEntry, LedgerError, MemoryLedger};
 pub use normalize::{Observations, SourceOverrides, MAG_ZP};
 pub use run::{compact_field, compact_locked, ingest_bytes, ingest_location, ingest_location_locked, FileOutcome, FileReport, IngestOptions, IngestReport};
-pub use store::{bucket_of, buckets_for, part_name, photometry_schema, read_photometry, read_star, read_stars, CompactionPolicy, Layout, PartCodec, PartInfo, PartitionKey, PhotometryStore};
+pub use store::{bucket_of, buckets_for, part_name, photometry_schema, read_photometry, read_star, read_stars, CompactionPolicy, Layout, NewRowCounts, NewRows, PartCodec, PartInfo, PartitionKey, PhotometryStore};
 pub use time::{season_of, TimeSystem};
 
 /// Input format (`--format`).

@@ -138,6 +138,32 @@ pub const LAYOUT_FORMAT: &str = "lensnet-layout/1";
 pub const BUCKET_STARS: u64 = 5_000;
 pub const MAX_BUCKETS: u32 = 1024;
 
+/// What [`PhotometryStore::read_new_rows`] read: the rows in range, each batch with its
+/// partition's site, and each partition's counts.
+#[derive(Debug, Clone, Default)]
+pub struct NewRows {
+    pub batches: Vec<(String, RecordBatch)>,
+    pub counts: Vec<(PartitionKey, NewRowCounts)>,
+}
+
+/// One partition's rows as [`PhotometryStore::read_new_rows`] saw them: stored in all (its
+/// manifest), read in the range `(since, upto]`, and after `upto`. Stored rows only grow (a
+/// compaction rewrites the same rows), so `stored - in_range - after` (the rows up to `since`)
+/// grows between two runs only when rows older than a site's watermark arrived: a late night.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NewRowCounts {
+    pub stored: u64,
+    pub in_range: u64,
+    pub after: u64,
+}
+
+impl NewRowCounts {
+    /// The partition's rows up to its `since`.
+    pub fn up_to_since(&self) -> u64 {
+        self.stored.saturating_sub(self.in_range + self.after)
+    }
+}
+
 /// What [`PhotometryStore::star_rows`] finds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StarRows {
@@ -536,53 +562,65 @@ impl PhotometryStore {
     }
 
     /// The rows of each partition with an epoch in `(since, upto]`, its `since` given with it
-    /// (its site's watermark) (columns star, band, hjd, flux, flux_err), reading only the parts
-    /// whose time range can hold one, each paired with its partition's site. What a nightly run
+    /// (its site's watermark) (columns star, band, hjd, flux, flux_err, fwhm, sky), reading only
+    /// the parts whose time range can hold one, each paired with its partition's site, and each
+    /// partition's row counts ([`NewRowCounts`], from the same manifest). What a nightly run
     /// reads of the photometry besides the stars it then searches.
-    pub async fn read_new_rows(&self, keys: &[(PartitionKey, f64)], upto: f64) -> Result<Vec<(String, RecordBatch)>, IngestError> {
+    pub async fn read_new_rows(&self, keys: &[(PartitionKey, f64)], upto: f64) -> Result<NewRows, IngestError> {
         let mut jobs = Vec::new();
-        for (key, since) in keys {
+        let mut counts = Vec::with_capacity(keys.len());
+        for (i, (key, since)) in keys.iter().enumerate() {
             let since = *since;
             let m = self.read_manifest(key).await?;
-            for p in m.files.iter().filter(|p| p.max_hjd > since && p.min_hjd <= upto) {
-                jobs.push((key.clone(), p.name.clone(), since));
+            let mut c = NewRowCounts { stored: m.files.iter().map(|p| p.rows).sum(), ..Default::default() };
+            for p in &m.files {
+                if p.max_hjd > since && p.min_hjd <= upto {
+                    jobs.push((i, key.clone(), p.name.clone(), since));
+                } else if p.min_hjd > upto {
+                    c.after += p.rows;
+                }
             }
+            counts.push((key.clone(), c));
         }
         // A task per part, so that the decoding runs on every worker thread; two at a time, so
         // that a bucket holds two parts' bytes and batches, not all of its parts' at once.
         use futures::StreamExt;
-        let reads = jobs.into_iter().map(|(key, name, since)| {
+        let reads = jobs.into_iter().map(|(i, key, name, since)| {
             let me = self.clone();
-            tokio::spawn(async move { me.read_new_part(&key, &name, since, upto).await })
+            tokio::spawn(async move { me.read_new_part(&key, &name, since, upto).await.map(|r| (i, r)) })
         });
-        let mut out = Vec::new();
+        let mut out = NewRows { batches: Vec::new(), counts };
         let mut done = futures::stream::iter(reads).buffered(2);
         while let Some(r) = done.next().await {
-            out.extend(r.map_err(|e| IngestError::Corrupt { path: String::new(), reason: format!("a read task died: {e}") })??);
+            let (i, (batches, in_range, after)) = r.map_err(|e| IngestError::Corrupt { path: String::new(), reason: format!("a read task died: {e}") })??;
+            out.counts[i].1.in_range += in_range;
+            out.counts[i].1.after += after;
+            out.batches.extend(batches);
         }
         Ok(out)
     }
 
-    async fn read_new_part(&self, key: &PartitionKey, name: &str, since: f64, upto: f64) -> Result<Vec<(String, RecordBatch)>, IngestError> {
-        {
-            let path = self.partition_dir(key).join(name);
-            let bytes = self.store.get(&path).await?.bytes().await?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-            let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2, 3, 4]);
-            let reader = builder.with_projection(mask).with_batch_size(64 * 1024).build()?;
-            let mut out = Vec::new();
-            for b in reader {
-                let b = b?;
-                self.count_rows(std::slice::from_ref(&b));
-                let hjd = f64_col(&b, "hjd")?;
-                let mask: arrow::array::BooleanArray = (0..b.num_rows()).map(|i| Some(hjd.value(i) > since && hjd.value(i) <= upto)).collect();
-                let f = arrow::compute::filter_record_batch(&b, &mask)?;
-                if f.num_rows() > 0 {
-                    out.push((key.site.clone(), f));
-                }
+    /// One part's rows in `(since, upto]` (with its site), how many, and how many after `upto`.
+    async fn read_new_part(&self, key: &PartitionKey, name: &str, since: f64, upto: f64) -> Result<(Vec<(String, RecordBatch)>, u64, u64), IngestError> {
+        let path = self.partition_dir(key).join(name);
+        let bytes = self.store.get(&path).await?.bytes().await?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2, 3, 4, 7, 8]);
+        let reader = builder.with_projection(mask).with_batch_size(64 * 1024).build()?;
+        let (mut out, mut in_range, mut after) = (Vec::new(), 0u64, 0u64);
+        for b in reader {
+            let b = b?;
+            self.count_rows(std::slice::from_ref(&b));
+            let hjd = f64_col(&b, "hjd")?;
+            after += hjd.values().iter().filter(|&&t| t > upto).count() as u64;
+            let mask: arrow::array::BooleanArray = (0..b.num_rows()).map(|i| Some(hjd.value(i) > since && hjd.value(i) <= upto)).collect();
+            let f = arrow::compute::filter_record_batch(&b, &mask)?;
+            if f.num_rows() > 0 {
+                in_range += f.num_rows() as u64;
+                out.push((key.site.clone(), f));
             }
-            Ok::<_, IngestError>(out)
         }
+        Ok((out, in_range, after))
     }
 
     /// The whole curves of the stars `ids` (sorted, unique) in the partitions `keys`, reading
@@ -1517,7 +1555,7 @@ fn intersect_ranges(a: &[std::ops::Range<usize>], b: &[std::ops::Range<usize>]) 
     out
 }
 
-fn finish_stars(stars: BTreeMap<String, HashMap<(String, String), SiteCurve>>, field: Field, since: Option<f64>) -> Vec<StarCurves> {
+pub(crate) fn finish_stars(stars: BTreeMap<String, HashMap<(String, String), SiteCurve>>, field: Field, since: Option<f64>) -> Vec<StarCurves> {
     let mut out = Vec::with_capacity(stars.len());
     for (star, curves) in stars {
         if let Some(t) = since {
@@ -1814,16 +1852,24 @@ mod sort_tests {
         // After the run of night 1: KMTA's watermark 1.296, KMTC's 1.896.
         let since = [1.0 - 0.1 + 0.396, 1.0 + 0.5 + 0.396];
         let before = ps.rows_read();
-        let rows = ps.read_new_rows(&[(key("KMTA"), since[0]), (key("KMTC"), since[1])], 3.0).await.unwrap();
+        let read = ps.read_new_rows(&[(key("KMTA"), since[0]), (key("KMTC"), since[1])], 3.0).await.unwrap();
+        let rows = &read.batches;
         assert_eq!(ps.rows_read() - before, 200, "night 2 of each site, and nothing of night 1");
         assert_eq!(rows.iter().map(|(_, b)| b.num_rows()).sum::<usize>(), 200);
-        for (site, b) in &rows {
+        // Each partition's counts: 200 stored, night 2's 100 in range, nothing after.
+        for (k, c) in &read.counts {
+            assert_eq!((c.stored, c.in_range, c.after, c.up_to_since()), (200, 100, 0, 100), "{k}");
+        }
+        // Up to 2.2: KMTC's night 2 (2.5 on) comes after.
+        let early = ps.read_new_rows(&[(key("KMTC"), since[1])], 2.2).await.unwrap();
+        assert_eq!((early.counts[0].1.in_range, early.counts[0].1.after, early.counts[0].1.up_to_since()), (0, 100, 100));
+        for (site, b) in rows {
             let s = if site == "KMTA" { since[0] } else { since[1] };
             assert!(f64_col(b, "hjd").unwrap().values().iter().all(|&t| t > s), "{site}");
         }
         // From the older watermark for both (as before), KMTC's night 1 is read again.
         let before = ps.rows_read();
-        let again = ps.read_new_rows(&[(key("KMTA"), since[0]), (key("KMTC"), since[0])], 3.0).await.unwrap();
+        let again = ps.read_new_rows(&[(key("KMTA"), since[0]), (key("KMTC"), since[0])], 3.0).await.unwrap().batches;
         assert_eq!(ps.rows_read() - before, 300);
         assert_eq!(again.iter().map(|(_, b)| b.num_rows()).sum::<usize>(), 300);
     }
