@@ -394,13 +394,17 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
         let night_rewritten = stage_row(&pool, c.run_id, "compact").await?.rows_out as u64;
         rewritten += night_rewritten;
         println!(
-            "  night {d:>3}: {:>8} rows, {:>9} rewritten by compaction; run {:>6.1} s, {:>8} stars with new points, {:>8} searched ({} from a carry), {:>5} candidates, {:>10} rows read ({} for new points, {} of the searched stars' windows), peak {:>6.0} MB",
+            "  night {d:>3}: {:>8} rows, {:>9} rewritten by compaction; run {:>6.1} s, {:>8} stars with new points, {:>8} searched (kept {}, no level {}, high run {}; {} from a carry, {} of them from its tail), {:>5} candidates, {:>10} rows read ({} for new points, {} of the searched stars' windows), peak {:>6.0} MB",
             r.rows,
             night_rewritten,
             c.wall,
             a.rows_in,
             a.detail("searched_in_full"),
+            a.detail("screen_passed_kept"),
+            a.detail("screen_passed_no_level"),
+            a.detail("screen_passed_high_run"),
             a.detail("searched_from_carry"),
+            a.detail("searched_from_tail"),
             a.rows_out,
             a.detail("photometry_rows_read"),
             a.detail("photometry_rows_read_for_new_points"),
@@ -462,13 +466,22 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
         let (read, new, windows) = (a.detail("photometry_rows_read"), a.detail("photometry_rows_read_for_new_points"), a.detail("photometry_rows_in_windows"));
         let other = read.saturating_sub(new + windows);
         let x = |v: u64| v as f64 / night.rows.max(1) as f64;
+        let (served, tails) = (a.detail("searched_from_tail"), a.detail("state_rows_in_tails"));
         println!(
-            "  alertfinder rows read: {read} ({:.1}x the night's rows) = new points {new} ({:.1}x) + the searched stars' windows {windows} ({:.2}x, {} stars) + other stars' rows in the pages holding them {other} ({:.1}x)",
+            "  alertfinder searched {} stars: kept searched {}, a site without a level {}, a run of high points {}",
+            a.detail("searched_in_full"),
+            a.detail("screen_passed_kept"),
+            a.detail("screen_passed_no_level"),
+            a.detail("screen_passed_high_run")
+        );
+        println!(
+            "  alertfinder rows read: {read} ({:.1}x the night's rows) = new points {new} ({:.1}x) + the searched stars' windows {windows} ({:.2}x, {} stars) + other stars' rows in the pages holding them {other} ({:.1}x); besides, {tails} rows of {served} searched stars' tails from the state ({:.2}x)",
             x(read),
             x(new),
             x(windows),
-            a.detail("searched_in_full"),
-            x(other)
+            a.detail("searched_in_full").saturating_sub(served),
+            x(other),
+            x(tails)
         );
     }
     println!("  (a stage's figure in parentheses: the run process's peak resident memory when the stage ended)");

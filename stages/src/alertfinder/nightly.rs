@@ -39,6 +39,19 @@
 //! whole-field path sees them): delete the field-season's `carry.parquet` files to re-read a
 //! night ingested that late.
 //!
+//! # The tails
+//! With each carry of a star it searched, a run keeps the star's rows from the carry's end up to
+//! the run's time (its tail). The next run searches such a star from its tail and its new
+//! points, which it has read already, and reads nothing of it from the photometry, when the
+//! tails can be trusted: they were written by the newest earlier run (whose watermarks the run
+//! reads its new points from), and no partition of the bucket holds more rows up to its site's
+//! watermark than that run counted up to its time (`NewRowCounts`: a late night, or rows of
+//! a backfill, make the bucket read its searched stars from the photometry, where those rows
+//! are). A star's tail rows after its site's watermark (rows ingested while the tail's run
+//! ran) are left to the new points. The rows are those the pages would give, in the same
+//! order, so the search finds the same (the equivalence test below holds it, with most of its
+//! searches from a tail, and a test adds a late night).
+//!
 //! # Layout
 //! ```text
 //! state/alertfinder/nightly/season=2025/field=BLG14/bucket=0003/asof-10800.00000.parquet
@@ -48,7 +61,7 @@
 //! the screening state, one per bucket and run (the newest two kept), written after the run's
 //! candidates; the bucket's start histories (`StartCache`: the earlier seasons' history of
 //! each star searched so far this season, so that those seasons are read once a season); and
-//! its carries (`CarryCache`, above).
+//! its carries (`CarryCache`, above) with the tails of the stars the run searched.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -121,6 +134,12 @@ impl Default for SiteScreen {
     }
 }
 
+/// Why the screen let a star through: kept searched (sticky, or its newest points end a run of
+/// high points), a site without a level yet, a run of high points among its new points.
+const PASS_KEPT: u8 = 1;
+const PASS_UNKNOWN: u8 = 2;
+const PASS_HIGH: u8 = 4;
+
 /// One star's screen.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StarScreen {
@@ -183,12 +202,18 @@ impl StarScreen {
 
     /// Feed the star's new points (merged time order) and say whether it must be searched.
     fn screen(&mut self, pts: &[(f64, f64, f64, u8)], p: &AlertParams) -> bool {
+        self.screen_why(pts, p) != 0
+    }
+
+    /// [`Self::screen`], with why: the [`PASS_KEPT`], [`PASS_UNKNOWN`] and [`PASS_HIGH`] bits
+    /// (0: not searched).
+    fn screen_why(&mut self, pts: &[(f64, f64, f64, u8)], p: &AlertParams) -> u8 {
         let threshold = p.high_sigma * SCREEN_SIGMA_FACTOR;
         let need = p.n_high.min(p.min_n_high).max(1) as u32;
         // A star whose newest points end a run of high points is searched while the run lasts,
         // new points or not: the search's baseline moves as points leave its window, and can
         // make that run high enough for the pre-selection on a later night.
-        let mut pass = self.searched_without_new_points(p);
+        let mut pass = if self.searched_without_new_points(p) { PASS_KEPT } else { 0 };
         let mut run = self.trailing;
         for &(t, f, e, s) in pts {
             let site = &mut self.sites[s as usize];
@@ -217,13 +242,13 @@ impl StarScreen {
                 known = true;
             }
             if !known || !self.prior_known {
-                pass = true;
+                pass |= PASS_UNKNOWN;
                 z = f64::INFINITY;
             }
             if z >= threshold {
                 run += 1;
                 if run >= need {
-                    pass = true;
+                    pass |= PASS_HIGH;
                 }
             } else {
                 run = 0;
@@ -412,6 +437,16 @@ pub struct NightlyCounts {
     /// first time a season searches them): what the search asked for. The others are other
     /// stars' rows in the pages that hold them.
     pub window_rows: u64,
+    /// Searched with their tail from the state (their rows not read from the photometry), and
+    /// the tails' rows.
+    pub from_tail: usize,
+    pub tail_rows: u64,
+    /// Why the screen let them through (runs with a screening state): kept searched (sticky,
+    /// or the newest points end a run of high points), a site without a level, a new run of
+    /// high points.
+    pub passed_kept: usize,
+    pub passed_unknown: usize,
+    pub passed_high: usize,
 }
 
 /// Rows a whole-field run reads at a time while it builds a season's start state from the
@@ -555,8 +590,21 @@ impl StartCache {
 
 /// Nights a carry is kept after its star's last search (unless the star is sticky).
 pub const CARRY_KEEP_NIGHTS: f64 = 10.0;
-/// Version of the stored carries.
-pub const CARRY_VERSION: u32 = 1;
+/// Version of the stored carries (2: with the searched stars' tails).
+pub const CARRY_VERSION: u32 = 2;
+
+/// One row of a [`CarryCache`] tail: time, flux, error, site index, FWHM, sky (a merged curve's
+/// row, as the search reads it).
+type TailRow = (f64, f64, f64, u8, f64, f64);
+
+/// What the tails of a carry file cover: the run that wrote them (`as_of`) and, per partition of
+/// the bucket, its rows up to that time as that run's read of the new rows counted them
+/// ([`crate::ingest::NewRowCounts`]: stored rows less those after the run's time).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct TailMeta {
+    as_of: f64,
+    parts: BTreeMap<String, u64>,
+}
 
 /// The bucket's carries (issue 14, item 3): for each star searched in the last
 /// [`CARRY_KEEP_NIGHTS`] nights or sticky (its last search found a candidate, pre-selected or
@@ -569,10 +617,26 @@ pub const CARRY_VERSION: u32 = 1;
 /// state, without it, or with an older one finds the same; one that reaches past what a search
 /// may leave to it (a run at an earlier time) is not used, and a star that receives rows older
 /// than its carry's end (a late night) loses it.
+///
+/// With each carry of a star searched by the run, its tail: the star's rows from the carry's
+/// end up to the run's time, as its search read them. The next run, when it is the next one
+/// (the watermarks it starts from are this run's) and no partition of the bucket received rows
+/// older than its site's watermark since ([`TailMeta`]), gives a searched star its tail (each
+/// site's rows up to that site's watermark) and its new points, which it has read already,
+/// instead of reading its rows from the photometry's pages, which hold about 30 other stars' rows
+/// for each of its own. The rows are those the pages give, so the search finds the same (the
+/// streamed-equals-whole-field test holds it, with and without the state).
 #[derive(Default)]
 struct CarryCache {
     /// Read from the state on first use.
     carries: Option<HashMap<String, (Carry, StarHistory)>>,
+    /// The tails read with them, and what they cover.
+    tails: HashMap<String, Vec<TailRow>>,
+    tail_meta: Option<TailMeta>,
+    /// The tails of this run's searches and what they cover (None: the run keeps none, a
+    /// bucket's first run).
+    new_tails: HashMap<String, Vec<TailRow>>,
+    new_meta: Option<TailMeta>,
     changed: bool,
 }
 
@@ -585,17 +649,47 @@ impl CarryCache {
         if self.carries.is_none() {
             let path = Self::path(ctx, bucket);
             let read = read_carries(ctx.store.as_ref(), &path);
-            self.carries = Some(read_cache_state(ctx, &path, read, "carries unreadable; the stars are read in full and carried again").await?);
+            let read: CarryFile = read_cache_state(ctx, &path, read, "carries unreadable; the stars are read in full and carried again").await?;
+            self.carries = Some(read.carries);
+            self.tails = read.tails;
+            self.tail_meta = read.meta;
         }
         Ok(self.carries.get_or_insert_with(HashMap::new))
     }
 
+    /// The stored tails, if they can serve a run whose newest earlier run was at `prev_as_of`
+    /// and whose read of the new rows counted `counts` per partition, each read from its site's
+    /// watermark (`from`; every partition of the bucket must have one).
+    fn usable_tails(&self, prev_as_of: Option<f64>, counts: &[(PartitionKey, crate::ingest::NewRowCounts)], watermarked: bool) -> bool {
+        let Some(meta) = &self.tail_meta else { return false };
+        if !watermarked || prev_as_of != Some(meta.as_of) {
+            return false;
+        }
+        // No partition received rows up to its site's watermark since the tails were written
+        // (a late night): its rows up to the watermark are those the tails' run counted.
+        let late: Vec<String> = counts
+            .iter()
+            .filter(|(k, c)| c.up_to_since() != meta.parts.get(&k.to_string()).copied().unwrap_or(0))
+            .map(|(k, c)| format!("{k}: {} rows up to the watermark, {} when the tails were kept", c.up_to_since(), meta.parts.get(&k.to_string()).copied().unwrap_or(0)))
+            .collect();
+        if !late.is_empty() {
+            tracing::info!(late = ?late, "rows older than a site's watermark arrived since the last run: the bucket's searched stars are read from the photometry");
+            return false;
+        }
+        true
+    }
+
     async fn store(&self, ctx: &RunCtx, bucket: Option<u32>) -> Result<(), StageError> {
-        let (Some(c), true) = (&self.carries, self.changed) else { return Ok(()) };
+        let Some(c) = &self.carries else { return Ok(()) };
+        // The tails change with every run that searched a star (or had tails to drop).
+        if !(self.changed || !self.new_tails.is_empty() || !self.tails.is_empty()) {
+            return Ok(());
+        }
         let path = Self::path(ctx, bucket);
         let mut keys: Vec<&String> = c.keys().collect();
         keys.sort_unstable();
         let mut values = arrow::array::ListBuilder::new(Float64Builder::new());
+        let mut tails = arrow::array::ListBuilder::new(Float64Builder::new());
         let mut buf = Vec::new();
         for k in &keys {
             let (carry, h) = &c[*k];
@@ -604,16 +698,30 @@ impl CarryCache {
             carry.to_values(&mut buf);
             values.values().append_slice(&buf);
             values.append(true);
+            match self.new_tails.get(*k) {
+                Some(rows) => {
+                    for &(t, f, e, s, w, sky) in rows {
+                        tails.values().append_slice(&[t, f, e, s as f64, w, sky]);
+                    }
+                    tails.append(true);
+                }
+                None => tails.append(false),
+            }
         }
         let schema = Arc::new(Schema::new(vec![
             ArrowField::new("star", DataType::Utf8, false),
             ArrowField::new("carry", DataType::List(Arc::new(ArrowField::new("item", DataType::Float64, true))), false),
+            ArrowField::new("tail", DataType::List(Arc::new(ArrowField::new("item", DataType::Float64, true))), true),
         ]));
-        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.as_str()))), Arc::new(values.finish())])
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.as_str()))), Arc::new(values.finish()), Arc::new(tails.finish())])
             .map_err(|e| permanent(format!("cannot build {path}: {e}")))?;
+        let mut kv = vec![parquet::file::metadata::KeyValue::new("lensnet.carry_version".to_string(), format!("{CARRY_VERSION}.{}", super::history::HISTORY_VERSION))];
+        if let Some(m) = &self.new_meta {
+            kv.push(parquet::file::metadata::KeyValue::new("lensnet.tail".to_string(), serde_json::to_string(m).map_err(|e| permanent(format!("cannot encode {path}: {e}")))?));
+        }
         let props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::try_new(3).expect("zstd level")))
-            .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new("lensnet.carry_version".to_string(), format!("{CARRY_VERSION}.{}", super::history::HISTORY_VERSION))]))
+            .set_key_value_metadata(Some(kv))
             .build();
         let mut bytes = Vec::new();
         let mut w = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).map_err(|e| permanent(format!("cannot encode {path}: {e}")))?;
@@ -623,7 +731,15 @@ impl CarryCache {
     }
 }
 
-async fn read_carries(store: &dyn ObjectStore, path: &Path) -> Result<HashMap<String, (Carry, StarHistory)>, StageError> {
+/// A bucket's `carry.parquet`: the carries, the tails and what they cover.
+#[derive(Default)]
+struct CarryFile {
+    carries: HashMap<String, (Carry, StarHistory)>,
+    tails: HashMap<String, Vec<TailRow>>,
+    meta: Option<TailMeta>,
+}
+
+async fn read_carries(store: &dyn ObjectStore, path: &Path) -> Result<CarryFile, StageError> {
     let bytes = crate::stage::read_object(store, path, STAGE).await?;
     let bad = |what: String| permanent(format!("corrupt carry state {path}: {what}"));
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(e.to_string()))?;
@@ -632,18 +748,32 @@ async fn read_carries(store: &dyn ObjectStore, path: &Path) -> Result<HashMap<St
     if version.as_deref() != Some(want.as_str()) {
         return Err(bad(format!("version {version:?}, this build reads {want}")));
     }
-    let mut out = HashMap::new();
+    let meta = match builder.metadata().file_metadata().key_value_metadata().and_then(|kv| kv.iter().find(|k| k.key == "lensnet.tail").and_then(|k| k.value.clone())) {
+        Some(v) => Some(serde_json::from_str::<TailMeta>(&v).map_err(|e| bad(format!("tail metadata: {e}")))?),
+        None => None,
+    };
+    let mut out = CarryFile { meta, ..Default::default() };
     for batch in builder.build().map_err(|e| bad(e.to_string()))? {
         let b = batch.map_err(|e| bad(e.to_string()))?;
         let stars = b.column_by_name("star").and_then(|c| c.as_any().downcast_ref::<StringArray>()).ok_or_else(|| bad("no star column".into()))?;
         let list = b.column_by_name("carry").and_then(|c| c.as_list_opt::<i32>()).ok_or_else(|| bad("no carry column".into()))?;
+        let tails = b.column_by_name("tail").and_then(|c| c.as_list_opt::<i32>()).ok_or_else(|| bad("no tail column".into()))?;
         for i in 0..b.num_rows() {
+            if tails.is_valid(i) {
+                let v = tails.value(i);
+                let v = v.as_primitive_opt::<Float64Type>().ok_or_else(|| bad("tail items are not f64".into()))?.values();
+                if v.len() % 6 != 0 {
+                    return Err(bad(format!("star {}: a tail of {} values", stars.value(i), v.len())));
+                }
+                let rows = v.chunks_exact(6).map(|r| (r[0], r[1], r[2], r[3] as u8, r[4], r[5])).collect();
+                out.tails.insert(stars.value(i).to_string(), rows);
+            }
             let v = list.value(i);
             let v = v.as_primitive_opt::<Float64Type>().ok_or_else(|| bad("items are not f64".into()))?.values();
             let n = super::history::STAR_VALUES;
             let h = (v.len() >= n).then(|| StarHistory::from_values(&v[..n])).flatten().ok_or_else(|| bad(format!("star {}: no history", stars.value(i))))?;
             let c = Carry::from_values(&v[n..]).ok_or_else(|| bad(format!("star {}: not a carry", stars.value(i))))?;
-            out.insert(stars.value(i).to_string(), (c, h));
+            out.carries.insert(stars.value(i).to_string(), (c, h));
         }
     }
     Ok(out)
@@ -683,6 +813,8 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
     // read the nights of sites that end later in HJD again (KMTA's night ends at about HJD
     // x.33, KMTC's at x.92: the night before's KMTC and KMTS parts, 0.9x a night's rows).
     let site_since: Arc<BTreeMap<String, f64>> = Arc::new(site_max.iter().filter(|(_, v)| v.is_finite()).map(|(k, v)| (k.clone(), v.max(since))).collect());
+    // The newest earlier run: the buckets' tails are used when it wrote them.
+    let prev_as_of = state.runs.iter().rev().find(|e| e.as_of < as_of).map(|e| e.as_of);
     // The candidates file is written as the buckets finish, in bucket order and sorted by star
     // within a bucket (a multipart upload: it appears whole or not at all), so that a night on
     // which every star of the field fails (a season's first) holds one bucket's rows at a time.
@@ -702,7 +834,7 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
         let jobs = groups.iter().cloned().map(|(bucket, keys)| {
             let (ctx, params, site_since) = (ctx.clone(), params.clone(), site_since.clone());
             async move {
-                tokio::spawn(search_bucket(ctx, params, bucket, keys, since, site_since, as_of, (budget_rows / 2).max(1)))
+                tokio::spawn(search_bucket(ctx, params, bucket, keys, since, site_since, prev_as_of, as_of, (budget_rows / 2).max(1)))
                     .await
                     .map_err(|e| permanent(format!("a bucket's search died: {e}")))?
             }
@@ -727,6 +859,11 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
             counts.rows_read += d.counts.rows_read;
             counts.new_rows_read += d.counts.new_rows_read;
             counts.window_rows += d.counts.window_rows;
+            counts.from_tail += d.counts.from_tail;
+            counts.passed_kept += d.counts.passed_kept;
+            counts.passed_unknown += d.counts.passed_unknown;
+            counts.passed_high += d.counts.passed_high;
+            counts.tail_rows += d.counts.tail_rows;
             drop(d.rows);
             crate::stage::release_free_memory();
         }
@@ -757,6 +894,7 @@ async fn search_bucket(
     keys: Vec<PartitionKey>,
     since: f64,
     site_since: Arc<BTreeMap<String, f64>>,
+    prev_as_of: Option<f64>,
     as_of: f64,
     budget_rows: usize,
 ) -> Result<BucketOut, StageError> {
@@ -777,6 +915,10 @@ async fn search_bucket(
     let first = screens.is_empty();
     let mut passed: Vec<String> = Vec::new();
     let mut stored: HashMap<String, u64> = HashMap::new();
+    let mut carries = CarryCache::default();
+    // The new rows (every band), and whether the stored tails serve this run.
+    let mut new_read = crate::ingest::NewRows::default();
+    let mut tails_usable = false;
     if first {
         let before = photometry.rows_read();
         let listed = photometry.star_rows(&keys, since, as_of).await.map_err(store_err)?;
@@ -793,10 +935,15 @@ async fn search_bucket(
         // The new I-band points of the bucket, per star, in merged time order.
         let before = photometry.rows_read();
         let from: Vec<(PartitionKey, f64)> = keys.iter().map(|k| (k.clone(), site_since.get(&k.site).copied().unwrap_or(since))).collect();
-        let new_rows = photometry.read_new_rows(&from, as_of).await.map_err(store_err)?;
+        new_read = photometry.read_new_rows(&from, as_of).await.map_err(store_err)?;
         counts.new_rows_read += photometry.rows_read() - before;
+        // This run's tails cover each partition's rows up to its time.
+        carries.new_meta = Some(TailMeta { as_of, parts: new_read.counts.iter().map(|(k, c)| (k.to_string(), c.stored - c.after)).collect() });
+        let watermarked = keys.iter().all(|k| site_since.contains_key(&k.site));
+        carries.load(&ctx, bucket).await?;
+        tails_usable = carries.usable_tails(prev_as_of, &new_read.counts, watermarked);
         let mut per_star: HashMap<&str, Vec<(f64, f64, f64, u8)>> = HashMap::new();
-        for (site, b) in &new_rows {
+        for (site, b) in &new_read.batches {
             let s = site.parse::<Site>().map(|s| s as u8).unwrap_or(u8::MAX);
             let star = b.column(0).as_string::<i32>();
             let band = b.column(1).as_string::<i32>();
@@ -814,8 +961,16 @@ async fn search_bucket(
         for (star, pts) in per_star.iter_mut() {
             sort_screen_points(pts);
             let sc = screens.get_or_default(star);
-            if sc.screen(pts, params) {
+            let why = sc.screen_why(pts, params);
+            if why != 0 {
                 passed.push(star.to_string());
+                if why & PASS_KEPT != 0 {
+                    counts.passed_kept += 1;
+                } else if why & PASS_UNKNOWN != 0 {
+                    counts.passed_unknown += 1;
+                } else {
+                    counts.passed_high += 1;
+                }
             }
         }
         // The stars the screen keeps searched without new points (sticky, or whose newest
@@ -825,6 +980,7 @@ async fn search_bucket(
         for (star, sc) in screens.entries() {
             if !per_star.contains_key(star) && sc.searched_without_new_points(params) {
                 passed.push(star.to_string());
+                counts.passed_kept += 1;
             }
         }
         counts.stars_with_new_points += per_star.len();
@@ -832,7 +988,32 @@ async fn search_bucket(
     passed.sort_unstable();
     counts.screened_in += passed.len();
     let mut start_cache = StartCache::default();
-    let mut carries = CarryCache::default();
+    // The searched stars served by their tails: their new rows of the I band (every row, as the
+    // pages give them), by star.
+    let mut new_of: HashMap<String, Vec<(String, TailRow)>> = HashMap::new();
+    if tails_usable {
+        let cmap = carries.carries.as_ref();
+        let served: std::collections::HashSet<&str> =
+            passed.iter().map(String::as_str).filter(|id| carries.tails.contains_key(*id) && cmap.is_some_and(|m| m.contains_key(*id))).collect();
+        for (site, b) in &new_read.batches {
+            let s = site.parse::<Site>().map(|s| s as u8).unwrap_or(u8::MAX);
+            let star = b.column(0).as_string::<i32>();
+            let band = b.column(1).as_string::<i32>();
+            let col = |n: &str| b.column_by_name(n).map(|c| c.as_primitive::<Float64Type>().clone());
+            let (Some(t), Some(f), Some(e), Some(w), Some(sky)) = (col("hjd"), col("flux"), col("flux_err"), col("fwhm"), col("sky")) else {
+                return Err(permanent(format!("new rows of {site} without the search's columns")));
+            };
+            for i in 0..b.num_rows() {
+                if band.value(i) == "I" && served.contains(star.value(i)) {
+                    new_of.entry(star.value(i).to_string()).or_default().push((site.clone(), (t.value(i), f.value(i), e.value(i), s, w.value(i), sky.value(i))));
+                }
+            }
+        }
+        for id in served {
+            new_of.entry(id.to_string()).or_default();
+        }
+    }
+    drop(new_read);
     // The stars that passed, in batches of about `budget_rows` stored rows.
     let mut start = 0;
     let upto = as_of - params.window_days.max(0.0);
@@ -862,8 +1043,51 @@ async fn search_bucket(
         while !ids.is_empty() {
             let cmap = if use_carries { Some(carries.load(&ctx, bucket).await?) } else { None };
             let carried: Vec<Option<(Carry, StarHistory)>> = ids.iter().map(|id| cmap.as_ref().and_then(|m| m.get(id).cloned())).collect();
-            let from: Vec<f64> = carried.iter().map(|c| c.as_ref().map_or(f64::NEG_INFINITY, |c| c.0.upto)).collect();
-            let stars = photometry.read_stars_from(&keys, &ids, Some(&from), ctx.field, true, as_of).await.map_err(store_err)?;
+            // Stars with a tail that serves (and a carry): their tail's rows up to each site's
+            // watermark and their new rows; the others read from the photometry from their
+            // carry's end.
+            let (served, to_read): (Vec<usize>, Vec<usize>) = (0..ids.len()).partition(|&i| use_carries && carried[i].is_some() && new_of.contains_key(&ids[i]));
+            let read_ids: Vec<String> = to_read.iter().map(|&i| ids[i].clone()).collect();
+            let from: Vec<f64> = to_read.iter().map(|&i| carried[i].as_ref().map_or(f64::NEG_INFINITY, |c| c.0.upto)).collect();
+            let mut stars = photometry.read_stars_from(&keys, &read_ids, Some(&from), ctx.field, true, as_of).await.map_err(store_err)?;
+            if !served.is_empty() {
+                let mut curves: BTreeMap<String, HashMap<(String, String), crate::photometry::SiteCurve>> = BTreeMap::new();
+                for &i in &served {
+                    let id = &ids[i];
+                    let tail = carries.tails.get(id).map(Vec::as_slice).unwrap_or(&[]);
+                    let new = new_of.get(id).map(Vec::as_slice).unwrap_or(&[]);
+                    counts.from_tail += 1;
+                    let mut put = |site: &str, r: &TailRow| {
+                        let c = curves.entry(id.clone()).or_default().entry((site.to_string(), "I".to_string())).or_insert_with(|| crate::photometry::SiteCurve {
+                            site: site.parse::<Site>().ok(),
+                            band: Some(Band::I),
+                            ..Default::default()
+                        });
+                        c.hjd.push(r.0);
+                        c.flux.push(r.1);
+                        c.flux_err.push(r.2);
+                        c.mag.push(f64::NAN);
+                        c.mag_err.push(f64::NAN);
+                        c.fwhm.push(r.4);
+                        c.sky.push(r.5);
+                        c.airmass.push(f64::NAN);
+                    };
+                    // A tail row after its site's watermark came in during the tail's run, after
+                    // that run read its new rows: it is among this run's new rows.
+                    for r in tail {
+                        let Some(site) = Site::from_index(r.3 as usize) else { continue };
+                        if site_since.get(site.code()).is_some_and(|&w| r.0 <= w) {
+                            put(site.code(), r);
+                            counts.tail_rows += 1;
+                        }
+                    }
+                    for (site, r) in new {
+                        put(site, r);
+                    }
+                }
+                stars.extend(crate::ingest::store::finish_stars(curves, ctx.field, None));
+                stars.sort_by(|a, b| a.star.0.cmp(&b.star.0));
+            }
             let fresh: Vec<String> = ids.iter().zip(&carried).filter(|(_, c)| c.is_none()).map(|(id, _)| id.clone()).collect();
             let mut histories: HashMap<String, StarHistory> =
                 if params.use_history { start_cache.histories(&ctx, &photometry, bucket, &fresh, budget_rows).await? } else { HashMap::new() };
@@ -927,12 +1151,19 @@ async fn search_bucket(
                 if r.status != Status::NotSearched && (!first || is_sticky(&r)) {
                     let next = Carry::next_upto(as_of, r.preselection.window_start, params);
                     let mut carry = c.cloned().unwrap_or_default();
+                    let mut taken = 0;
                     if next > carry.upto {
-                        carry.extend(v, next);
+                        taken = carry.extend(v, next);
                         let mut hc = b.unwrap_or_default();
                         hc.absorb(v, next, &mut buf);
                         carries.load(&ctx, bucket).await?.insert(s.star.0.clone(), (carry, hc));
                         carries.changed = true;
+                    }
+                    // Its tail: the rows its search was given past the carry's end (a star at a
+                    // site of no KMTNet code keeps none).
+                    if carries.new_meta.is_some() && v.site[taken..].iter().all(|&x| (x as usize) < N_SITES) {
+                        let rows = (taken..v.time.len()).map(|i| (v.time[i], v.flux[i], v.err[i], v.site[i], v.fwhm[i], v.sky[i])).collect();
+                        carries.new_tails.insert(s.star.0.clone(), rows);
                     }
                 }
                 if matches!(r.status, Status::Candidate | Status::Failed) {
@@ -1067,6 +1298,89 @@ mod tests {
         RunCtx { run_id: format!("t-{as_of}"), field: Field(14), season: 2025, as_of: Some(as_of), store: store.clone(), root: root.clone() }
     }
 
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    /// Issue 14: the stars a run searches take their rows from the tails the run before kept,
+    /// and rows older than a site's watermark that arrive after it (a late night) make the
+    /// bucket read its searched stars from the photometry, where those rows are: the run finds
+    /// what the same run without any carry or tail finds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_night_is_read_from_the_photometry_and_not_from_the_tails() {
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let (sa, ra, first) = simulated(dirs[0].path(), 60, 7).await;
+        let p = AlertParams::low_cadence();
+        let mut served = 0;
+        for day in 3..40 {
+            let (_, n) = find_candidates_nightly(&ctx(&sa, &ra, first + day as f64 + 0.5), &p, 64 << 20).await.unwrap();
+            served += n.from_tail;
+        }
+        assert!(served > 0, "tails served the daily runs");
+        // B and C: the same store, and a late night of KMTC for a star with a tail (12 bright
+        // points before KMTC's watermark); C without its carries and tails.
+        copy_dir(dirs[0].path(), dirs[1].path());
+        copy_dir(dirs[0].path(), dirs[2].path());
+        let open = |d: &std::path::Path| crate::store::open_store(d.to_str().unwrap(), true).unwrap();
+        let (ob, oc) = (open(dirs[1].path()), open(dirs[2].path()));
+        let carry = |root: &Path| Path::from(format!("{}/carry.parquet", nightly_dir(root, 2025, Field(14), Some(0))));
+        let file = read_carries(ob.store.as_ref(), &carry(&ob.prefix)).await.unwrap();
+        let star = file.tails.iter().filter(|(_, t)| !t.is_empty()).map(|(s, _)| s.clone()).min().expect("a star with a tail");
+        let state = read_state(ob.store.as_ref(), &state_path(&ob.prefix, 2025, Field(14))).await.unwrap();
+        let wm = state.runs.last().unwrap().sites["KMTC"];
+        let n = 12;
+        let late = RecordBatch::try_new(
+            crate::ingest::photometry_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(star.as_str(), n))),
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n("I", n))),
+                Arc::new(arrow::array::Float64Array::from_iter_values((0..n).map(|i| wm - 0.4 + 0.02 * i as f64))),
+                Arc::new(arrow::array::Float64Array::from_iter_values(std::iter::repeat_n(5.0e4, n))),
+                Arc::new(arrow::array::Float64Array::from_iter_values(std::iter::repeat_n(20.0, n))),
+                Arc::new(arrow::array::Float64Array::from_iter_values(std::iter::repeat_n(16.0, n))),
+                Arc::new(arrow::array::Float64Array::from_iter_values(std::iter::repeat_n(0.01, n))),
+                Arc::new(arrow::array::Float64Array::from_iter_values(std::iter::repeat_n(4.0, n))),
+                Arc::new(arrow::array::Float64Array::from_iter_values(std::iter::repeat_n(800.0, n))),
+                Arc::new(arrow::array::Float64Array::from_iter_values(std::iter::repeat_n(1.2, n))),
+                Arc::new(arrow::array::Float64Array::from_iter_values(std::iter::repeat_n(f64::NAN, n))),
+                Arc::new(arrow::array::Float64Array::from_iter_values(std::iter::repeat_n(0.0, n))),
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n("late.pysis", n))),
+                Arc::new(arrow::array::UInt32Array::from_iter_values(1..=n as u32)),
+            ],
+        )
+        .unwrap();
+        let key = PartitionKey { season: 2025, field: Field(14), site: "KMTC".into(), bucket: Some(0) };
+        for o in [&ob, &oc] {
+            let ps = PhotometryStore::new(o.store.clone(), o.prefix.clone());
+            let info = ps.stage_part(&key, "part-late.parquet", &late).await.unwrap();
+            ps.commit_parts(&key, &[info]).await.unwrap();
+        }
+        oc.store.delete(&carry(&oc.prefix)).await.unwrap();
+        let as_of = first + 40.5;
+        let (_, na) = find_candidates_nightly(&ctx(&sa, &ra, as_of), &p, 64 << 20).await.unwrap();
+        let (_, nb) = find_candidates_nightly(&ctx(&ob.store, &ob.prefix, as_of), &p, 64 << 20).await.unwrap();
+        let (_, nc) = find_candidates_nightly(&ctx(&oc.store, &oc.prefix, as_of), &p, 64 << 20).await.unwrap();
+        assert!(na.from_tail > 0, "without the late night the tails serve: {na:?}");
+        assert_eq!(nb.from_tail, 0, "a late night: no tail serves: {nb:?}");
+        assert_eq!(nc.from_tail, 0);
+        let bytes = |o: &crate::store::OpenedStore| {
+            let (s, p) = (o.store.clone(), candidates_path(&o.prefix, 2025, Field(14), as_of));
+            async move { s.get(&p).await.unwrap().bytes().await.unwrap() }
+        };
+        assert_eq!(bytes(&ob).await, bytes(&oc).await, "the late rows are searched as a run without tails searches them");
+        // The next night the tails serve again.
+        let (_, again) = find_candidates_nightly(&ctx(&ob.store, &ob.prefix, as_of + 1.0), &p, 64 << 20).await.unwrap();
+        assert!(again.from_tail > 0, "{again:?}");
+    }
+
     /// The season's daily runs, streamed and screened, write the candidates (and failures) of
     /// the whole-field path, run by run; a run done again writes the same bytes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1079,15 +1393,17 @@ mod tests {
         let mut found = 0;
         let mut searched_in_full = 0;
         let mut with_new = 0;
+        let mut from_tail = 0;
         for day in 3..160 {
             let as_of = first + day as f64 + 0.5;
             super::super::stage::find_candidates_with(&ctx(&sa, &ra, as_of), &p, Some(&cache)).await.unwrap();
             let (_, n) = find_candidates_nightly(&ctx(&sb, &rb, as_of), &p, 64 << 20).await.unwrap();
             // The reads' parts: new points, the searched stars' windows, the pages' other rows.
             assert!(n.new_rows_read + n.window_rows <= n.rows_read, "{n:?}");
-            assert!(n.screened_in == 0 || n.window_rows > 0, "{n:?}");
+            assert!(n.screened_in == 0 || n.window_rows + n.tail_rows > 0, "{n:?}");
             searched_in_full += n.screened_in;
             with_new += n.stars_with_new_points;
+            from_tail += n.from_tail;
             let whole = super::super::stage::read_candidates(sa.as_ref(), &ra, 2025, Field(14), as_of).await.unwrap();
             let streamed = super::super::stage::read_candidates(sb.as_ref(), &rb, 2025, Field(14), as_of).await.unwrap();
             let key = |v: &[super::super::stage::CandidateRecord]| { let mut k = v.iter().map(|c| (c.star.clone(), c.status.clone(), c.result_json.clone())).collect::<Vec<_>>(); k.sort(); k };
@@ -1140,6 +1456,8 @@ mod tests {
             }
         }
         assert!(found > 20, "the season holds candidates to compare: {found}");
+        // Most searches after the first took their rows from the tails.
+        assert!(from_tail * 2 > searched_in_full, "{from_tail} of {searched_in_full} searches from a tail");
         // The screen saves work even on this population of mostly variable stars (70 %: the
         // simulator's training mix; a real field is mostly constant stars, see `bench field`).
         assert!(searched_in_full * 3 < with_new, "{searched_in_full} of {with_new} star-runs searched in full");

@@ -129,6 +129,11 @@ impl Stage for AlertFinderStage {
                 ("photometry_rows_read", serde_json::json!(n.rows_read)),
                 ("photometry_rows_read_for_new_points", serde_json::json!(n.new_rows_read)),
                 ("photometry_rows_in_windows", serde_json::json!(n.window_rows)),
+                ("searched_from_tail", serde_json::json!(n.from_tail)),
+                ("state_rows_in_tails", serde_json::json!(n.tail_rows)),
+                ("screen_passed_kept", serde_json::json!(n.passed_kept)),
+                ("screen_passed_no_level", serde_json::json!(n.passed_unknown)),
+                ("screen_passed_high_run", serde_json::json!(n.passed_high)),
             ]));
         }
         let out = find_candidates_with(ctx, self.thresholds.for_field(ctx.field), self.cache.as_ref()).await?;
