@@ -590,8 +590,13 @@ impl StartCache {
 
 /// Nights a carry is kept after its star's last search (unless the star is sticky).
 pub const CARRY_KEEP_NIGHTS: f64 = 10.0;
-/// Version of the stored carries (2: with the searched stars' tails).
-pub const CARRY_VERSION: u32 = 2;
+/// Version of the stored carries.
+pub const CARRY_VERSION: u32 = 1;
+/// Version of the stored tails.
+pub const TAIL_VERSION: u32 = 1;
+/// A run keeps its searched stars' tails when it searched at most one star in this many of the
+/// bucket's.
+pub const TAIL_MAX_SHARE: usize = 2;
 
 /// One row of a [`CarryCache`] tail: time, flux, error, site index, FWHM, sky (a merged curve's
 /// row, as the search reads it).
@@ -630,12 +635,12 @@ struct TailMeta {
 struct CarryCache {
     /// Read from the state on first use.
     carries: Option<HashMap<String, (Carry, StarHistory)>>,
-    /// The tails read with them, and what they cover.
-    tails: HashMap<String, Vec<TailRow>>,
+    /// The stored tails (each with the carry end it starts from), and what they cover.
+    tails: HashMap<String, (f64, Vec<TailRow>)>,
     tail_meta: Option<TailMeta>,
     /// The tails of this run's searches and what they cover (None: the run keeps none, a
     /// bucket's first run).
-    new_tails: HashMap<String, Vec<TailRow>>,
+    new_tails: HashMap<String, (f64, Vec<TailRow>)>,
     new_meta: Option<TailMeta>,
     changed: bool,
 }
@@ -645,21 +650,32 @@ impl CarryCache {
         Path::from(format!("{}/carry.parquet", nightly_dir(&ctx.root, ctx.season, ctx.field, bucket)))
     }
 
+    fn tail_path(ctx: &RunCtx, bucket: Option<u32>) -> Path {
+        Path::from(format!("{}/tail.parquet", nightly_dir(&ctx.root, ctx.season, ctx.field, bucket)))
+    }
+
     async fn load(&mut self, ctx: &RunCtx, bucket: Option<u32>) -> Result<&mut HashMap<String, (Carry, StarHistory)>, StageError> {
         if self.carries.is_none() {
             let path = Self::path(ctx, bucket);
             let read = read_carries(ctx.store.as_ref(), &path);
-            let read: CarryFile = read_cache_state(ctx, &path, read, "carries unreadable; the stars are read in full and carried again").await?;
-            self.carries = Some(read.carries);
-            self.tails = read.tails;
-            self.tail_meta = read.meta;
+            self.carries = Some(read_cache_state(ctx, &path, read, "carries unreadable; the stars are read in full and carried again").await?);
         }
         Ok(self.carries.get_or_insert_with(HashMap::new))
     }
 
+    /// Reads the stored tails (a cache: missing or unreadable, none).
+    async fn load_tails(&mut self, ctx: &RunCtx, bucket: Option<u32>) -> Result<(), StageError> {
+        let path = Self::tail_path(ctx, bucket);
+        let read = read_tails(ctx.store.as_ref(), &path);
+        let (meta, tails): (Option<TailMeta>, HashMap<String, (f64, Vec<TailRow>)>) = read_cache_state(ctx, &path, read, "tails unreadable; the searched stars are read from the photometry").await?;
+        self.tail_meta = meta;
+        self.tails = tails;
+        Ok(())
+    }
+
     /// The stored tails, if they can serve a run whose newest earlier run was at `prev_as_of`
     /// and whose read of the new rows counted `counts` per partition, each read from its site's
-    /// watermark (`from`; every partition of the bucket must have one).
+    /// watermark (`watermarked`: every partition of the bucket has one).
     fn usable_tails(&self, prev_as_of: Option<f64>, counts: &[(PartitionKey, crate::ingest::NewRowCounts)], watermarked: bool) -> bool {
         let Some(meta) = &self.tail_meta else { return false };
         if !watermarked || prev_as_of != Some(meta.as_of) {
@@ -679,17 +695,20 @@ impl CarryCache {
         true
     }
 
+    /// The star's stored tail, if it starts where its carry ends.
+    fn tail_of(&self, id: &str) -> Option<&[TailRow]> {
+        let (from, rows) = self.tails.get(id)?;
+        let (c, _) = self.carries.as_ref()?.get(id)?;
+        (c.upto == *from).then_some(rows.as_slice())
+    }
+
     async fn store(&self, ctx: &RunCtx, bucket: Option<u32>) -> Result<(), StageError> {
-        let Some(c) = &self.carries else { return Ok(()) };
-        // The tails change with every run that searched a star (or had tails to drop).
-        if !(self.changed || !self.new_tails.is_empty() || !self.tails.is_empty()) {
-            return Ok(());
-        }
+        self.store_tails(ctx, bucket).await?;
+        let (Some(c), true) = (&self.carries, self.changed) else { return Ok(()) };
         let path = Self::path(ctx, bucket);
         let mut keys: Vec<&String> = c.keys().collect();
         keys.sort_unstable();
         let mut values = arrow::array::ListBuilder::new(Float64Builder::new());
-        let mut tails = arrow::array::ListBuilder::new(Float64Builder::new());
         let mut buf = Vec::new();
         for k in &keys {
             let (carry, h) = &c[*k];
@@ -698,30 +717,16 @@ impl CarryCache {
             carry.to_values(&mut buf);
             values.values().append_slice(&buf);
             values.append(true);
-            match self.new_tails.get(*k) {
-                Some(rows) => {
-                    for &(t, f, e, s, w, sky) in rows {
-                        tails.values().append_slice(&[t, f, e, s as f64, w, sky]);
-                    }
-                    tails.append(true);
-                }
-                None => tails.append(false),
-            }
         }
         let schema = Arc::new(Schema::new(vec![
             ArrowField::new("star", DataType::Utf8, false),
             ArrowField::new("carry", DataType::List(Arc::new(ArrowField::new("item", DataType::Float64, true))), false),
-            ArrowField::new("tail", DataType::List(Arc::new(ArrowField::new("item", DataType::Float64, true))), true),
         ]));
-        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.as_str()))), Arc::new(values.finish()), Arc::new(tails.finish())])
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.as_str()))), Arc::new(values.finish())])
             .map_err(|e| permanent(format!("cannot build {path}: {e}")))?;
-        let mut kv = vec![parquet::file::metadata::KeyValue::new("lensnet.carry_version".to_string(), format!("{CARRY_VERSION}.{}", super::history::HISTORY_VERSION))];
-        if let Some(m) = &self.new_meta {
-            kv.push(parquet::file::metadata::KeyValue::new("lensnet.tail".to_string(), serde_json::to_string(m).map_err(|e| permanent(format!("cannot encode {path}: {e}")))?));
-        }
         let props = parquet::file::properties::WriterProperties::builder()
             .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::try_new(3).expect("zstd level")))
-            .set_key_value_metadata(Some(kv))
+            .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new("lensnet.carry_version".to_string(), format!("{CARRY_VERSION}.{}", super::history::HISTORY_VERSION))]))
             .build();
         let mut bytes = Vec::new();
         let mut w = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).map_err(|e| permanent(format!("cannot encode {path}: {e}")))?;
@@ -729,17 +734,78 @@ impl CarryCache {
         ctx.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| transient(format!("cannot write {path}: {e}")))?;
         Ok(())
     }
+
+    /// Writes this run's tails (`tail.parquet`: star, the carry end it starts from, its rows),
+    /// with what they cover; a run that kept none leaves the file, whose run is then not the
+    /// newest, so it serves nothing.
+    async fn store_tails(&self, ctx: &RunCtx, bucket: Option<u32>) -> Result<(), StageError> {
+        let (Some(meta), Some(c), false) = (&self.new_meta, &self.carries, self.new_tails.is_empty()) else { return Ok(()) };
+        let path = Self::tail_path(ctx, bucket);
+        let mut keys: Vec<&String> = self.new_tails.keys().filter(|k| c.contains_key(*k)).collect();
+        keys.sort_unstable();
+        let mut from = Float64Builder::with_capacity(keys.len());
+        let mut rows = arrow::array::ListBuilder::new(Float64Builder::new());
+        for k in &keys {
+            let (f, r) = &self.new_tails[*k];
+            from.append_value(*f);
+            for &(t, fl, e, s, w, sky) in r {
+                rows.values().append_slice(&[t, fl, e, s as f64, w, sky]);
+            }
+            rows.append(true);
+        }
+        let schema = Arc::new(Schema::new(vec![
+            ArrowField::new("star", DataType::Utf8, false),
+            ArrowField::new("from", DataType::Float64, false),
+            ArrowField::new("rows", DataType::List(Arc::new(ArrowField::new("item", DataType::Float64, true))), false),
+        ]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.as_str()))), Arc::new(from.finish()), Arc::new(rows.finish())])
+            .map_err(|e| permanent(format!("cannot build {path}: {e}")))?;
+        let encode = |e: parquet::errors::ParquetError| permanent(format!("cannot encode {path}: {e}"));
+        let meta = serde_json::to_string(meta).map_err(|e| permanent(format!("cannot encode {path}: {e}")))?;
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::try_new(1).expect("zstd level")))
+            .set_key_value_metadata(Some(vec![
+                parquet::file::metadata::KeyValue::new("lensnet.tail_version".to_string(), TAIL_VERSION.to_string()),
+                parquet::file::metadata::KeyValue::new("lensnet.tail".to_string(), meta),
+            ]))
+            .build();
+        let mut bytes = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).map_err(encode)?;
+        w.write(&batch).and_then(|_| w.close().map(|_| ())).map_err(encode)?;
+        ctx.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| transient(format!("cannot write {path}: {e}")))?;
+        Ok(())
+    }
 }
 
-/// A bucket's `carry.parquet`: the carries, the tails and what they cover.
-#[derive(Default)]
-struct CarryFile {
-    carries: HashMap<String, (Carry, StarHistory)>,
-    tails: HashMap<String, Vec<TailRow>>,
-    meta: Option<TailMeta>,
+async fn read_tails(store: &dyn ObjectStore, path: &Path) -> Result<(Option<TailMeta>, HashMap<String, (f64, Vec<TailRow>)>), StageError> {
+    let bytes = crate::stage::read_object(store, path, STAGE).await?;
+    let bad = |what: String| permanent(format!("corrupt tail state {path}: {what}"));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(e.to_string()))?;
+    let kv = |key: &str| builder.metadata().file_metadata().key_value_metadata().and_then(|kv| kv.iter().find(|k| k.key == key).and_then(|k| k.value.clone()));
+    if kv("lensnet.tail_version").as_deref() != Some(TAIL_VERSION.to_string().as_str()) {
+        return Err(bad(format!("version {:?}, this build reads {TAIL_VERSION}", kv("lensnet.tail_version"))));
+    }
+    let meta: TailMeta = serde_json::from_str(&kv("lensnet.tail").ok_or_else(|| bad("no lensnet.tail metadata".into()))?).map_err(|e| bad(format!("lensnet.tail: {e}")))?;
+    let mut out = HashMap::new();
+    for batch in builder.build().map_err(|e| bad(e.to_string()))? {
+        let b = batch.map_err(|e| bad(e.to_string()))?;
+        let stars = b.column_by_name("star").and_then(|c| c.as_any().downcast_ref::<StringArray>()).ok_or_else(|| bad("no star column".into()))?;
+        let from = b.column_by_name("from").and_then(|c| c.as_primitive_opt::<Float64Type>()).ok_or_else(|| bad("no from column".into()))?;
+        let list = b.column_by_name("rows").and_then(|c| c.as_list_opt::<i32>()).ok_or_else(|| bad("no rows column".into()))?;
+        for i in 0..b.num_rows() {
+            let v = list.value(i);
+            let v = v.as_primitive_opt::<Float64Type>().ok_or_else(|| bad("items are not f64".into()))?.values();
+            if v.len() % 6 != 0 {
+                return Err(bad(format!("star {}: a tail of {} values", stars.value(i), v.len())));
+            }
+            let rows = v.chunks_exact(6).map(|r| (r[0], r[1], r[2], r[3] as u8, r[4], r[5])).collect();
+            out.insert(stars.value(i).to_string(), (from.value(i), rows));
+        }
+    }
+    Ok((Some(meta), out))
 }
 
-async fn read_carries(store: &dyn ObjectStore, path: &Path) -> Result<CarryFile, StageError> {
+async fn read_carries(store: &dyn ObjectStore, path: &Path) -> Result<HashMap<String, (Carry, StarHistory)>, StageError> {
     let bytes = crate::stage::read_object(store, path, STAGE).await?;
     let bad = |what: String| permanent(format!("corrupt carry state {path}: {what}"));
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| bad(e.to_string()))?;
@@ -748,32 +814,18 @@ async fn read_carries(store: &dyn ObjectStore, path: &Path) -> Result<CarryFile,
     if version.as_deref() != Some(want.as_str()) {
         return Err(bad(format!("version {version:?}, this build reads {want}")));
     }
-    let meta = match builder.metadata().file_metadata().key_value_metadata().and_then(|kv| kv.iter().find(|k| k.key == "lensnet.tail").and_then(|k| k.value.clone())) {
-        Some(v) => Some(serde_json::from_str::<TailMeta>(&v).map_err(|e| bad(format!("tail metadata: {e}")))?),
-        None => None,
-    };
-    let mut out = CarryFile { meta, ..Default::default() };
+    let mut out = HashMap::new();
     for batch in builder.build().map_err(|e| bad(e.to_string()))? {
         let b = batch.map_err(|e| bad(e.to_string()))?;
         let stars = b.column_by_name("star").and_then(|c| c.as_any().downcast_ref::<StringArray>()).ok_or_else(|| bad("no star column".into()))?;
         let list = b.column_by_name("carry").and_then(|c| c.as_list_opt::<i32>()).ok_or_else(|| bad("no carry column".into()))?;
-        let tails = b.column_by_name("tail").and_then(|c| c.as_list_opt::<i32>()).ok_or_else(|| bad("no tail column".into()))?;
         for i in 0..b.num_rows() {
-            if tails.is_valid(i) {
-                let v = tails.value(i);
-                let v = v.as_primitive_opt::<Float64Type>().ok_or_else(|| bad("tail items are not f64".into()))?.values();
-                if v.len() % 6 != 0 {
-                    return Err(bad(format!("star {}: a tail of {} values", stars.value(i), v.len())));
-                }
-                let rows = v.chunks_exact(6).map(|r| (r[0], r[1], r[2], r[3] as u8, r[4], r[5])).collect();
-                out.tails.insert(stars.value(i).to_string(), rows);
-            }
             let v = list.value(i);
             let v = v.as_primitive_opt::<Float64Type>().ok_or_else(|| bad("items are not f64".into()))?.values();
             let n = super::history::STAR_VALUES;
             let h = (v.len() >= n).then(|| StarHistory::from_values(&v[..n])).flatten().ok_or_else(|| bad(format!("star {}: no history", stars.value(i))))?;
             let c = Carry::from_values(&v[n..]).ok_or_else(|| bad(format!("star {}: not a carry", stars.value(i))))?;
-            out.carries.insert(stars.value(i).to_string(), (c, h));
+            out.insert(stars.value(i).to_string(), (c, h));
         }
     }
     Ok(out)
@@ -941,6 +993,7 @@ async fn search_bucket(
         carries.new_meta = Some(TailMeta { as_of, parts: new_read.counts.iter().map(|(k, c)| (k.to_string(), c.stored - c.after)).collect() });
         let watermarked = keys.iter().all(|k| site_since.contains_key(&k.site));
         carries.load(&ctx, bucket).await?;
+        carries.load_tails(&ctx, bucket).await?;
         tails_usable = carries.usable_tails(prev_as_of, &new_read.counts, watermarked);
         let mut per_star: HashMap<&str, Vec<(f64, f64, f64, u8)>> = HashMap::new();
         for (site, b) in &new_read.batches {
@@ -987,14 +1040,18 @@ async fn search_bucket(
     }
     passed.sort_unstable();
     counts.screened_in += passed.len();
+    // Tails are kept when the run searched at most half of the bucket's stars: when it
+    // searches most of them (a season's first nights), the pages it reads are mostly the rows
+    // it wants, and keeping every star's rows again would double the writes.
+    if passed.len() * TAIL_MAX_SHARE > screens.sorted.len() + screens.added.len() {
+        carries.new_meta = None;
+    }
     let mut start_cache = StartCache::default();
     // The searched stars served by their tails: their new rows of the I band (every row, as the
     // pages give them), by star.
     let mut new_of: HashMap<String, Vec<(String, TailRow)>> = HashMap::new();
     if tails_usable {
-        let cmap = carries.carries.as_ref();
-        let served: std::collections::HashSet<&str> =
-            passed.iter().map(String::as_str).filter(|id| carries.tails.contains_key(*id) && cmap.is_some_and(|m| m.contains_key(*id))).collect();
+        let served: std::collections::HashSet<&str> = passed.iter().map(String::as_str).filter(|id| carries.tail_of(id).is_some()).collect();
         for (site, b) in &new_read.batches {
             let s = site.parse::<Site>().map(|s| s as u8).unwrap_or(u8::MAX);
             let star = b.column(0).as_string::<i32>();
@@ -1003,10 +1060,23 @@ async fn search_bucket(
             let (Some(t), Some(f), Some(e), Some(w), Some(sky)) = (col("hjd"), col("flux"), col("flux_err"), col("fwhm"), col("sky")) else {
                 return Err(permanent(format!("new rows of {site} without the search's columns")));
             };
-            for i in 0..b.num_rows() {
-                if band.value(i) == "I" && served.contains(star.value(i)) {
-                    new_of.entry(star.value(i).to_string()).or_default().push((site.clone(), (t.value(i), f.value(i), e.value(i), s, w.value(i), sky.value(i))));
+            // Rows come sorted by star: one look-up per run of a star's rows.
+            let mut i = 0;
+            while i < b.num_rows() {
+                let id = star.value(i);
+                let mut j = i + 1;
+                while j < b.num_rows() && star.value(j) == id {
+                    j += 1;
                 }
+                if served.contains(id) {
+                    let rows = new_of.entry(id.to_string()).or_default();
+                    for r in i..j {
+                        if band.value(r) == "I" {
+                            rows.push((site.clone(), (t.value(r), f.value(r), e.value(r), s, w.value(r), sky.value(r))));
+                        }
+                    }
+                }
+                i = j;
             }
         }
         for id in served {
@@ -1054,7 +1124,7 @@ async fn search_bucket(
                 let mut curves: BTreeMap<String, HashMap<(String, String), crate::photometry::SiteCurve>> = BTreeMap::new();
                 for &i in &served {
                     let id = &ids[i];
-                    let tail = carries.tails.get(id).map(Vec::as_slice).unwrap_or(&[]);
+                    let tail = carries.tail_of(id).unwrap_or(&[]);
                     let new = new_of.get(id).map(Vec::as_slice).unwrap_or(&[]);
                     counts.from_tail += 1;
                     let mut put = |site: &str, r: &TailRow| {
@@ -1163,7 +1233,8 @@ async fn search_bucket(
                     // site of no KMTNet code keeps none).
                     if carries.new_meta.is_some() && v.site[taken..].iter().all(|&x| (x as usize) < N_SITES) {
                         let rows = (taken..v.time.len()).map(|i| (v.time[i], v.flux[i], v.err[i], v.site[i], v.fwhm[i], v.sky[i])).collect();
-                        carries.new_tails.insert(s.star.0.clone(), rows);
+                        let upto = carries.load(&ctx, bucket).await?.get(&s.star.0).map_or(f64::NAN, |(c, _)| c.upto);
+                        carries.new_tails.insert(s.star.0.clone(), (upto, rows));
                     }
                 }
                 if matches!(r.status, Status::Candidate | Status::Failed) {
@@ -1332,8 +1403,9 @@ mod tests {
         let open = |d: &std::path::Path| crate::store::open_store(d.to_str().unwrap(), true).unwrap();
         let (ob, oc) = (open(dirs[1].path()), open(dirs[2].path()));
         let carry = |root: &Path| Path::from(format!("{}/carry.parquet", nightly_dir(root, 2025, Field(14), Some(0))));
-        let file = read_carries(ob.store.as_ref(), &carry(&ob.prefix)).await.unwrap();
-        let star = file.tails.iter().filter(|(_, t)| !t.is_empty()).map(|(s, _)| s.clone()).min().expect("a star with a tail");
+        let tail = Path::from(format!("{}/tail.parquet", nightly_dir(&ob.prefix, 2025, Field(14), Some(0))));
+        let (_, tails) = read_tails(ob.store.as_ref(), &tail).await.unwrap();
+        let star = tails.iter().filter(|(_, (_, t))| !t.is_empty()).map(|(s, _)| s.clone()).min().expect("a star with a tail");
         let state = read_state(ob.store.as_ref(), &state_path(&ob.prefix, 2025, Field(14))).await.unwrap();
         let wm = state.runs.last().unwrap().sites["KMTC"];
         let n = 12;
