@@ -40,8 +40,9 @@
 //! night ingested that late.
 //!
 //! # The tails
-//! With each carry of a star it searched, a run keeps the star's rows from the carry's end up to
-//! the run's time (its tail). The next run searches such a star from its tail and its new
+//! For each star it searched, a run keeps the star's rows from its carry's end up to the run's
+//! time (its tail, in `tail.parquet`, with that end; only when the run searched at most half of
+//! the bucket's stars, [`TAIL_MAX_SHARE`]). The next run searches such a star from its tail and its new
 //! points, which it has read already, and reads nothing of it from the photometry, when the
 //! tails can be trusted: they were written by the newest earlier run (whose watermarks the run
 //! reads its new points from), and no partition of the bucket holds more rows up to its site's
@@ -57,11 +58,12 @@
 //! state/alertfinder/nightly/season=2025/field=BLG14/bucket=0003/asof-10800.00000.parquet
 //! state/alertfinder/nightly/season=2025/field=BLG14/bucket=0003/start.parquet
 //! state/alertfinder/nightly/season=2025/field=BLG14/bucket=0003/carry.parquet
+//! state/alertfinder/nightly/season=2025/field=BLG14/bucket=0003/tail.parquet
 //! ```
 //! the screening state, one per bucket and run (the newest two kept), written after the run's
 //! candidates; the bucket's start histories (`StartCache`: the earlier seasons' history of
 //! each star searched so far this season, so that those seasons are read once a season); and
-//! its carries (`CarryCache`, above) with the tails of the stars the run searched.
+//! its carries (`CarryCache`, above); and the tails of the stars its last run searched.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -623,14 +625,15 @@ struct TailMeta {
 /// may leave to it (a run at an earlier time) is not used, and a star that receives rows older
 /// than its carry's end (a late night) loses it.
 ///
-/// With each carry of a star searched by the run, its tail: the star's rows from the carry's
-/// end up to the run's time, as its search read them. The next run, when it is the next one
-/// (the watermarks it starts from are this run's) and no partition of the bucket received rows
-/// older than its site's watermark since ([`TailMeta`]), gives a searched star its tail (each
-/// site's rows up to that site's watermark) and its new points, which it has read already,
-/// instead of reading its rows from the photometry's pages, which hold about 30 other stars' rows
-/// for each of its own. The rows are those the pages give, so the search finds the same (the
-/// streamed-equals-whole-field test holds it, with and without the state).
+/// With them, the tails of the stars searched by the run (`.../bucket=0003/tail.parquet`): each
+/// star's rows from its carry's end up to the run's time, as its search read them. The next
+/// run, when it is the next one (the watermarks it starts from are this run's) and no partition
+/// of the bucket received rows older than its site's watermark since ([`TailMeta`]), gives a
+/// searched star its tail (each site's rows up to that site's watermark) and its new points,
+/// which it has read already, instead of reading its rows from the photometry's pages, which
+/// bring about 40 other rows for each of its own (`bench field`, 10⁶ stars). The rows are those
+/// the pages give, so the search finds the same (the streamed-equals-whole-field test holds
+/// it, with most of its searches from a tail; a test adds a late night).
 #[derive(Default)]
 struct CarryCache {
     /// Read from the state on first use.
@@ -1229,9 +1232,14 @@ async fn search_bucket(
                         carries.load(&ctx, bucket).await?.insert(s.star.0.clone(), (carry, hc));
                         carries.changed = true;
                     }
-                    // Its tail: the rows its search was given past the carry's end (a star at a
-                    // site of no KMTNet code keeps none).
-                    if carries.new_meta.is_some() && v.site[taken..].iter().all(|&x| (x as usize) < N_SITES) {
+                    // Its tail: the rows its search was given past the carry's end, kept for a
+                    // star that the next run searches whatever its new points (sticky, or its
+                    // newest points end a run of high points): every tail written is then read.
+                    // (Kept for every searched star, the tails were rewritten for five stars for
+                    // each one the next run used: the screen's other passes change from night to
+                    // night.) A star at a site of no KMTNet code keeps none.
+                    let again = screens.get(&s.star.0).is_some_and(|sc| sc.searched_without_new_points(params));
+                    if again && carries.new_meta.is_some() && v.site[taken..].iter().all(|&x| (x as usize) < N_SITES) {
                         let rows = (taken..v.time.len()).map(|i| (v.time[i], v.flux[i], v.err[i], v.site[i], v.fwhm[i], v.sky[i])).collect();
                         let upto = carries.load(&ctx, bucket).await?.get(&s.star.0).map_or(f64::NAN, |(c, _)| c.upto);
                         carries.new_tails.insert(s.star.0.clone(), (upto, rows));
