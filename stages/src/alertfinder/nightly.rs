@@ -1063,23 +1063,13 @@ async fn search_bucket(
             let (Some(t), Some(f), Some(e), Some(w), Some(sky)) = (col("hjd"), col("flux"), col("flux_err"), col("fwhm"), col("sky")) else {
                 return Err(permanent(format!("new rows of {site} without the search's columns")));
             };
-            // Rows come sorted by star: one look-up per run of a star's rows.
-            let mut i = 0;
-            while i < b.num_rows() {
-                let id = star.value(i);
-                let mut j = i + 1;
-                while j < b.num_rows() && star.value(j) == id {
-                    j += 1;
-                }
+            for (id, run) in crate::ingest::store::star_runs(star) {
                 if served.contains(id) {
                     let rows = new_of.entry(id.to_string()).or_default();
-                    for r in i..j {
-                        if band.value(r) == "I" {
-                            rows.push((site.clone(), (t.value(r), f.value(r), e.value(r), s, w.value(r), sky.value(r))));
-                        }
+                    for r in run.filter(|&r| band.value(r) == "I") {
+                        rows.push((site.clone(), (t.value(r), f.value(r), e.value(r), s, w.value(r), sky.value(r))));
                     }
                 }
-                i = j;
             }
         }
         for id in served {
@@ -1225,8 +1215,11 @@ async fn search_bucket(
                     let next = Carry::next_upto(as_of, r.preselection.window_start, params);
                     let mut carry = c.cloned().unwrap_or_default();
                     let mut taken = 0;
+                    // Where the star's carry ends (the stored one, or this one once extended).
+                    let mut end = carry.upto;
                     if next > carry.upto {
                         taken = carry.extend(v, next);
+                        end = carry.upto;
                         let mut hc = b.unwrap_or_default();
                         hc.absorb(v, next, &mut buf);
                         carries.load(&ctx, bucket).await?.insert(s.star.0.clone(), (carry, hc));
@@ -1241,8 +1234,7 @@ async fn search_bucket(
                     let again = screens.get(&s.star.0).is_some_and(|sc| sc.searched_without_new_points(params));
                     if again && carries.new_meta.is_some() && v.site[taken..].iter().all(|&x| (x as usize) < N_SITES) {
                         let rows = (taken..v.time.len()).map(|i| (v.time[i], v.flux[i], v.err[i], v.site[i], v.fwhm[i], v.sky[i])).collect();
-                        let upto = carries.load(&ctx, bucket).await?.get(&s.star.0).map_or(f64::NAN, |(c, _)| c.upto);
-                        carries.new_tails.insert(s.star.0.clone(), (upto, rows));
+                        carries.new_tails.insert(s.star.0.clone(), (end, rows));
                     }
                 }
                 if matches!(r.status, Status::Candidate | Status::Failed) {

@@ -779,24 +779,16 @@ impl PhotometryStore {
             self.count_rows(std::slice::from_ref(&b));
             let col = str_col(&b, "star")?;
             let hjd = f64_col(&b, "hjd")?;
-            // Rows come sorted by star: one look-up per run of a star's rows.
             let mut keep = arrow::array::BooleanBufferBuilder::new(b.num_rows());
-            let mut i = 0;
-            while i < b.num_rows() {
-                let id = col.value(i);
-                let mut j = i + 1;
-                while j < b.num_rows() && col.value(j) == id {
-                    j += 1;
-                }
+            for (id, run) in star_runs(col) {
                 let (wanted, start) = match ids.binary_search_by(|x| x.as_str().cmp(id)) {
                     Ok(k) => (true, from.map_or(f64::NEG_INFINITY, |f| f[k])),
                     Err(_) => (false, f64::NEG_INFINITY),
                 };
-                for r in i..j {
+                for r in run {
                     let t = hjd.value(r);
                     keep.append(wanted && !(t > upto) && !(t < start));
                 }
-                i = j;
             }
             let mask = arrow::array::BooleanArray::new(keep.finish(), None);
             self.rows_wanted.fetch_add(mask.true_count() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -1678,6 +1670,25 @@ fn absorb_batch(stars: &mut BTreeMap<String, HashMap<(String, String), SiteCurve
         i = j;
     }
     Ok(())
+}
+
+/// The runs of equal ids in a `star` column (rows come sorted by star): each id with its rows,
+/// so that a reader looks a star up once per run, not once per row.
+pub(crate) fn star_runs(col: &StringArray) -> impl Iterator<Item = (&str, std::ops::Range<usize>)> {
+    let n = col.len();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        (i < n).then(|| {
+            let id = col.value(i);
+            let mut j = i + 1;
+            while j < n && col.value(j) == id {
+                j += 1;
+            }
+            let run = (id, i..j);
+            i = j;
+            run
+        })
+    })
 }
 
 /// Sorts a curve's columns by time (parts of different nights interleave after appends).
