@@ -5,17 +5,23 @@
 //! # The screen
 //! Per star and site the screening state keeps two P² estimators fed with every I-band point
 //! once, in time order (the flux, and the flux's offset from the running level over its error
-//! bar), the time of the newest point absorbed, the length of the run of high points at the end
-//! of the star's points, and whether the star's last full search found it a candidate, pre-selected
-//! or failed ("sticky"). A star with new points is searched (scanned exactly as the whole-field
+//! bar), the time of the newest point absorbed, its points per HJD day over the last
+//! [`SCREEN_RING_DAYS`] days, the length of the run of high points at the end of the star's
+//! points, and whether the star's last full search found it a candidate, pre-selected or failed
+//! ("sticky"). A star with new points is searched (scanned exactly as the whole-field
 //! path scans it, earlier seasons' history included; its rows read from its carry's end, see
 //! below) when:
 //! - a site it has new points at has fewer than [`SCREEN_MIN_POINTS`] points in the state, or
 //! - the run of high points (at least [`SCREEN_SIGMA_FACTOR`] × `high_sigma` above the site's
 //!   level in rescaled error bars) ending at its new points, or inside them, reaches the
-//!   smallest N_high the cadence adaptation could ask for, or
-//! - its newest points end such a run (new points or not: the search's baseline moves as
-//!   points leave its window, and a run can become high enough on a later night), or
+//!   N_high that the search asks for at least: from the day counts, the window's points per
+//!   night, rounded up, of the least dense set of sites that the search may take
+//!   ([`StarScreen::window_n_high`]; the smallest the cadence adaptation can give where the
+//!   screen does not know the window's days: a screen made mid-season, a window it would widen;
+//!   until stop 41 always that smallest, 3 where BLG14's windows ask for 5), or
+//! - its newest points end such a run of the smallest N_high (new points or not: the search's
+//!   baseline moves as points leave its window, and a run can become high enough on a later
+//!   night), or
 //! - its last full search was sticky: a candidate, a failure or pre-selected (an event under
 //!   way keeps being searched every run).
 //!
@@ -68,7 +74,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, FixedSizeListBuilder, Float64Builder, RecordBatch, StringArray};
+use arrow::array::{Array, AsArray, FixedSizeBinaryBuilder, FixedSizeListBuilder, Float64Builder, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field as ArrowField, Float64Type, Schema};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -89,9 +95,16 @@ pub const SCREEN_MIN_POINTS: u32 = 20;
 /// between the screen's level and the search's baseline).
 pub const SCREEN_SIGMA_FACTOR: f64 = 0.6;
 /// Version of the stored screening state.
-pub const SCREEN_VERSION: u32 = 1;
+pub const SCREEN_VERSION: u32 = 2;
 const SITE_SCREEN_VALUES: usize = 25;
-const SCREEN_VALUES: usize = SITE_SCREEN_VALUES * N_SITES + 3;
+const SCREEN_VALUES: usize = SITE_SCREEN_VALUES * N_SITES + 5 + SCREEN_MISSED;
+/// Run lengths the screen remembers runs of high points for, from the smallest N_high up: a
+/// configuration whose N_high range is wider screens with the smallest.
+pub const SCREEN_MISSED: usize = 8;
+/// HJD days of per-site point counts a screen keeps ([`StarScreen::window_n_high`]): the search
+/// window's days (`window_days` + 1) must fit, or the screen asks for the smallest N_high.
+pub const SCREEN_RING_DAYS: usize = 32;
+const DAY_BYTES: usize = SCREEN_RING_DAYS * N_SITES;
 /// Bytes a stored row costs while a batch of stars is searched (the budget's unit).
 pub const BYTES_PER_ROW: usize = 160;
 
@@ -143,13 +156,39 @@ const PASS_UNKNOWN: u8 = 2;
 const PASS_HIGH: u8 = 4;
 
 /// One star's screen.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StarScreen {
     sites: [SiteScreen; N_SITES],
     trailing: u32,
     sticky: bool,
     /// The prior levels were taken from a full search.
     prior_known: bool,
+    /// The points fed per site and HJD day (`floor(t)`), for the [`SCREEN_RING_DAYS`] days up to
+    /// `ring_day` (day `d` in slot `d mod SCREEN_RING_DAYS`; saturating), and the time after which
+    /// the screen was fed every point of the star (the run that made it read from there).
+    days: [[u8; SCREEN_RING_DAYS]; N_SITES],
+    ring_day: f64,
+    fed_from: f64,
+    /// For each run length from the smallest N_high on (`min_n_high` + i), the end of the
+    /// newest run of high points at least that long that the screen did not pass (its night's
+    /// window asked for more).
+    missed: [f64; SCREEN_MISSED],
+}
+
+impl Default for StarScreen {
+    /// A screen that knows nothing of the star: nothing fed, and no day known to be whole.
+    fn default() -> Self {
+        StarScreen {
+            sites: Default::default(),
+            trailing: 0,
+            sticky: false,
+            prior_known: false,
+            days: [[0; SCREEN_RING_DAYS]; N_SITES],
+            ring_day: f64::NEG_INFINITY,
+            fed_from: f64::INFINITY,
+            missed: [f64::NEG_INFINITY; SCREEN_MISSED],
+        }
+    }
 }
 
 impl StarScreen {
@@ -162,13 +201,21 @@ impl StarScreen {
             }
             out.extend_from_slice(&[s.last_t, s.prior_level, s.prior_k]);
         }
+        out.extend_from_slice(&self.missed);
+        out.push(self.ring_day);
+        out.push(self.fed_from);
         out.push(self.trailing as f64);
         out.push(self.sticky as u8 as f64);
         out.push(self.prior_known as u8 as f64);
     }
 
-    fn from_values(v: &[f64]) -> Option<StarScreen> {
-        if v.len() != SCREEN_VALUES {
+    /// The day counts as stored: site by site, slot by slot.
+    fn day_bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.days.iter().flatten().copied()
+    }
+
+    fn from_values(v: &[f64], days: &[u8]) -> Option<StarScreen> {
+        if v.len() != SCREEN_VALUES || days.len() != N_SITES * SCREEN_RING_DAYS {
             return None;
         }
         let p2 = |c: &[f64]| P2 { n: c[0] as u32, q: [c[1], c[2], c[3], c[4], c[5]], pos: [c[6], c[7], c[8], c[9], c[10]] };
@@ -176,6 +223,12 @@ impl StarScreen {
         for (site, c) in s.sites.iter_mut().zip(v.chunks_exact(SITE_SCREEN_VALUES)) {
             *site = SiteScreen { level: p2(&c[0..11]), resid: p2(&c[11..22]), last_t: c[22], prior_level: c[23], prior_k: c[24] };
         }
+        for (site, c) in s.days.iter_mut().zip(days.chunks_exact(SCREEN_RING_DAYS)) {
+            site.copy_from_slice(c);
+        }
+        s.missed.copy_from_slice(&v[SCREEN_VALUES - 5 - SCREEN_MISSED..SCREEN_VALUES - 5]);
+        s.ring_day = v[SCREEN_VALUES - 5];
+        s.fed_from = v[SCREEN_VALUES - 4];
         s.trailing = v[SCREEN_VALUES - 3] as u32;
         s.sticky = v[SCREEN_VALUES - 2] != 0.0;
         s.prior_known = v[SCREEN_VALUES - 1] != 0.0;
@@ -202,20 +255,143 @@ impl StarScreen {
         self.sticky || p.fit_all || p.bin_days > 0.0 || self.trailing >= need
     }
 
-    /// Feed the star's new points (merged time order) and say whether it must be searched.
-    fn screen(&mut self, pts: &[(f64, f64, f64, u8)], p: &AlertParams) -> bool {
-        self.screen_why(pts, p) != 0
+    /// Count a fed point in its site's day.
+    fn count_day(&mut self, t: f64, site: usize) {
+        let d = t.floor();
+        let ring = SCREEN_RING_DAYS as f64;
+        if !(d > self.ring_day - ring) || site >= N_SITES {
+            return;
+        }
+        if d > self.ring_day {
+            // The days after the newest one counted start empty.
+            if d - self.ring_day >= ring {
+                self.days = [[0; SCREEN_RING_DAYS]; N_SITES];
+            } else {
+                let mut k = self.ring_day + 1.0;
+                while k <= d {
+                    let slot = k.rem_euclid(ring) as usize;
+                    self.days.iter_mut().for_each(|x| x[slot] = 0);
+                    k += 1.0;
+                }
+            }
+            self.ring_day = d;
+        }
+        let slot = d.rem_euclid(ring) as usize;
+        self.days[site][slot] = self.days[site][slot].saturating_add(1);
+    }
+
+    /// The smallest N_high that the search of the star at `as_of` can ask for, from the points
+    /// fed per site and day: the search asks for the window's valid points per night (distinct
+    /// HJD days) of its usable sites, rounded up, between `min_n_high` and `n_high`.
+    ///
+    /// For a set of sites, the points the screen counted on the window's whole days are at most
+    /// the window's, and the days on which it counted one, or does not know (not fed whole: before
+    /// `fed_from`, the window's first, partial day), are at least its nights; so their ratio is at
+    /// most the search's. Which sites are usable is not known, so the least ratio over every set
+    /// that holds the sites known to be usable (the search's baseline takes a site with
+    /// `min_baseline_points` valid points up to its time, at worst from the window) is taken. A
+    /// window that the search widens (fewer than `min_window_points` rows) gets the smallest.
+    fn window_n_high(&self, as_of: f64, p: &AlertParams) -> u32 {
+        let lo = p.n_high.min(p.min_n_high).max(1) as u32;
+        let hi = p.n_high.max(1) as u32;
+        let start = as_of - p.window_days.max(0.0);
+        if lo >= hi || hi - lo > SCREEN_MISSED as u32 || !start.is_finite() {
+            return lo;
+        }
+        let (first, last) = (start.floor(), as_of.floor());
+        // (A screen fed past `as_of` is another run's: its days are not this window's.)
+        if last - first + 1.0 > SCREEN_RING_DAYS as f64 || self.ring_day > last {
+            return lo;
+        }
+        let ring = SCREEN_RING_DAYS as f64;
+        // Per day of the window: each site's points counted (whole days only) and whether the
+        // site may have a night then.
+        let mut points = [0u32; N_SITES];
+        let mut nights: Vec<[bool; N_SITES]> = Vec::with_capacity(SCREEN_RING_DAYS);
+        let mut d = first;
+        while d <= last {
+            let whole_day = d > self.fed_from && d >= start;
+            let in_ring = d > self.ring_day - ring && d <= self.ring_day;
+            let mut night = [false; N_SITES];
+            for s in 0..N_SITES {
+                let c = if in_ring { self.days[s][d.rem_euclid(ring) as usize] as u32 } else { 0 };
+                // A day fed whole with no point of the site is no night of it (the window's
+                // first day too: its part in the window holds none either).
+                night[s] = c > 0 || !(d > self.fed_from);
+                if whole_day {
+                    points[s] += c;
+                }
+            }
+            nights.push(night);
+            d += 1.0;
+        }
+        if p.min_window_points > 0 && p.max_window_days > p.window_days && (points.iter().sum::<u32>() as usize) < p.min_window_points {
+            return lo;
+        }
+        let known: u8 = (0..N_SITES)
+            .filter(|&s| {
+                let site = &self.sites[s];
+                site.level.n as usize >= p.min_baseline_points.max(1) && site.level.quartiles().1.is_finite() && site.resid.quartiles().1.is_finite()
+            })
+            .fold(0, |m, s| m | 1 << s);
+        let mut bound = f64::INFINITY;
+        for set in 1u8..(1 << N_SITES) {
+            if set & known != known {
+                continue;
+            }
+            let n = nights.iter().filter(|night| (0..N_SITES).any(|s| set & 1 << s != 0 && night[s])).count();
+            if n > 0 {
+                let pts: u32 = (0..N_SITES).filter(|&s| set & 1 << s != 0).map(|s| points[s]).sum();
+                bound = bound.min(pts as f64 / n as f64);
+            }
+        }
+        if !bound.is_finite() {
+            // No set of sites can have a point in the window: nothing for the search to pass.
+            return hi;
+        }
+        (bound.ceil() as u32).clamp(lo, hi)
+    }
+
+    /// Feed the star's new points (merged time order) and say whether it must be searched by a
+    /// run at `as_of`.
+    fn screen(&mut self, pts: &[(f64, f64, f64, u8)], p: &AlertParams, as_of: f64) -> bool {
+        self.screen_why(pts, p, as_of) != 0
     }
 
     /// [`Self::screen`], with why: the [`PASS_KEPT`], [`PASS_UNKNOWN`] and [`PASS_HIGH`] bits
     /// (0: not searched).
-    fn screen_why(&mut self, pts: &[(f64, f64, f64, u8)], p: &AlertParams) -> u8 {
+    fn screen_why(&mut self, pts: &[(f64, f64, f64, u8)], p: &AlertParams, as_of: f64) -> u8 {
         let threshold = p.high_sigma * SCREEN_SIGMA_FACTOR;
-        let need = p.n_high.min(p.min_n_high).max(1) as u32;
+        // The new points count in the window's days: counted first, with the rule below of
+        // which points are new to a site.
+        let mut last_t: [f64; N_SITES] = std::array::from_fn(|s| self.sites[s].last_t);
+        for &(t, _, _, s) in pts {
+            if let Some(lt) = last_t.get_mut(s as usize) {
+                if t > *lt {
+                    *lt = t;
+                    self.count_day(t, s as usize);
+                }
+            }
+        }
+        let need = self.window_n_high(as_of, p);
+        let lo = p.n_high.min(p.min_n_high).max(1) as u32;
+        let mut pass = 0;
+        // A run that was too short for the N_high of its night's window, inside this window,
+        // which asks for no more (a window of fewer points per night): searched once.
+        let reach = as_of - p.window_days.max(p.max_window_days).max(0.0);
+        for l in need..(p.n_high.max(1) as u32).min(lo + SCREEN_MISSED as u32) {
+            let m = &mut self.missed[(l - lo) as usize];
+            if *m >= reach {
+                pass |= PASS_HIGH;
+                *m = f64::NEG_INFINITY;
+            }
+        }
         // A star whose newest points end a run of high points is searched while the run lasts,
         // new points or not: the search's baseline moves as points leave its window, and can
         // make that run high enough for the pre-selection on a later night.
-        let mut pass = if self.searched_without_new_points(p) { PASS_KEPT } else { 0 };
+        if self.searched_without_new_points(p) {
+            pass |= PASS_KEPT;
+        }
         let mut run = self.trailing;
         for &(t, f, e, s) in pts {
             let site = &mut self.sites[s as usize];
@@ -251,6 +427,12 @@ impl StarScreen {
                 run += 1;
                 if run >= need {
                     pass |= PASS_HIGH;
+                } else if run >= lo {
+                    // Too short for this window's N_high: kept, for a later window that asks
+                    // for fewer.
+                    for l in lo..=run {
+                        self.missed[(l - lo) as usize] = t;
+                    }
                 }
             } else {
                 run = 0;
@@ -325,12 +507,12 @@ impl Screens {
         }
     }
 
-    /// The star's screen, a new (empty) one if it has none.
-    fn get_or_default(&mut self, star: &str) -> &mut StarScreen {
+    /// The star's screen, a new one fed from `fed_from` on if it has none.
+    fn get_or_new(&mut self, star: &str, fed_from: f64) -> &mut StarScreen {
         if let Ok(i) = self.find(star) {
             return &mut self.sorted[i].1;
         }
-        self.added.entry(star.to_string()).or_default()
+        self.added.entry(star.to_string()).or_insert_with(|| StarScreen { fed_from, ..StarScreen::default() })
     }
 
     /// Every screen, sorted by star.
@@ -362,10 +544,11 @@ async fn read_screens(store: &dyn ObjectStore, path: &Path) -> Result<Screens, S
         let bad = |what: &str| permanent(format!("corrupt screening state {path}: {what}"));
         let stars = b.column_by_name("star").and_then(|c| c.as_any().downcast_ref::<StringArray>()).ok_or_else(|| bad("no star column"))?;
         let v = b.column_by_name("screen").and_then(|c| c.as_fixed_size_list_opt()).ok_or_else(|| bad("no screen column"))?;
+        let days = b.column_by_name("days").and_then(|c| c.as_fixed_size_binary_opt()).ok_or_else(|| bad("no days column"))?;
         for i in 0..b.num_rows() {
             let x = v.value(i);
             let x = x.as_primitive_opt::<Float64Type>().ok_or_else(|| bad("screen items are not f64"))?;
-            out.sorted.push((stars.value(i).to_string(), StarScreen::from_values(x.values()).ok_or_else(|| bad("screen of the wrong length"))?));
+            out.sorted.push((stars.value(i).to_string(), StarScreen::from_values(x.values(), days.value(i)).ok_or_else(|| bad("screen of the wrong length"))?));
         }
     }
     // Written sorted; a state from elsewhere is sorted here (a no-op pass for ours).
@@ -379,6 +562,7 @@ async fn write_screens(ctx: &RunCtx, bucket: Option<u32>, as_of: f64, screens: &
     let schema = Arc::new(Schema::new(vec![
         ArrowField::new("star", DataType::Utf8, false),
         ArrowField::new("screen", DataType::FixedSizeList(Arc::new(ArrowField::new("item", DataType::Float64, true)), SCREEN_VALUES as i32), false),
+        ArrowField::new("days", DataType::FixedSizeBinary(DAY_BYTES as i32), false),
     ]));
     // Written 1,024 stars at a time in row groups of 2,048, without dictionaries (the values are
     // floats): the whole bucket's state built as one batch and encoded at once was about 20 MB
@@ -402,7 +586,12 @@ async fn write_screens(ctx: &RunCtx, bucket: Option<u32>, as_of: f64, screens: &
             values.values().append_slice(&buf);
             values.append(true);
         }
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from_iter_values(chunk.iter().map(|(k, _)| *k))), Arc::new(values.finish())])
+        let mut days = FixedSizeBinaryBuilder::with_capacity(chunk.len(), DAY_BYTES as i32);
+        for (_, sc) in chunk {
+            let b: Vec<u8> = sc.day_bytes().collect();
+            days.append_value(&b).map_err(|e| permanent(format!("cannot build {path}: {e}")))?;
+        }
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from_iter_values(chunk.iter().map(|(k, _)| *k))), Arc::new(values.finish()), Arc::new(days.finish())])
             .map_err(|e| permanent(format!("cannot build {path}: {e}")))?;
         w.write(&batch).map_err(encode)?;
     }
@@ -998,6 +1187,9 @@ async fn search_bucket(
         carries.load(&ctx, bucket).await?;
         carries.load_tails(&ctx, bucket).await?;
         tails_usable = carries.usable_tails(prev_as_of, &new_read.counts, watermarked);
+        // A star new to the bucket's screens is fed from here on (its points before the
+        // sites' watermarks were not read).
+        let fed_from = site_since.values().fold(since, |a, &b| a.max(b));
         let mut per_star: HashMap<&str, Vec<(f64, f64, f64, u8)>> = HashMap::new();
         for (site, b) in &new_read.batches {
             let s = site.parse::<Site>().map(|s| s as u8).unwrap_or(u8::MAX);
@@ -1016,8 +1208,8 @@ async fn search_bucket(
         }
         for (star, pts) in per_star.iter_mut() {
             sort_screen_points(pts);
-            let sc = screens.get_or_default(star);
-            let why = sc.screen_why(pts, params);
+            let sc = screens.get_or_new(star, fed_from);
+            let why = sc.screen_why(pts, params, as_of);
             if why != 0 {
                 passed.push(star.to_string());
                 if why & PASS_KEPT != 0 {
@@ -1200,7 +1392,7 @@ async fn search_bucket(
                         .collect();
                     sort_screen_points(&mut pts);
                     if !pts.is_empty() {
-                        screens.get_or_default(&s.star.0).screen(&pts, params);
+                        screens.get_or_new(&s.star.0, since).screen(&pts, params, as_of);
                     }
                 }
                 if let Some(sc) = screens.get_mut(&s.star.0) {
@@ -1295,26 +1487,139 @@ mod tests {
         s.set_prior(None, &p);
         // 40 quiet points at KMTC: the first ones pass (no level yet), then quiet ones do not.
         let quiet: Vec<(f64, f64, f64, u8)> = (0..40).map(|i| (100.0 + i as f64 * 0.1, if i % 2 == 0 { 10.0 } else { -10.0 }, 10.0, 1)).collect();
-        assert!(s.screen(&quiet, &p), "no level yet: searched");
+        assert!(s.screen(&quiet, &p, 104.0), "no level yet: searched");
         let more: Vec<(f64, f64, f64, u8)> = (0..10).map(|i| (110.0 + i as f64 * 0.1, if i % 2 == 0 { 5.0 } else { -5.0 }, 10.0, 1)).collect();
-        assert!(!s.screen(&more, &p), "quiet points with a level: not searched");
+        assert!(!s.screen(&more, &p, 111.0), "quiet points with a level: not searched");
         // The same points again are not new.
-        assert!(!s.screen(&more, &p));
+        assert!(!s.screen(&more, &p, 111.0));
         let high: Vec<(f64, f64, f64, u8)> = (0..p.min_n_high.min(p.n_high)).map(|i| (120.0 + i as f64 * 0.1, 200.0, 10.0, 1)).collect();
-        assert!(s.screen(&high, &p), "a run of high points: searched");
+        assert!(s.screen(&high, &p, 121.0), "a run of high points: searched");
         let mut v = Vec::new();
         s.to_values(&mut v);
         let mut w = Vec::new();
-        StarScreen::from_values(&v).unwrap().to_values(&mut w);
+        let back = StarScreen::from_values(&v, &s.day_bytes().collect::<Vec<_>>()).unwrap();
+        back.to_values(&mut w);
         assert_eq!(format!("{v:?}"), format!("{w:?}"));
+        assert_eq!(back.days, s.days);
+        assert_eq!(s.days[1].iter().map(|&c| c as u32).sum::<u32>(), 40 + 10 + p.min_n_high.min(p.n_high) as u32, "every new point counted once in its day");
         // A run split over two nights is still seen.
-        let mut t = StarScreen::from_values(&v).unwrap();
+        let mut t = StarScreen::from_values(&v, &s.day_bytes().collect::<Vec<_>>()).unwrap();
         t.trailing = 0;
         let k = p.min_n_high.min(p.n_high);
         let first: Vec<_> = (0..k - 1).map(|i| (130.0 + i as f64 * 0.01, 200.0, 10.0, 1u8)).collect();
         let second = vec![(131.0, 200.0, 10.0, 1u8)];
-        let a = t.screen(&first, &p);
-        assert!(t.screen(&second, &p) || a);
+        let a = t.screen(&first, &p, 130.5);
+        assert!(t.screen(&second, &p, 131.5) || a);
+    }
+
+    /// Feed `lc`'s valid points to a screen run by run (daily runs at HJD x.99 from `from` on; the
+    /// screen made at the first, fed from that run's `since`), and at each run compare the N_high
+    /// the screen asks for with the one the search uses: never more, and the search's own where
+    /// the cadence allows it. Returns the runs at which the screen asked for `n_high`.
+    fn screen_n_high_never_exceeds_the_search(lc: &crate::photometry::MergedCurve, p: &AlertParams, from: f64, to: f64, fed_from: f64) -> (usize, usize) {
+        let mut sc = StarScreen { fed_from, ..StarScreen::default() };
+        sc.set_prior(None, p);
+        let mut scratch = super::super::Scratch::default();
+        let (mut at_top, mut runs) = (0, 0);
+        let mut since = fed_from;
+        let mut as_of = from.floor() + 0.99;
+        while as_of < to {
+            let mut pts: Vec<(f64, f64, f64, u8)> = (0..lc.time.len())
+                .map(|i| (lc.time[i], lc.flux[i], lc.err[i], lc.site[i]))
+                .filter(|&(t, f, e, s)| t > since && t <= as_of && super::super::baseline::valid(t, f, e, s))
+                .collect();
+            sort_screen_points(&mut pts);
+            sc.screen(&pts, p, as_of);
+            let need = sc.window_n_high(as_of, p);
+            let r = super::super::scan_star(&lc.view(), as_of, since, p, &mut scratch);
+            if r.preselection.n_high_used > 0 {
+                runs += 1;
+                assert!(need <= r.preselection.n_high_used, "at {as_of}: the screen asks for {need}, the search for {} ({:?})", r.preselection.n_high_used, r.preselection);
+                at_top += (need == p.n_high as u32) as usize;
+            }
+            since = as_of;
+            as_of += 1.0;
+        }
+        (at_top, runs)
+    }
+
+    /// A run of high points too short for its night's N_high is passed once when a later window,
+    /// of fewer points per night, asks for no more; and not while the cadence holds.
+    #[test]
+    fn a_run_too_short_for_its_night_is_searched_when_the_cadence_drops() {
+        let p = AlertParams::low_cadence();
+        let quiet = |d: f64, per_site: usize, sites: &[u8]| -> Vec<(f64, f64, f64, u8)> {
+            let mut v: Vec<_> = sites.iter().flat_map(|&s| (0..per_site).map(move |j| (d + 0.1 + s as f64 * 0.25 + j as f64 * 0.02, if j % 2 == 0 { 10.0 } else { -10.0 }, 10.0, s))).collect();
+            sort_screen_points(&mut v);
+            v
+        };
+        let dense = |until: f64, keep_dense: bool| {
+            let mut sc = StarScreen { fed_from: f64::NEG_INFINITY, ..StarScreen::default() };
+            sc.set_prior(None, &p);
+            for d in 100..120 {
+                sc.screen(&quiet(d as f64, 8, &[0, 1, 2]), &p, d as f64 + 0.99);
+            }
+            assert_eq!(sc.window_n_high(119.99, &p), p.n_high as u32, "24 points a night: the search's 5");
+            // Four high points, then a quiet one: too short for 5.
+            let mut night: Vec<_> = (0..4).map(|j| (120.1 + j as f64 * 0.01, 200.0, 10.0, 1u8)).collect();
+            night.push((120.2, 0.0, 10.0, 1));
+            assert_eq!(sc.screen_why(&night, &p, 120.99), 0, "a run of 4 where the window asks for 5");
+            let mut passes = Vec::new();
+            let mut d = 121.0;
+            while d < until {
+                let pts = if keep_dense { quiet(d, 8, &[0, 1, 2]) } else { quiet(d, 1, &[1]) };
+                let why = sc.screen_why(&pts, &p, d + 0.99);
+                if why != 0 {
+                    passes.push((d, why, sc.window_n_high(d + 0.99, &p)));
+                }
+                d += 1.0;
+            }
+            passes
+        };
+        assert!(dense(160.0, true).is_empty(), "the cadence holds: never searched");
+        let passes = dense(160.0, false);
+        // Searched when the window asks for 4, and again for 3 (the search may still have
+        // asked for 5 at 4: the screen's N_high is a bound), then no more.
+        assert!(!passes.is_empty() && passes.len() <= 2, "{passes:?}");
+        assert!(passes.iter().all(|x| x.1 == PASS_HIGH), "{passes:?}");
+        assert!(passes[0].2 <= 4, "{passes:?}");
+    }
+
+    /// The screen's N_high is a bound on the search's at every cadence: KMTNet's sub-prime and
+    /// prime fields, a low-cadence one, weather, a site with a handful of points (its baseline
+    /// unusable), a screen made mid-season; and it is the search's own at sub-prime cadence.
+    #[test]
+    fn the_screens_n_high_is_at_most_the_searchs() {
+        use super::super::synth::{generate, SynthSpec};
+        let p = AlertParams::low_cadence();
+        let mut top_subprime = (0, 0);
+        for (k, (cadence, loss)) in [(1.0, 0.25), (4.0, 0.25), (0.4, 0.25), (0.2, 0.5), (0.1, 0.6), (1.0, 0.8)].into_iter().enumerate() {
+            let spec = SynthSpec { season_days: 120.0, weather_loss: loss, ..SynthSpec::season(cadence) };
+            let lc = generate(&spec, 40 + k as u64);
+            let start = spec.season_start;
+            let got = screen_n_high_never_exceeds_the_search(&lc, &p, start, start + 120.0, f64::NEG_INFINITY);
+            assert!(got.1 > 50, "too few runs with a pre-selection ({got:?})");
+            if cadence == 1.0 && loss == 0.25 {
+                top_subprime = got;
+            }
+            // A screen made mid-season (a lost state): the days before are unknown.
+            screen_n_high_never_exceeds_the_search(&lc, &p, start + 60.0, start + 120.0, start + 59.5);
+            // A site with a few points only: KMTS keeps one point in ten nights.
+            let mut thin = crate::photometry::MergedCurve::default();
+            for i in 0..lc.time.len() {
+                if lc.site[i] != 2 || (lc.time[i] - start) as i64 % 10 == 0 {
+                    thin.time.push(lc.time[i]);
+                    thin.flux.push(lc.flux[i]);
+                    thin.err.push(lc.err[i]);
+                    thin.site.push(lc.site[i]);
+                    thin.fwhm.push(lc.fwhm[i]);
+                    thin.sky.push(lc.sky[i]);
+                }
+            }
+            screen_n_high_never_exceeds_the_search(&thin, &p, start, start + 120.0, f64::NEG_INFINITY);
+        }
+        // At 1/h a site the search asks for 5 once the season has a window; so does the screen.
+        assert!(top_subprime.0 * 10 >= top_subprime.1 * 8, "the screen asked for n_high at {} of {} runs", top_subprime.0, top_subprime.1);
     }
 
     async fn simulated(dir: &std::path::Path, stars: u64, seed: u64) -> (Arc<dyn ObjectStore>, Path, f64) {
