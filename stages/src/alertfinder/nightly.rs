@@ -19,9 +19,11 @@
 //!   ([`StarScreen::window_n_high`]; the smallest the cadence adaptation can give where the
 //!   screen does not know the window's days: a screen made mid-season, a window it would widen;
 //!   until stop 41 always that smallest, 3 where BLG14's windows ask for 5), or
-//! - its newest points end such a run of the smallest N_high (new points or not: the search's
-//!   baseline moves as points leave its window, and a run can become high enough on a later
-//!   night), or
+//! - its newest points end such a run, as long as the N_high its last screening asked for
+//!   (new points or not: the search's baseline moves as points leave its window, and a run can
+//!   become high enough on a later night), or
+//! - a run too short for the N_high of its night's window lies in this window, which asks
+//!   for no more (stars without new points are screened for this too), or
 //! - its last full search was sticky: a candidate, a failure or pre-selected (an event under
 //!   way keeps being searched every run).
 //!
@@ -97,7 +99,7 @@ pub const SCREEN_SIGMA_FACTOR: f64 = 0.6;
 /// Version of the stored screening state.
 pub const SCREEN_VERSION: u32 = 2;
 const SITE_SCREEN_VALUES: usize = 25;
-const SCREEN_VALUES: usize = SITE_SCREEN_VALUES * N_SITES + 5 + SCREEN_MISSED;
+const SCREEN_VALUES: usize = SITE_SCREEN_VALUES * N_SITES + 6 + SCREEN_MISSED;
 /// Run lengths the screen remembers runs of high points for, from the smallest N_high up: a
 /// configuration whose N_high range is wider screens with the smallest.
 pub const SCREEN_MISSED: usize = 8;
@@ -173,6 +175,8 @@ pub struct StarScreen {
     /// newest run of high points at least that long that the screen did not pass (its night's
     /// window asked for more).
     missed: [f64; SCREEN_MISSED],
+    /// The N_high the last screening asked for (0: none yet).
+    need: u32,
 }
 
 impl Default for StarScreen {
@@ -187,6 +191,7 @@ impl Default for StarScreen {
             ring_day: f64::NEG_INFINITY,
             fed_from: f64::INFINITY,
             missed: [f64::NEG_INFINITY; SCREEN_MISSED],
+            need: 0,
         }
     }
 }
@@ -201,6 +206,7 @@ impl StarScreen {
             }
             out.extend_from_slice(&[s.last_t, s.prior_level, s.prior_k]);
         }
+        out.push(self.need as f64);
         out.extend_from_slice(&self.missed);
         out.push(self.ring_day);
         out.push(self.fed_from);
@@ -226,6 +232,7 @@ impl StarScreen {
         for (site, c) in s.days.iter_mut().zip(days.chunks_exact(SCREEN_RING_DAYS)) {
             site.copy_from_slice(c);
         }
+        s.need = v[SCREEN_VALUES - 6 - SCREEN_MISSED] as u32;
         s.missed.copy_from_slice(&v[SCREEN_VALUES - 5 - SCREEN_MISSED..SCREEN_VALUES - 5]);
         s.ring_day = v[SCREEN_VALUES - 5];
         s.fed_from = v[SCREEN_VALUES - 4];
@@ -251,7 +258,9 @@ impl StarScreen {
     /// Whether the star is searched whatever its new points, and without any
     /// ([`Self::screen`]).
     fn searched_without_new_points(&self, p: &AlertParams) -> bool {
-        let need = p.n_high.min(p.min_n_high).max(1) as u32;
+        // The N_high of the last screening's window (a later window that asks for fewer finds
+        // the run among the missed ones).
+        let need = if self.need > 0 { self.need } else { p.n_high.min(p.min_n_high).max(1) as u32 };
         self.sticky || p.fit_all || p.bin_days > 0.0 || self.trailing >= need
     }
 
@@ -374,6 +383,7 @@ impl StarScreen {
             }
         }
         let need = self.window_n_high(as_of, p);
+        self.need = need;
         let lo = p.n_high.min(p.min_n_high).max(1) as u32;
         let mut pass = 0;
         // A run that was too short for the N_high of its night's window, inside this window,
@@ -1221,14 +1231,18 @@ async fn search_bucket(
                 }
             }
         }
-        // The stars the screen keeps searched without new points (sticky, or whose newest
-        // points end a run of high points): their window moves with the run's time, so their
-        // search can change. (Until stop 40 every site's points were read from the oldest
-        // site's watermark, which brought nearly every star some points to screen again.)
-        for (star, sc) in screens.entries() {
-            if !per_star.contains_key(star) && sc.searched_without_new_points(params) {
-                passed.push(star.to_string());
-                counts.passed_kept += 1;
+        // The stars without new points are screened too: the screen keeps searching some
+        // (sticky, or whose newest points end a run of high points), and their window moves
+        // with the run's time, so its N_high can drop to a run it holds. (Until stop 40 every
+        // site's points were read from the oldest site's watermark, which brought nearly every
+        // star some points to screen again.)
+        let idle: Vec<String> = screens.entries().into_iter().filter(|(star, _)| !per_star.contains_key(star)).map(|(star, _)| star.to_string()).collect();
+        for star in idle {
+            let why = screens.get_mut(&star).map_or(0, |sc| sc.screen_why(&[], params, as_of));
+            if why != 0 {
+                counts.passed_kept += (why & PASS_KEPT != 0) as usize;
+                counts.passed_high += (why & PASS_KEPT == 0) as usize;
+                passed.push(star);
             }
         }
         counts.stars_with_new_points += per_star.len();
@@ -1563,6 +1577,11 @@ mod tests {
             // Four high points, then a quiet one: too short for 5.
             let mut night: Vec<_> = (0..4).map(|j| (120.1 + j as f64 * 0.01, 200.0, 10.0, 1u8)).collect();
             night.push((120.2, 0.0, 10.0, 1));
+            // (Ending the night, the same run is not kept searched either.)
+            let mut open = sc;
+            assert_eq!(open.screen_why(&night[..4], &p, 120.99), 0);
+            assert_eq!((open.trailing, open.need), (4, 5));
+            assert!(!open.searched_without_new_points(&p));
             assert_eq!(sc.screen_why(&night, &p, 120.99), 0, "a run of 4 where the window asks for 5");
             let mut passes = Vec::new();
             let mut d = 121.0;
