@@ -313,25 +313,29 @@ impl StarScreen {
             return lo;
         }
         let ring = SCREEN_RING_DAYS as f64;
-        // Per day of the window: each site's points counted (whole days only) and whether the
-        // site may have a night then.
+        // Each site's points counted (whole days only), and per day of the window the sites
+        // that may have a night then (a bit each).
         let mut points = [0u32; N_SITES];
-        let mut nights: Vec<[bool; N_SITES]> = Vec::with_capacity(SCREEN_RING_DAYS);
+        let mut nights = [0u8; SCREEN_RING_DAYS];
+        let mut n_days = 0;
         let mut d = first;
         while d <= last {
             let whole_day = d > self.fed_from && d >= start;
             let in_ring = d > self.ring_day - ring && d <= self.ring_day;
-            let mut night = [false; N_SITES];
+            let mut night = 0u8;
             for s in 0..N_SITES {
                 let c = if in_ring { self.days[s][d.rem_euclid(ring) as usize] as u32 } else { 0 };
                 // A day fed whole with no point of the site is no night of it (the window's
                 // first day too: its part in the window holds none either).
-                night[s] = c > 0 || !(d > self.fed_from);
+                if c > 0 || !(d > self.fed_from) {
+                    night |= 1 << s;
+                }
                 if whole_day {
                     points[s] += c;
                 }
             }
-            nights.push(night);
+            nights[n_days] = night;
+            n_days += 1;
             d += 1.0;
         }
         if p.min_window_points > 0 && p.max_window_days > p.window_days && (points.iter().sum::<u32>() as usize) < p.min_window_points {
@@ -348,7 +352,7 @@ impl StarScreen {
             if set & known != known {
                 continue;
             }
-            let n = nights.iter().filter(|night| (0..N_SITES).any(|s| set & 1 << s != 0 && night[s])).count();
+            let n = nights[..n_days].iter().filter(|&&night| night & set != 0).count();
             if n > 0 {
                 let pts: u32 = (0..N_SITES).filter(|&s| set & 1 << s != 0).map(|s| points[s]).sum();
                 bound = bound.min(pts as f64 / n as f64);
