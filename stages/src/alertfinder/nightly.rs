@@ -157,6 +157,11 @@ const PASS_KEPT: u8 = 1;
 const PASS_UNKNOWN: u8 = 2;
 const PASS_HIGH: u8 = 4;
 
+/// The smallest N_high the search's cadence adaptation can ask for.
+fn smallest_n_high(p: &AlertParams) -> u32 {
+    p.n_high.min(p.min_n_high).max(1) as u32
+}
+
 /// One star's screen.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StarScreen {
@@ -216,8 +221,8 @@ impl StarScreen {
     }
 
     /// The day counts as stored: site by site, slot by slot.
-    fn day_bytes(&self) -> impl Iterator<Item = u8> + '_ {
-        self.days.iter().flatten().copied()
+    fn day_bytes(&self) -> &[u8] {
+        self.days.as_flattened()
     }
 
     fn from_values(v: &[f64], days: &[u8]) -> Option<StarScreen> {
@@ -260,7 +265,7 @@ impl StarScreen {
     fn searched_without_new_points(&self, p: &AlertParams) -> bool {
         // The N_high of the last screening's window (a later window that asks for fewer finds
         // the run among the missed ones).
-        let need = if self.need > 0 { self.need } else { p.n_high.min(p.min_n_high).max(1) as u32 };
+        let need = if self.need > 0 { self.need } else { smallest_n_high(p) };
         self.sticky || p.fit_all || p.bin_days > 0.0 || self.trailing >= need
     }
 
@@ -301,7 +306,7 @@ impl StarScreen {
     /// `min_baseline_points` valid points up to its time, at worst from the window) is taken. A
     /// window that the search widens (fewer than `min_window_points` rows) gets the smallest.
     fn window_n_high(&self, as_of: f64, p: &AlertParams) -> u32 {
-        let lo = p.n_high.min(p.min_n_high).max(1) as u32;
+        let lo = smallest_n_high(p);
         let hi = p.n_high.max(1) as u32;
         let start = as_of - p.window_days.max(0.0);
         if lo >= hi || hi - lo > SCREEN_MISSED as u32 || !start.is_finite() {
@@ -388,7 +393,7 @@ impl StarScreen {
         }
         let need = self.window_n_high(as_of, p);
         self.need = need;
-        let lo = p.n_high.min(p.min_n_high).max(1) as u32;
+        let lo = smallest_n_high(p);
         let mut pass = 0;
         // A run that was too short for the N_high of its night's window, inside this window,
         // which asks for no more (a window of fewer points per night): searched once.
@@ -602,8 +607,7 @@ async fn write_screens(ctx: &RunCtx, bucket: Option<u32>, as_of: f64, screens: &
         }
         let mut days = FixedSizeBinaryBuilder::with_capacity(chunk.len(), DAY_BYTES as i32);
         for (_, sc) in chunk {
-            let b: Vec<u8> = sc.day_bytes().collect();
-            days.append_value(&b).map_err(|e| permanent(format!("cannot build {path}: {e}")))?;
+            days.append_value(sc.day_bytes()).map_err(|e| permanent(format!("cannot build {path}: {e}")))?;
         }
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from_iter_values(chunk.iter().map(|(k, _)| *k))), Arc::new(values.finish()), Arc::new(days.finish())])
             .map_err(|e| permanent(format!("cannot build {path}: {e}")))?;
@@ -1515,13 +1519,13 @@ mod tests {
         let mut v = Vec::new();
         s.to_values(&mut v);
         let mut w = Vec::new();
-        let back = StarScreen::from_values(&v, &s.day_bytes().collect::<Vec<_>>()).unwrap();
+        let back = StarScreen::from_values(&v, s.day_bytes()).unwrap();
         back.to_values(&mut w);
         assert_eq!(format!("{v:?}"), format!("{w:?}"));
         assert_eq!(back.days, s.days);
         assert_eq!(s.days[1].iter().map(|&c| c as u32).sum::<u32>(), 40 + 10 + p.min_n_high.min(p.n_high) as u32, "every new point counted once in its day");
         // A run split over two nights is still seen.
-        let mut t = StarScreen::from_values(&v, &s.day_bytes().collect::<Vec<_>>()).unwrap();
+        let mut t = StarScreen::from_values(&v, s.day_bytes()).unwrap();
         t.trailing = 0;
         let k = p.min_n_high.min(p.n_high);
         let first: Vec<_> = (0..k - 1).map(|i| (130.0 + i as f64 * 0.01, 200.0, 10.0, 1u8)).collect();

@@ -825,26 +825,20 @@ impl PhotometryStore {
                     while let Some(b) = stream.try_next().await? {
                         me.count_rows(std::slice::from_ref(&b));
                         let (star, hjd) = (str_col(&b, "star")?, f64_col(&b, "hjd")?);
-                        let mut i = 0;
-                        while i < b.num_rows() {
-                            // Rows are sorted by star: one map entry per run of a star's rows.
-                            let id = star.value(i);
-                            let mut j = i;
-                            let (mut total, mut within) = (0u64, 0u64);
-                            while j < b.num_rows() && star.value(j) == id {
-                                let t = hjd.value(j);
-                                total += 1;
+                        // Rows are sorted by star: one map entry per run of a star's rows.
+                        for (id, run) in star_runs(star) {
+                            let total = run.len() as u64;
+                            let mut within = 0u64;
+                            for t in run.map(|r| hjd.value(r)) {
                                 if t > since && t <= upto {
                                     within += 1;
                                     let m = out.site_max.entry(key.site.clone()).or_insert(f64::NEG_INFINITY);
                                     *m = m.max(t);
                                 }
-                                j += 1;
                             }
                             let e = out.stars.entry(id.to_string()).or_default();
                             e.0 += total;
                             e.1 += within;
-                            i = j;
                         }
                     }
                     Ok::<_, IngestError>(out)
