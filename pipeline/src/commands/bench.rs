@@ -483,6 +483,17 @@ pub async fn field(cfg: lensnet::config::Config, args: BenchArgs) -> anyhow::Res
             x(other),
             x(tails)
         );
+        // The same in bytes asked of the object store (what a remote store charges and sends).
+        let (bytes, new_bytes, state) = (a.detail("photometry_bytes_read"), a.detail("photometry_bytes_read_for_new_points"), a.detail("state_bytes_read"));
+        let mb = |v: u64| v as f64 / 1e6;
+        println!(
+            "  alertfinder bytes read: photometry {:.1} MB = the new points' parts {:.1} MB + the searched stars' pages {:.1} MB ({:.2}x the new points'); its own state {:.1} MB",
+            mb(bytes),
+            mb(new_bytes),
+            mb(bytes.saturating_sub(new_bytes)),
+            bytes.saturating_sub(new_bytes) as f64 / new_bytes.max(1) as f64,
+            mb(state)
+        );
     }
     println!("  (a stage's figure in parentheses: the run process's peak resident memory when the stage ended)");
     let total = night.write_seconds + c.wall;

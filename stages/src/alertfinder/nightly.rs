@@ -542,8 +542,9 @@ impl Screens {
     }
 }
 
-async fn read_screens(store: &dyn ObjectStore, path: &Path) -> Result<Screens, StageError> {
+async fn read_screens(store: &dyn ObjectStore, path: &Path, bytes_read: &mut u64) -> Result<Screens, StageError> {
     let bytes = crate::stage::read_object(store, path, STAGE).await?;
+    *bytes_read += bytes.len() as u64;
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| permanent(format!("corrupt screening state {path}: {e}")))?;
     let version = builder
         .metadata()
@@ -650,6 +651,12 @@ pub struct NightlyCounts {
     /// the tails' rows.
     pub from_tail: usize,
     pub tail_rows: u64,
+    /// Bytes of photometry parts fetched ([`PhotometryStore::bytes_read`]), of them for the new
+    /// points, and bytes of the stage's own state read (screening state, carries, tails, start
+    /// histories).
+    pub bytes_read: u64,
+    pub new_bytes_read: u64,
+    pub state_bytes_read: u64,
     /// Why the screen let them through (runs with a screening state): kept searched (sticky,
     /// or the newest points end a run of high points), a site without a level, a new run of
     /// high points.
@@ -725,20 +732,20 @@ pub(crate) async fn earlier_histories(photometry: &PhotometryStore, season: i32,
     Ok(h)
 }
 
-/// A state file that is a cache (the start histories, the carries): its contents; empty when
-/// it is missing, or unreadable (with a warning, `lost`, since it is rebuilt as stars are
+/// A state file that is a cache (the start histories, the carries): its contents and its size
+/// (bytes read); empty when it is missing, or unreadable (with a warning, `lost`, since it is rebuilt as stars are
 /// searched); a store error that may pass is returned.
-async fn read_cache_state<T: Default>(ctx: &RunCtx, path: &Path, read: impl std::future::Future<Output = Result<T, StageError>>, lost: &str) -> Result<T, StageError> {
+async fn read_cache_state<T: Default>(ctx: &RunCtx, path: &Path, read: impl std::future::Future<Output = Result<T, StageError>>, lost: &str) -> Result<(T, u64), StageError> {
     match ctx.store.head(path).await {
-        Ok(_) => match read.await {
-            Ok(v) => Ok(v),
+        Ok(meta) => match read.await {
+            Ok(v) => Ok((v, meta.size)),
             Err(e) if e.is_retryable() => Err(e),
             Err(e) => {
                 tracing::warn!(%path, error = %e, "{lost}");
-                Ok(T::default())
+                Ok((T::default(), meta.size))
             }
         },
-        Err(object_store::Error::NotFound { .. }) => Ok(T::default()),
+        Err(object_store::Error::NotFound { .. }) => Ok((T::default(), 0)),
         Err(e) => Err(transient(format!("cannot read {path}: {e}"))),
     }
 }
@@ -757,6 +764,8 @@ struct StartCache {
     histories: Option<HashMap<String, StarHistory>>,
     /// Stars were added: the state is written again.
     changed: bool,
+    /// Bytes of state read.
+    bytes_read: u64,
 }
 
 impl StartCache {
@@ -773,7 +782,9 @@ impl StartCache {
             none => {
                 let path = Self::path(ctx, bucket);
                 let read = super::stage::read_history(ctx.store.as_ref(), &path);
-                none.insert(read_cache_state(ctx, &path, read, "start histories unreadable; rebuilt from the earlier seasons as stars are searched").await?)
+                let (h, n) = read_cache_state(ctx, &path, read, "start histories unreadable; rebuilt from the earlier seasons as stars are searched").await?;
+                self.bytes_read += n;
+                none.insert(h)
             }
         };
         let missing: Vec<String> = ids.iter().filter(|id| !histories.contains_key(id.as_str())).cloned().collect();
@@ -853,6 +864,8 @@ struct CarryCache {
     new_tails: HashMap<String, (f64, Vec<TailRow>)>,
     new_meta: Option<TailMeta>,
     changed: bool,
+    /// Bytes of state read (carries, tails).
+    bytes_read: u64,
 }
 
 impl CarryCache {
@@ -868,7 +881,9 @@ impl CarryCache {
         if self.carries.is_none() {
             let path = Self::path(ctx, bucket);
             let read = read_carries(ctx.store.as_ref(), &path);
-            self.carries = Some(read_cache_state(ctx, &path, read, "carries unreadable; the stars are read in full and carried again").await?);
+            let (carries, n) = read_cache_state(ctx, &path, read, "carries unreadable; the stars are read in full and carried again").await?;
+            self.bytes_read += n;
+            self.carries = Some(carries);
         }
         Ok(self.carries.get_or_insert_with(HashMap::new))
     }
@@ -877,7 +892,8 @@ impl CarryCache {
     async fn load_tails(&mut self, ctx: &RunCtx, bucket: Option<u32>) -> Result<(), StageError> {
         let path = Self::tail_path(ctx, bucket);
         let read = read_tails(ctx.store.as_ref(), &path);
-        let (meta, tails): (Option<TailMeta>, HashMap<String, (f64, Vec<TailRow>)>) = read_cache_state(ctx, &path, read, "tails unreadable; the searched stars are read from the photometry").await?;
+        let ((meta, tails), n): ((Option<TailMeta>, HashMap<String, (f64, Vec<TailRow>)>), u64) = read_cache_state(ctx, &path, read, "tails unreadable; the searched stars are read from the photometry").await?;
+        self.bytes_read += n;
         self.tail_meta = meta;
         self.tails = tails;
         Ok(())
@@ -1120,6 +1136,9 @@ pub async fn find_candidates_nightly(ctx: &RunCtx, params: &AlertParams, budget_
             counts.from_carry += d.counts.from_carry;
             counts.rows_read += d.counts.rows_read;
             counts.new_rows_read += d.counts.new_rows_read;
+            counts.bytes_read += d.counts.bytes_read;
+            counts.new_bytes_read += d.counts.new_bytes_read;
+            counts.state_bytes_read += d.counts.state_bytes_read;
             counts.window_rows += d.counts.window_rows;
             counts.from_tail += d.counts.from_tail;
             counts.passed_kept += d.counts.passed_kept;
@@ -1167,7 +1186,7 @@ async fn search_bucket(
     let mut site_max: BTreeMap<String, f64> = BTreeMap::new();
     let earlier = earlier_screens(&ctx, bucket, as_of).await?;
     let mut screens = match earlier.last() {
-        Some((_, p)) => read_screens(ctx.store.as_ref(), p).await?,
+        Some((_, p)) => read_screens(ctx.store.as_ref(), p, &mut counts.state_bytes_read).await?,
         None => Screens::default(),
     };
     // A bucket without a screening state (its first run, or the state lost) lists its stars
@@ -1182,9 +1201,10 @@ async fn search_bucket(
     let mut new_read = crate::ingest::NewRows::default();
     let mut tails_usable = false;
     if first {
-        let before = photometry.rows_read();
+        let (before, bytes_before) = (photometry.rows_read(), photometry.bytes_read());
         let listed = photometry.star_rows(&keys, since, as_of).await.map_err(store_err)?;
         counts.new_rows_read += photometry.rows_read() - before;
+        counts.new_bytes_read += photometry.bytes_read() - bytes_before;
         site_max = listed.site_max;
         for (star, (total, within)) in listed.stars {
             if within > 0 {
@@ -1195,10 +1215,11 @@ async fn search_bucket(
         counts.stars_with_new_points += passed.len();
     } else {
         // The new I-band points of the bucket, per star, in merged time order.
-        let before = photometry.rows_read();
+        let (before, bytes_before) = (photometry.rows_read(), photometry.bytes_read());
         let from: Vec<(PartitionKey, f64)> = keys.iter().map(|k| (k.clone(), site_since.get(&k.site).copied().unwrap_or(since))).collect();
         new_read = photometry.read_new_rows(&from, as_of).await.map_err(store_err)?;
         counts.new_rows_read += photometry.rows_read() - before;
+        counts.new_bytes_read += photometry.bytes_read() - bytes_before;
         // This run's tails cover each partition's rows up to its time.
         carries.new_meta = Some(TailMeta { as_of, parts: new_read.counts.iter().map(|(k, c)| (k.to_string(), c.stored - c.after)).collect() });
         let watermarked = keys.iter().all(|k| site_since.contains_key(&k.site));
@@ -1476,6 +1497,8 @@ async fn search_bucket(
     write_screens(&ctx, bucket, as_of, &screens).await?;
     counts.rows_read = photometry.rows_read();
     counts.window_rows = photometry.rows_wanted();
+    counts.bytes_read = photometry.bytes_read();
+    counts.state_bytes_read += carries.bytes_read + start_cache.bytes_read;
     Ok(BucketOut { rows, site_max, counts })
 }
 

@@ -129,6 +129,9 @@ impl Stage for AlertFinderStage {
                 ("photometry_rows_read", serde_json::json!(n.rows_read)),
                 ("photometry_rows_read_for_new_points", serde_json::json!(n.new_rows_read)),
                 ("photometry_rows_in_windows", serde_json::json!(n.window_rows)),
+                ("photometry_bytes_read", serde_json::json!(n.bytes_read)),
+                ("photometry_bytes_read_for_new_points", serde_json::json!(n.new_bytes_read)),
+                ("state_bytes_read", serde_json::json!(n.state_bytes_read)),
                 ("searched_from_tail", serde_json::json!(n.from_tail)),
                 ("state_rows_in_tails", serde_json::json!(n.tail_rows)),
                 ("screen_passed_kept", serde_json::json!(n.passed_kept)),
@@ -638,7 +641,7 @@ pub async fn read_candidate_rows(store: Arc<dyn ObjectStore>, root: &Path, seaso
         object_store::Error::NotFound { .. } => permanent(format!("{path} does not exist: run {STAGE} first")),
         e => StageError::Transient { stage: STAGE, message: format!("cannot read {path}: {e}") },
     })?;
-    let reader = crate::ingest::store::RangeReader { store, path: path.clone(), size: meta.size, page_index: false };
+    let reader = crate::ingest::store::RangeReader { store, path: path.clone(), size: meta.size, page_index: false, bytes_read: Default::default() };
     // A failed ranged read (the store down, a dropped connection) is worth retrying; anything
     // else the reader finds is a corrupt file.
     let corrupt = |e: parquet::errors::ParquetError| match e {

@@ -374,6 +374,10 @@ pub struct PhotometryStore {
     /// Of the rows read for chosen stars ([`Self::read_stars_from`]), those of the stars and
     /// times asked for (the rest: other stars' rows in the same pages).
     rows_wanted: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes of part objects that this store's readers asked the object store for (footers,
+    /// page indexes, pages; a whole object where a reader gets it whole): what a run pays an
+    /// object store for, where rows decoded are what it pays in CPU.
+    bytes_read: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How a part is compressed: the small parts that each file's commit adds use Snappy, because
@@ -492,7 +496,7 @@ pub fn part_name(seed: &[u8]) -> String {
 
 impl PhotometryStore {
     pub fn new(store: Arc<dyn ObjectStore>, root: Path) -> Self {
-        PhotometryStore { store, root, bucket_hint: 0, layouts: Default::default(), writing: Default::default(), rows_read: Default::default(), rows_wanted: Default::default() }
+        PhotometryStore { store, root, bucket_hint: 0, layouts: Default::default(), writing: Default::default(), rows_read: Default::default(), rows_wanted: Default::default(), bytes_read: Default::default() }
     }
 
     /// Rows decoded so far by readers of this store.
@@ -505,6 +509,20 @@ impl PhotometryStore {
     /// them in the pages that hold them.
     pub fn rows_wanted(&self) -> u64 {
         self.rows_wanted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes of part objects fetched so far by readers of this store.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_bytes(&self, n: u64) {
+        self.bytes_read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A ranged reader of one part object that counts what it fetches.
+    pub(crate) fn range_reader(&self, path: Path, size: u64, page_index: bool) -> RangeReader {
+        RangeReader { store: self.store.clone(), path, size, page_index, bytes_read: self.bytes_read.clone() }
     }
 
     fn count_rows(&self, batches: &[RecordBatch]) {
@@ -524,6 +542,7 @@ impl PhotometryStore {
                     lo = lo.min(p.min_hjd);
                     hi = hi.max(p.max_hjd);
                     let bytes = self.store.get(&self.partition_dir(key).join(p.name.as_str())).await?.bytes().await?;
+                    self.count_bytes(bytes.len() as u64);
                     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
                     let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0]);
                     for b in builder.with_projection(mask).with_batch_size(64 * 1024).build()? {
@@ -604,6 +623,7 @@ impl PhotometryStore {
     async fn read_new_part(&self, key: &PartitionKey, name: &str, since: f64, upto: f64) -> Result<(Vec<(String, RecordBatch)>, u64, u64), IngestError> {
         let path = self.partition_dir(key).join(name);
         let bytes = self.store.get(&path).await?.bytes().await?;
+        self.count_bytes(bytes.len() as u64);
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
         let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2, 3, 4, 7, 8]);
         let reader = builder.with_projection(mask).with_batch_size(64 * 1024).build()?;
@@ -678,7 +698,7 @@ impl PhotometryStore {
 
     async fn read_part_for_stars(&self, key: &PartitionKey, part: &PartInfo, ids: &[String], from: Option<&[f64]>, search_columns: bool, upto: f64) -> Result<Vec<RecordBatch>, IngestError> {
         let path = self.partition_dir(key).join(part.name.as_str());
-        let reader = RangeReader { store: self.store.clone(), path, size: part.bytes, page_index: true };
+        let reader = self.range_reader(path, part.bytes, true);
         let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?;
         let holds = |lo: &[u8], hi: &[u8]| {
             let k = ids.partition_point(|id| id.as_bytes() < lo);
@@ -817,7 +837,7 @@ impl PhotometryStore {
             async move {
                 tokio::spawn(async move {
                     let path = me.partition_dir(&key).join(part.name.as_str());
-                    let reader = RangeReader { store: me.store.clone(), path, size: part.bytes, page_index: false };
+                    let reader = me.range_reader(path, part.bytes, false);
                     let builder = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?;
                     let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0, 2]);
                     let mut stream = builder.with_projection(mask).with_batch_size(64 * 1024).build()?;
@@ -1080,6 +1100,7 @@ impl PhotometryStore {
     async fn read_part(&self, key: &PartitionKey, name: &str) -> Result<Vec<RecordBatch>, IngestError> {
         let path = self.partition_dir(key).join(name);
         let bytes = self.store.get(&path).await?.bytes().await?;
+        self.count_bytes(bytes.len() as u64);
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(64 * 1024).build()?;
         let mut out = Vec::new();
         for b in reader {
@@ -1337,7 +1358,7 @@ impl PhotometryStore {
         }
         let mut inputs = Vec::with_capacity(parts.len());
         for p in parts {
-            let reader = RangeReader { store: self.store.clone(), path: self.partition_dir(key).join(p.name.as_str()), size: p.bytes, page_index: false };
+            let reader = self.range_reader(self.partition_dir(key).join(p.name.as_str()), p.bytes, false);
             let stream = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await?.with_batch_size(BATCH).build()?;
             let mut input = Input { stream, batch: None, rows: None, pos: 0 };
             match advance(&mut input, &converter, &keys, self).await? {
@@ -1591,11 +1612,14 @@ pub(crate) struct RangeReader {
     pub(crate) size: u64,
     /// Load the page index (column and offset indexes) with the footer.
     pub(crate) page_index: bool,
+    /// Where the bytes fetched are counted (the store's [`PhotometryStore::bytes_read`]).
+    pub(crate) bytes_read: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl parquet::arrow::async_reader::AsyncFileReader for RangeReader {
     fn get_bytes(&mut self, range: std::ops::Range<u64>) -> futures::future::BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
         let (store, path) = (self.store.clone(), self.path.clone());
+        self.bytes_read.fetch_add(range.end.saturating_sub(range.start), std::sync::atomic::Ordering::Relaxed);
         Box::pin(async move { store.get_range(&path, range).await.map_err(|e| parquet::errors::ParquetError::External(Box::new(e))) })
     }
 
@@ -1606,6 +1630,7 @@ impl parquet::arrow::async_reader::AsyncFileReader for RangeReader {
     /// which was a third of a nightly search's time.)
     fn get_byte_ranges(&mut self, ranges: Vec<std::ops::Range<u64>>) -> futures::future::BoxFuture<'_, parquet::errors::Result<Vec<bytes::Bytes>>> {
         let (store, path) = (self.store.clone(), self.path.clone());
+        self.bytes_read.fetch_add(ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum(), std::sync::atomic::Ordering::Relaxed);
         Box::pin(async move { store.get_ranges(&path, &ranges).await.map_err(|e| parquet::errors::ParquetError::External(Box::new(e))) })
     }
 
