@@ -1975,8 +1975,13 @@ mod sort_tests {
             assert_eq!(got.len(), 5, "{codec:?}");
             assert!(got.iter().all(|c| c.curves.iter().map(|s| s.hjd.len()).sum::<usize>() == per), "{codec:?}");
             let (fetched, decoded) = (ps.bytes_read() - bytes0, ps.rows_read() - rows0);
-            assert!(fetched * 10 < info.bytes, "{codec:?}: {fetched} bytes fetched of a {}-byte part", info.bytes);
+            assert!(fetched > 0 && fetched * 10 < info.bytes, "{codec:?}: {fetched} bytes fetched of a {}-byte part", info.bytes);
             assert!(decoded <= (5 * 2 * DATA_PAGE_ROWS) as u64, "{codec:?}: {decoded} rows decoded for 5 stars");
+            // The new points' read takes the whole part, and counts it.
+            let bytes0 = ps.bytes_read();
+            let all = ps.read_new_rows(&[(k.clone(), 0.0)], f64::INFINITY).await.unwrap();
+            assert_eq!(all.batches.iter().map(|(_, b)| b.num_rows()).sum::<usize>(), n);
+            assert_eq!(ps.bytes_read() - bytes0, info.bytes, "{codec:?}");
         }
     }
 
