@@ -641,7 +641,7 @@ pub async fn read_candidate_rows(store: Arc<dyn ObjectStore>, root: &Path, seaso
         object_store::Error::NotFound { .. } => permanent(format!("{path} does not exist: run {STAGE} first")),
         e => StageError::Transient { stage: STAGE, message: format!("cannot read {path}: {e}") },
     })?;
-    let reader = crate::ingest::store::RangeReader { store, path: path.clone(), size: meta.size, page_index: false, bytes_read: Default::default() };
+    let reader = crate::ingest::store::RangeReader::uncounted(store, path.clone(), meta.size);
     // A failed ranged read (the store down, a dropped connection) is worth retrying; anything
     // else the reader finds is a corrupt file.
     let corrupt = |e: parquet::errors::ParquetError| match e {

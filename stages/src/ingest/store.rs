@@ -407,8 +407,9 @@ pub const DATA_PAGE_ROWS: usize = 256;
 /// while it stayed under 1 MB, so each per-row value column (`flux`, `mag`, …) carried a
 /// dictionary of all its values, and a search that read a few stars' pages of a part fetched
 /// most of the part (stop 43: 3.2x the night's bytes at 10⁵ stars for 0.02x of wanted rows).
-/// `star` is sorted and repeats in runs, and is written with `DELTA_BYTE_ARRAY` (each value the
-/// previous one's length shared), which needs no dictionary page and is as small.
+/// `star` is sorted and repeats in runs, and is written with `DELTA_BYTE_ARRAY` (each value
+/// stored as the length of the prefix it shares with the previous one and the rest), which
+/// needs no dictionary page.
 const DICTIONARY_COLUMNS: [&str; 2] = ["band", "source"];
 
 fn writer_props(codec: PartCodec) -> Result<WriterProperties, IngestError> {
@@ -1640,6 +1641,13 @@ pub(crate) struct RangeReader {
     pub(crate) page_index: bool,
     /// Where the bytes fetched are counted (the store's [`PhotometryStore::bytes_read`]).
     pub(crate) bytes_read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RangeReader {
+    /// A ranged reader whose fetches no store counts (what is not photometry: a candidates file).
+    pub(crate) fn uncounted(store: Arc<dyn ObjectStore>, path: Path, size: u64) -> Self {
+        RangeReader { store, path, size, page_index: false, bytes_read: Default::default() }
+    }
 }
 
 impl parquet::arrow::async_reader::AsyncFileReader for RangeReader {
